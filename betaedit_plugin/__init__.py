@@ -1,0 +1,32 @@
+"""BetaEdit, AlphaEdit and MEMIT as stateful sequential editors, with an EasyEdit plugin.
+
+Importing this package is cheap and has no side effects: heavy modules (the
+editor, transformers) load on first use.
+"""
+
+from .hparams import AlphaEditHyperParams, BetaEditHyperParams, MEMITHyperParams, load_hparams
+from .requests import EditRequest
+
+__all__ = [
+    "BetaEditHyperParams",
+    "AlphaEditHyperParams",
+    "MEMITHyperParams",
+    "load_hparams",
+    "EditRequest",
+    "BetaEditor",
+    "register_easyedit",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy exports (PEP 562)
+    if name == "BetaEditor":
+        from .editor import BetaEditor
+
+        return BetaEditor
+    if name == "register_easyedit":
+        from .adapters.easyedit import register_easyedit
+
+        return register_easyedit
+    raise AttributeError(f"module 'betaedit_plugin' has no attribute {name!r}")
