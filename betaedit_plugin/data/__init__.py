@@ -1,0 +1,36 @@
+"""Edit datasets as typed :class:`~betaedit_plugin.requests.EditRequest` lists.
+
+Bundled data (``betaedit_plugin/resources/``, attribution in ``resources/SOURCES.md``):
+
+* CounterFact in EasyEdit's format, splits ``edit`` (10,000), ``train`` (10,000), ``val`` (1,919);
+* ZsRE in MEND's schema, splits ``eval`` (1,037, EasyEdit's portability subset) and ``train`` (1,000).
+
+Example::
+
+    from betaedit_plugin.data import load_dataset
+    requests = load_dataset("counterfact", n=20)      # list[EditRequest]
+"""
+
+from __future__ import annotations
+
+from .loaders import (
+    DATASETS,
+    DatasetError,
+    available_datasets,
+    load_counterfact,
+    load_dataset,
+    load_zsre,
+    read_json_records,
+    resource_path,
+)
+
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "available_datasets",
+    "load_counterfact",
+    "load_dataset",
+    "load_zsre",
+    "read_json_records",
+    "resource_path",
+]

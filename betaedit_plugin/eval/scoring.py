@@ -1,0 +1,185 @@
+"""Batched teacher-forced scoring of (prompt, target) pairs and greedy generation.
+
+Every function takes the model and tokenizer explicitly, runs under ``torch.no_grad`` and packs
+several sequences into one forward pass (right padding for scoring, left padding for generation),
+without changing the tokenizer's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced score of one target continuation.
+
+    Attributes:
+        sum_logprob: sum over the target tokens of log p(token | prefix).
+        n_tokens: number of target tokens.
+        argmax: the model's argmax prediction at each target position (len n_tokens).
+        target_ids: the target token ids (len n_tokens).
+    """
+
+    sum_logprob: float
+    n_tokens: int
+    argmax: tuple
+    target_ids: tuple
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.sum_logprob / self.n_tokens
+
+    @property
+    def token_accuracy(self) -> float:
+        """Share of target positions where the argmax equals the target (EasyEdit's token accuracy)."""
+        return sum(a == t for a, t in zip(self.argmax, self.target_ids)) / self.n_tokens
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Device of the model's first parameter."""
+    return next(model.parameters()).device
+
+
+def pad_id(tok) -> int:
+    """Padding id: the tokenizer's pad token, else its eos token, else 0 (masked out anyway)."""
+    for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def encode_pair(tok, prompt: str, target: str) -> tuple:
+    """Token ids of ``prompt`` and of `` target`` after it: (prompt_ids, target_ids).
+
+    The target gets a leading space (the usual "prompt target" join). The joint encoding is used
+    when the prompt's ids are a prefix of it; otherwise the two parts are encoded separately.
+    """
+    text_target = target if target.startswith(" ") else " " + target
+    prompt_ids = list(tok(prompt)["input_ids"])
+    full = list(tok(prompt + text_target)["input_ids"])
+    if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
+        return prompt_ids, full[len(prompt_ids):]
+    target_ids = list(tok(text_target, add_special_tokens=False)["input_ids"])
+    if not target_ids:
+        raise ValueError(f"target={target!r} encodes to no tokens; expected a non-empty target text")
+    return prompt_ids, target_ids
+
+
+def _right_pad(seqs: Sequence[Sequence[int]], fill: int, device: torch.device) -> tuple:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def score_targets(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 16,
+    device: Optional[torch.device] = None,
+) -> list:
+    """Teacher-forced scores of ``targets[i]`` after ``prompts[i]``.
+
+    Args:
+        prompts, targets: equal-length sequences of strings.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        list of :class:`TargetScore`, one per pair. Log-probabilities are computed in float64
+        from the model's logits.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets; expected one target per prompt")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
+    device = device or model_device(model)
+    pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start: start + batch_size]
+        seqs = [p + t for p, t in chunk]
+        ids, mask = _right_pad(seqs, pad_id(tok), device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        for row, (p_ids, t_ids) in enumerate(chunk):
+            positions = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1, device=device)
+            target = torch.tensor(t_ids, device=device)
+            lp = logprobs[row, positions]
+            out.append(
+                TargetScore(
+                    sum_logprob=float(lp.gather(1, target[:, None]).sum()),
+                    n_tokens=len(t_ids),
+                    argmax=tuple(int(x) for x in lp.argmax(-1)),
+                    target_ids=tuple(t_ids),
+                )
+            )
+    return out
+
+
+@torch.no_grad()
+def next_token_logprobs(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int = 16,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    """log p(token | prompt) for each prompt and each of ``token_ids``: a float64 tensor (n_prompts, n_tokens)."""
+    device = device or model_device(model)
+    seqs = [list(tok(p)["input_ids"]) for p in prompts]
+    rows = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start: start + batch_size]
+        ids, mask = _right_pad(chunk, pad_id(tok), device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        last = torch.tensor([len(s) - 1 for s in chunk], device=device)
+        lp = torch.log_softmax(logits[torch.arange(len(chunk), device=device), last].double(), dim=-1)
+        rows.append(lp[:, list(token_ids)].cpu())
+    return torch.cat(rows) if rows else torch.empty((0, len(token_ids)), dtype=torch.float64)
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 30,
+    batch_size: int = 8,
+    device: Optional[torch.device] = None,
+) -> list:
+    """Greedy continuations (text after the prompt) of each prompt, left-padded batches."""
+    device = device or model_device(model)
+    fill = pad_id(tok)
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        seqs = [list(tok(p)["input_ids"]) for p in prompts[start: start + batch_size]]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), fill, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[i, width - len(seq):] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=fill,
+        )
+        for row in gen[:, width:]:
+            texts.append(tok.decode(row.tolist(), skip_special_tokens=True))
+    return texts
