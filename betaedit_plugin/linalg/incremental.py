@@ -120,11 +120,10 @@ class IncrementalSolver:
             raise ValueError(f"keys: expected {self.d_k} rows (d_k of prior_cov), got shape {tuple(keys.shape)}")
         _, W, chol = self._woodbury(keys)
         X = torch.cholesky_solve(W.T, chol)  # (n, m) = S^-1 W^T
-        R = resid.to(self.prior_cov.device, torch.float64)
-        out = R @ X
         if self.basis is not None:
-            out = out @ self.basis.T
-        return out.to(dtype=resid.dtype, device=resid.device)
+            X = X @ self.basis.T  # (n, d_k); keep the d_v factor out of the m-sized products
+        R = resid.to(self.prior_cov.device, torch.float64)
+        return (R @ X).to(dtype=resid.dtype, device=resid.device)
 
     def add_keys(self, keys) -> None:
         """G <- G + U^T K K^T U, applied to G^-1 with the Woodbury identity (O(m^2 n))."""
