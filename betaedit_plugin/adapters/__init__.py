@@ -1,0 +1,1 @@
+"""Adapters that plug the editors into other frameworks (EasyEdit)."""

@@ -1,0 +1,294 @@
+"""EasyEdit plugin: BetaEdit, AlphaEdit and MEMIT as methods of EasyEdit's ``BaseEditor``.
+
+EasyEdit calls a method as ``ALG_DICT[alg_name](model, tok, requests, hparams,
+copy=False, return_orig_weights=True, keep_original_weight=False, ...)`` and
+expects ``(edited_model, weights_copy)`` back, ``weights_copy`` mapping
+parameter names to the weights before the edit. It gives the method nowhere
+to keep state, so (as EasyEdit's own ``MendRewriteExecutor`` does) the
+registered callable is the bound method of an executor object,
+`BetaEditExecutor`, that holds a ``weakref.WeakKeyDictionary`` from model to
+`BetaEditor`: each model has its own history, which dies with the model.
+
+In EasyEdit's non-sequential mode (``sequential_edit=False``) the host writes
+``weights_copy`` back into the model after every edit. The executor notices
+it at the next call (the edited weights hash back to what they were before
+the last edit), rolls the editor's history back by that one step and warns.
+Any other outside change to the edited weights raises `WeightsChangedError`.
+
+`register_easyedit()` adds 'BetaEdit', 'BE-AlphaEdit' and 'BE-MEMIT' to
+EasyEdit's ``ALG_DICT`` in place and lets ``BatchEditor.is_batchable_method``
+accept them (so ``BaseEditor.batch_edit`` works); calling it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import logging
+import warnings
+import weakref
+from typing import Any, Dict, Optional, Tuple
+
+from ..editor import BetaEditor, WeightsChangedError, as_requests, _fingerprint_diff
+from ..hparams import AlphaEditHyperParams, BetaEditHyperParams, EditHyperParams, MEMITHyperParams
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BetaEditExecutor",
+    "apply_betaedit_to_model",
+    "apply_alphaedit_to_model",
+    "apply_memit_to_model",
+    "register_easyedit",
+    "REGISTERED_NAMES",
+]
+
+_CLASSES = {
+    BetaEditHyperParams.registry_name: BetaEditHyperParams,
+    AlphaEditHyperParams.registry_name: AlphaEditHyperParams,
+    MEMITHyperParams.registry_name: MEMITHyperParams,
+}
+REGISTERED_NAMES: Tuple[str, ...] = tuple(_CLASSES)
+"""Names this package adds to EasyEdit's ALG_DICT."""
+
+INSTALL_HINT = (
+    "EasyEdit (the 'easyeditor' package) is not importable. Install it from its source tree, "
+    "since the PyPI release is a 2023 snapshot pinned to old transformers: "
+    "`git clone https://github.com/zjunlp/EasyEdit && pip install -e EasyEdit --no-deps` "
+    "(then install the extra packages its import asks for), or put the clone on PYTHONPATH. "
+    "Without EasyEdit, use betaedit_plugin.BetaEditor directly (same from_hparams/edit shape)."
+)
+
+
+class BetaEditExecutor:
+    """EasyEdit-callable executor for one method; keeps one `BetaEditor` per model (weakly).
+
+    Args:
+        alg_name: 'BetaEdit', 'BE-AlphaEdit' or 'BE-MEMIT' (paper spellings are accepted).
+        editor_kwargs: passed to every `BetaEditor` it builds (e.g. ``prior_covs``,
+            ``context_templates``) unless the call gives its own.
+
+    ``executor.apply_to_model`` has EasyEdit's signature and goes into ``ALG_DICT``.
+    """
+
+    def __init__(self, alg_name: str, **editor_kwargs: Any) -> None:
+        from ..hparams import hparams_class_for
+
+        cls = hparams_class_for(alg_name)  # KeyError with "Did you mean" for unknown names
+        self.alg_name = cls.registry_name
+        self.hparams_class = cls
+        self.editor_kwargs = dict(editor_kwargs)
+        self._editors: "weakref.WeakKeyDictionary[Any, BetaEditor]" = weakref.WeakKeyDictionary()
+
+    def __repr__(self) -> str:
+        return f"BetaEditExecutor({self.alg_name!r}, models={len(self._editors)})"
+
+    # ------------------------------------------------------------ editors per model
+    def editor_for(self, model) -> Optional[BetaEditor]:
+        """The editor bound to ``model``, or None before its first edit."""
+        return self._editors.get(model)
+
+    def reset(self, model) -> None:
+        """Forget ``model``'s history (its weights are not touched)."""
+        self._editors.pop(model, None)
+
+    def _get_editor(self, model, tok, hparams, editor_kwargs: dict) -> BetaEditor:
+        editor = self._editors.get(model)
+        if editor is None:
+            editor = BetaEditor(model, tok, hparams, **{**self.editor_kwargs, **editor_kwargs})
+            self._editors[model] = editor
+            return editor
+        diff = _fingerprint_diff({"hparams": editor.fingerprint()["hparams"]},
+                                 {"hparams": _hparams_fingerprint(hparams)})
+        if diff:
+            raise ValueError(
+                "this model already has a history under other hparams (" + "; ".join(diff) + "); "
+                f"use the same hparams, or call executor.reset(model) to start a new history"
+            )
+        editor.tok = tok
+        return editor
+
+    # ------------------------------------------------------------ EasyEdit entry point
+    def apply_to_model(
+        self,
+        model,
+        tok,
+        requests,
+        hparams: EditHyperParams,
+        copy: bool = False,
+        return_orig_weights: bool = False,
+        keep_original_weight: bool = False,
+        **kwargs: Any,
+    ):
+        """Write ``requests`` (EasyEdit dicts or EditRequests) as one step; returns (model, weights_copy).
+
+        Args:
+            copy: edit a deep copy of the model (the copy gets a copy of the history).
+            return_orig_weights: fill ``weights_copy`` {parameter name: weight before this edit}.
+            keep_original_weight: accepted for EasyEdit compatibility; the history is kept per model.
+            kwargs: ``prior_covs`` / ``context_templates`` for a new editor; other EasyEdit
+                keywords (``train_ds``...) are ignored.
+        Raises:
+            TypeError / ValueError: wrong hparams class or bad requests (nothing changed).
+            WeightsChangedError: the edited weights changed outside the editor since the last call.
+        """
+        if not isinstance(hparams, self.hparams_class):
+            raise TypeError(
+                f"hparams: {self.alg_name} needs {self.hparams_class.__name__}, got {type(hparams).__name__}"
+            )
+        reqs = as_requests(requests)
+        editor_kwargs = {k: kwargs.pop(k) for k in ("prior_covs", "context_templates") if k in kwargs}
+        if kwargs:
+            logger.debug("%s: ignoring EasyEdit arguments %s", self.alg_name, sorted(kwargs))
+        if copy:
+            source = self._editors.get(model)
+            model = _copy.deepcopy(model)
+            if source is not None:
+                self._editors[model] = _clone_editor(source, model, tok)
+        editor = self._get_editor(model, tok, hparams, editor_kwargs)
+        self._sync_with_weights(editor)
+        weights_copy: Dict[str, Any] = {}
+        if return_orig_weights:
+            for l in hparams.layers:
+                name = editor.layout.rewrite_name(l) + ".weight"
+                weights_copy[name] = editor.layout.rewrite_module(model, l).weight.detach().clone()
+        editor.apply(reqs)
+        return model, weights_copy
+
+    def _sync_with_weights(self, editor: BetaEditor) -> None:
+        status = editor.weights_status()
+        if status == "restored":
+            editor.undo(restore_weights=False)
+            warnings.warn(
+                f"{self.alg_name}: the edited weights were restored to before the last edit (EasyEdit's "
+                f"non-sequential mode); the editor's history was rolled back by one step to step {editor.step}",
+                stacklevel=3,
+            )
+        elif status == "changed":
+            raise WeightsChangedError(
+                f"{self.alg_name}: the weights of layers {editor.hparams.layers} changed outside the editor since "
+                "its last edit, so its history no longer matches the model; call executor.reset(model) to start "
+                "a new history from the current weights"
+            )
+
+
+def _hparams_fingerprint(hparams: EditHyperParams) -> dict:
+    from ..editor import _hparams_fingerprint as fp
+
+    return fp(hparams)
+
+
+def _clone_editor(source: BetaEditor, model, tok) -> BetaEditor:
+    """A new editor for a deep copy of ``source.model``, with a copy of its state."""
+    editor = BetaEditor(model, tok, source.hparams, keep_undo=source.keep_undo)
+    if source.state is not None:
+        editor.load_state_dict(source.state_dict(), restore_weights=False)
+    return editor
+
+
+# ---------------------------------------------------------------- module-level entry points
+def _registered_executor(alg_name: str) -> Optional[BetaEditExecutor]:
+    """The executor `register_easyedit` put into EasyEdit's ALG_DICT, if any (no import of EasyEdit)."""
+    import sys
+
+    module = sys.modules.get("easyeditor.util.alg_dict")
+    fn = getattr(module, "ALG_DICT", {}).get(alg_name) if module is not None else None
+    owner = getattr(fn, "__self__", None)
+    return owner if isinstance(owner, BetaEditExecutor) else None
+
+
+def _apply(alg_name, model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight, executor, kwargs):
+    if executor is None:
+        executor = _registered_executor(alg_name)
+    if executor is None:
+        warnings.warn(
+            f"apply_*_to_model for {alg_name} without an executor: this call's history is not kept for the next "
+            "call. Pass executor=BetaEditExecutor(...) or call register_easyedit() first.",
+            stacklevel=3,
+        )
+        executor = BetaEditExecutor(alg_name)
+    return executor.apply_to_model(
+        model, tok, requests, hparams, copy=copy, return_orig_weights=return_orig_weights,
+        keep_original_weight=keep_original_weight, **kwargs,
+    )
+
+
+def apply_betaedit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                            keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
+    """EasyEdit-style entry point for BetaEdit: returns (model, weights_copy). See `BetaEditExecutor`."""
+    return _apply("BetaEdit", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
+                  executor, kwargs)
+
+
+def apply_alphaedit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                             keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
+    """EasyEdit-style entry point for AlphaEdit ('BE-AlphaEdit'): returns (model, weights_copy)."""
+    return _apply("BE-AlphaEdit", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
+                  executor, kwargs)
+
+
+def apply_memit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                         keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
+    """EasyEdit-style entry point for history-aware MEMIT ('BE-MEMIT'): returns (model, weights_copy)."""
+    return _apply("BE-MEMIT", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
+                  executor, kwargs)
+
+
+# ---------------------------------------------------------------- registration
+_PATCH_MARK = "_betaedit_plugin_names"
+
+
+def register_easyedit() -> Dict[str, BetaEditExecutor]:
+    """Add 'BetaEdit', 'BE-AlphaEdit', 'BE-MEMIT' to EasyEdit (idempotent); returns {name: executor}.
+
+    - ``ALG_DICT`` is updated in place: the dict object in ``easyeditor.util.alg_dict``, which
+      ``easyeditor.editors.editor`` imports by name (``from ..util.alg_dict import *``), so both
+      see the new entries; any other module that holds a different ``ALG_DICT`` object is updated too.
+    - ``BatchEditor.is_batchable_method`` is wrapped once so that it also accepts these names
+      (needed by ``BaseEditor.batch_edit``); EasyEdit's own answers are unchanged.
+
+    Raises:
+        ImportError: EasyEdit is not importable (the message says how to install it).
+        KeyError: ALG_DICT already maps one of the names to something that is not ours.
+    """
+    try:
+        import easyeditor  # noqa: F401  (runs EasyEdit's own imports)
+        from easyeditor.editors import batch_editor as batch_mod
+        from easyeditor.editors import editor as editor_mod
+        from easyeditor.util import alg_dict as alg_mod
+    except ImportError as exc:
+        raise ImportError(f"{INSTALL_HINT} (import error: {exc})") from exc
+
+    dicts = [alg_mod.ALG_DICT]
+    if getattr(editor_mod, "ALG_DICT", alg_mod.ALG_DICT) is not alg_mod.ALG_DICT:
+        dicts.append(editor_mod.ALG_DICT)
+    executors: Dict[str, BetaEditExecutor] = {}
+    for name in REGISTERED_NAMES:
+        current = [d.get(name) for d in dicts]
+        owner = next((getattr(fn, "__self__", None) for fn in current
+                      if isinstance(getattr(fn, "__self__", None), BetaEditExecutor)), None)
+        for fn in current:
+            if fn is not None and getattr(fn, "__self__", None) is not owner:
+                raise KeyError(f"EasyEdit's ALG_DICT already has a method called {name!r} ({fn!r}); not replacing it")
+        executors[name] = owner if owner is not None else BetaEditExecutor(name)
+    for d in dicts:
+        for name, ex in executors.items():
+            if d.get(name) is None:
+                d[name] = ex.apply_to_model
+    _patch_batchable(batch_mod.BatchEditor)
+    logger.info("registered %s in EasyEdit's ALG_DICT", list(REGISTERED_NAMES))
+    return executors
+
+
+def _patch_batchable(batch_editor_cls) -> None:
+    """Let ``BatchEditor.is_batchable_method`` accept this package's names (once)."""
+    current = batch_editor_cls.is_batchable_method
+    if getattr(current, _PATCH_MARK, None) is not None:
+        return
+    original = current
+
+    def is_batchable_method(alg_name: str) -> bool:
+        return alg_name in REGISTERED_NAMES or original(alg_name)
+
+    setattr(is_batchable_method, _PATCH_MARK, REGISTERED_NAMES)
+    is_batchable_method.__doc__ = "EasyEdit's check, extended by betaedit_plugin to accept " + ", ".join(REGISTERED_NAMES)
+    batch_editor_cls.is_batchable_method = staticmethod(is_batchable_method)

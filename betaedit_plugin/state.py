@@ -1,0 +1,220 @@
+"""The state a sequential editor owns: per-layer history, prior, projector and solver.
+
+One `EditorState` belongs to one `BetaEditor` (one model, one method): two
+editors never share a history. The state follows the ``state_dict`` /
+``load_state_dict`` pattern of MEMIT's ``SecondMoment``, and is saved as
+safetensors (tensors) plus string metadata (the fingerprint, the step count,
+the context templates); nothing is pickled.
+
+Per edited layer l (`LayerState`):
+
+- ``prior_cov`` C0 (d_k, d_k) float64: mean uncentred second moment of keys;
+- ``hist_cov``  H  (d_k, d_k) float64: sum of K K^T over every edit written;
+- ``w0``        W_0 (d_v, d_k): the weight before the first edit (nn.Linear
+  orientation, the model's dtype), for ``weight_deltas`` and to check that a
+  saved state is loaded into the right model;
+- ``solver``: an `IncrementalSolver` carrying (U^T (H + lambda1 C0) U + lambda2 I)^-1
+  and the projector basis U (d_k, m), or None for no projection (MEMIT);
+- ``n_keys``: number of keys in H.
+
+Tensors are never modified in place: every update builds new tensors
+(``add_keys`` returns H + K K^T, the solver replaces ``g_inv``), so a snapshot
+for undo (`EditorState.snapshot`) only keeps references.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LayerState", "EditorState", "StateSnapshot", "FORMAT", "save_state_file", "load_state_file"]
+
+FORMAT = "betaedit-plugin/editor-state/1"
+
+
+@dataclass
+class LayerState:
+    """History, prior, original weight and solver of one edited layer (see module docstring)."""
+
+    layer: int
+    prior_cov: torch.Tensor
+    hist_cov: torch.Tensor
+    w0: torch.Tensor
+    solver: Any
+    n_keys: int = 0
+
+    @property
+    def basis(self) -> Optional[torch.Tensor]:
+        """U (d_k, m) with P = U U^T, or None when updates are not projected."""
+        return self.solver.basis
+
+    def tensors(self, prefix: str) -> Dict[str, torch.Tensor]:
+        """Flat tensors for safetensors, names prefixed with ``prefix``."""
+        out = {
+            f"{prefix}prior_cov": self.prior_cov,
+            f"{prefix}hist_cov": self.hist_cov,
+            f"{prefix}w0": self.w0,
+        }
+        for name, value in self.solver.state_dict().items():
+            out[f"{prefix}solver.{name}"] = value
+        return out
+
+
+@dataclass
+class StateSnapshot:
+    """References to everything one step changes (cheap: tensors are never mutated in place)."""
+
+    step: int
+    last_refresh: int
+    layers: Dict[int, Tuple[torch.Tensor, int, Dict[str, torch.Tensor]]]
+
+
+@dataclass
+class EditorState:
+    """Everything a sequential editor carries between steps.
+
+    Args:
+        method: registry name of the method ('BetaEdit', 'BE-AlphaEdit', 'BE-MEMIT').
+        layers: {layer index: LayerState}, in ascending layer order.
+        step: number of edits (requests) written so far.
+        last_refresh: value of ``step`` at the last projector refresh (0 = built from C0).
+        context_templates: MEMIT-style template groups, generated once per editor.
+    """
+
+    method: str
+    layers: Dict[int, LayerState]
+    step: int = 0
+    last_refresh: int = 0
+    context_templates: Optional[List[List[str]]] = None
+
+    # ------------------------------------------------------------ undo
+    def snapshot(self) -> StateSnapshot:
+        """What `restore` needs to return to this point (no tensor copies)."""
+        return StateSnapshot(
+            step=self.step,
+            last_refresh=self.last_refresh,
+            layers={
+                l: (s.hist_cov, s.n_keys, dict(s.solver.state_dict())) for l, s in self.layers.items()
+            },
+        )
+
+    def restore(self, snap: StateSnapshot) -> None:
+        """Return to a `snapshot` taken earlier on this state."""
+        for l, (hist_cov, n_keys, solver_state) in snap.layers.items():
+            s = self.layers[l]
+            s.hist_cov, s.n_keys = hist_cov, n_keys
+            s.solver.load_state_dict(solver_state)
+        self.step, self.last_refresh = snap.step, snap.last_refresh
+
+    # ------------------------------------------------------------ (de)serialisation
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"tensors": {name: Tensor}, "meta": {...}}``: tensors for safetensors, the rest JSON-able."""
+        tensors: Dict[str, torch.Tensor] = {}
+        for l, s in self.layers.items():
+            tensors.update(s.tensors(f"layers.{l}."))
+        meta = {
+            "format": FORMAT,
+            "method": self.method,
+            "step": self.step,
+            "last_refresh": self.last_refresh,
+            "n_keys": {str(l): s.n_keys for l, s in self.layers.items()},
+            "context_templates": self.context_templates,
+        }
+        return {"tensors": tensors, "meta": meta}
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, Any],
+        layers: List[int],
+        make_solver: Callable[[int, torch.Tensor], Any],
+        device: Union[str, torch.device] = "cpu",
+    ) -> "EditorState":
+        """Rebuild from `state_dict`, checking that every expected entry is present and finite.
+
+        Args:
+            state: output of `state_dict` (or of `load_state_file`).
+            layers: the edited layers the caller expects.
+            make_solver: ``(layer, prior_cov) -> IncrementalSolver`` with the caller's lambdas;
+                the saved solver tensors are then loaded into it.
+            device: where the float64 state lives.
+        """
+        tensors, meta = state.get("tensors"), state.get("meta")
+        if not isinstance(tensors, Mapping) or not isinstance(meta, Mapping):
+            raise ValueError("state: expected a mapping with 'tensors' and 'meta' (from EditorState.state_dict)")
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"state: format={meta.get('format')!r}, expected {FORMAT!r}")
+        built: Dict[int, LayerState] = {}
+        n_keys = meta.get("n_keys") or {}
+        for l in layers:
+            prefix = f"layers.{l}."
+            needed = [prefix + n for n in ("prior_cov", "hist_cov", "w0")]
+            missing = [n for n in needed if n not in tensors]
+            if missing:
+                raise ValueError(f"state: missing tensors {missing} for layer {l}; was it saved for other layers?")
+            for n in needed:
+                if not bool(torch.isfinite(tensors[n]).all()):
+                    raise ValueError(f"state: tensor {n!r} has non-finite values (corrupt file?)")
+            prior = tensors[prefix + "prior_cov"].to(device, torch.float64).clone()
+            solver = make_solver(l, prior)
+            solver.load_state_dict(
+                {k[len(prefix + "solver."):]: v for k, v in tensors.items() if k.startswith(prefix + "solver.")}
+            )
+            built[l] = LayerState(
+                layer=l,
+                prior_cov=prior,
+                hist_cov=tensors[prefix + "hist_cov"].to(device, torch.float64).clone(),
+                w0=tensors[prefix + "w0"].clone(),
+                solver=solver,
+                n_keys=int(n_keys.get(str(l), 0)),
+            )
+        templates = meta.get("context_templates")
+        return cls(
+            method=str(meta.get("method")),
+            layers=built,
+            step=int(meta.get("step", 0)),
+            last_refresh=int(meta.get("last_refresh", 0)),
+            context_templates=[list(g) for g in templates] if templates is not None else None,
+        )
+
+
+def save_state_file(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write tensors + JSON metadata as one safetensors file (atomically: temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {k: json.dumps(v) for k, v in meta.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(flat, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    logger.info("saved editor state to %s (%d tensors)", path, len(flat))
+    return path
+
+
+def load_state_file(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a file written by `save_state_file`: (tensors on CPU, decoded metadata)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"editor state file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"editor state file {str(path)!r} is not a readable safetensors file: {exc}") from exc
+    try:
+        meta = {k: json.loads(v) for k, v in raw_meta.items()}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"editor state file {str(path)!r} has corrupt metadata: {exc}") from exc
+    return tensors, meta
