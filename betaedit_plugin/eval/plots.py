@@ -1,0 +1,76 @@
+"""PNG plots of metrics against the number of edits, one line per run (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# (file stem, title, [(metric key, label)], y label, log scale, reference line)
+FIGURES = (
+    ("efficacy", "Efficacy and generality", [("efficacy", "efficacy"), ("generality", "generality")], "share of edits", False, None),
+    ("specificity", "Specificity", [("specificity", "specificity"), ("locality_acc", "locality acc")], "share", False, None),
+    ("capability_ppl", "Held-out perplexity (WikiText-2)", [("ppl", "ppl")], "perplexity", True, None),
+    ("capability_mmlu", "MMLU probe accuracy", [("mmlu_acc", "accuracy")], "accuracy", False, 0.25),
+    ("leakage", "Knowledge leakage trace(D C0 D^T) / trace(W0 C0 W0^T)", [("rel_leakage", "rel. leakage")], "relative leakage", True, None),
+    ("perturbation", "Weight perturbation ||W_t - W_0||_F", [("perturbation", "||D||_F")], "Frobenius norm", False, None),
+)
+
+
+def _finite(points: Sequence[Mapping], key: str) -> tuple:
+    xs, ys = [], []
+    for p in points:
+        v = p.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(p["step"])
+            ys.append(v)
+    return xs, ys
+
+
+def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
+    """Draw every figure in :data:`FIGURES` for the runs that have the metric.
+
+    Args:
+        runs: label (method) -> evaluation points (dicts with ``step`` and metrics).
+        out_dir: where the PNGs go.
+
+    Returns:
+        paths of the written PNG files.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, title, series, ylabel, log, ref in FIGURES:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        drawn = False
+        for label, points in runs.items():
+            for key, name in series:
+                xs, ys = _finite(points, key)
+                if not xs or (log and any(y <= 0 for y in ys)):
+                    continue
+                line_label = label if len(series) == 1 else f"{label}: {name}"
+                ax.plot(xs, ys, marker="o", linestyle="-" if key == series[0][0] else "--", label=line_label)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        if ref is not None:
+            ax.axhline(ref, color="grey", linestyle=":", label=f"chance {ref}")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("number of edits")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,120 @@
+"""Tables from run results: metrics.csv, a before/after table, and a markdown comparison of methods.
+
+A run's ``results.json`` holds ``{"config": ..., "method": ..., "evals": [point, ...], "timing": ...}``
+where each evaluation point is a flat dict with ``step`` (edits so far) and float metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .checkpoint import atomic_write, atomic_write_text
+
+# (key, header, format) of the columns shown in the markdown tables
+TABLE_COLUMNS = (
+    ("efficacy", "efficacy", "{:.3f}"),
+    ("generality", "generality", "{:.3f}"),
+    ("specificity", "specificity", "{:.3f}"),
+    ("rewrite_acc", "rewrite acc", "{:.3f}"),
+    ("rephrase_acc", "rephrase acc", "{:.3f}"),
+    ("locality_acc", "locality acc", "{:.3f}"),
+    ("fluency", "fluency", "{:.2f}"),
+    ("ppl", "ppl", "{:.2f}"),
+    ("mmlu_acc", "MMLU acc (chance 0.25)", "{:.3f}"),
+    ("rel_leakage", "rel. leakage", "{:.2e}"),
+    ("perturbation", "‖D‖_F", "{:.3f}"),
+)
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    try:
+        return fmt.format(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def write_metrics_csv(evals: Sequence[Mapping], path: Path) -> None:
+    """One row per evaluation point, one column per scalar metric (union over points)."""
+    keys: list = []
+    for point in evals:
+        for key, value in point.items():
+            if key not in keys and isinstance(value, (int, float)) and not isinstance(value, bool):
+                keys.append(key)
+    keys = ["step"] + [k for k in keys if k != "step"]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as stream:
+            writer = csv.DictWriter(stream, fieldnames=keys, extrasaction="ignore")
+            writer.writeheader()
+            for point in evals:
+                writer.writerow({k: point.get(k, "") for k in keys})
+
+    atomic_write(Path(path), write)
+
+
+def before_after_table(evals: Sequence[Mapping]) -> str:
+    """Markdown table of the first (before editing) and the last evaluation point."""
+    if not evals:
+        return "(no evaluation points)"
+    first, last = evals[0], evals[-1]
+    lines = [
+        f"| metric | before (step {first['step']}) | after (step {last['step']}) |",
+        "|---|---|---|",
+    ]
+    for key, header, fmt in TABLE_COLUMNS:
+        if key in first or key in last:
+            lines.append(f"| {header} | {_fmt(first.get(key), fmt)} | {_fmt(last.get(key), fmt)} |")
+    return "\n".join(lines)
+
+
+def comparison_table(runs: Mapping[str, Mapping]) -> str:
+    """Markdown table, one row per run (method), at each run's last evaluation point.
+
+    Args:
+        runs: label -> results dict (as in results.json).
+    """
+    present = [c for c in TABLE_COLUMNS if any(c[0] in (r.get("evals") or [{}])[-1] for r in runs.values())]
+    header = "| method | edits | " + " | ".join(h for _, h, _ in present) + " | s/edit |"
+    lines = [header, "|" + "---|" * (len(present) + 3)]
+    for label, results in runs.items():
+        evals = results.get("evals") or [{}]
+        last = evals[-1]
+        per_edit = (results.get("timing") or {}).get("edit_mean_s")
+        cells = [_fmt(last.get(k), f) for k, _, f in present]
+        lines.append(f"| {label} | {last.get('step', '–')} | " + " | ".join(cells) + f" | {_fmt(per_edit, '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def load_results(out_dir: Path) -> dict:
+    """``results.json`` of a run directory."""
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: is {str(out_dir)!r} a run's out_dir?")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
+    """Write ``comparison.md`` (table + timing) and the comparison plots into ``dest``."""
+    from .plots import plot_runs
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    plots = plot_runs({label: r.get("evals", []) for label, r in runs.items()}, dest)
+    lines = ["# Comparison", "", comparison_table(runs), "", "## Wall time (s)", "",
+             "| method | statistics | projector | edits (total) | per edit | evaluation |", "|---|---|---|---|---|---|"]
+    for label, r in runs.items():
+        t = r.get("timing") or {}
+        lines.append(
+            f"| {label} | " + " | ".join(_fmt(t.get(k), "{:.1f}") for k in ("statistics_s", "projector_s", "edit_total_s"))
+            + f" | {_fmt(t.get('edit_mean_s'), '{:.2f}')} | {_fmt(t.get('eval_total_s'), '{:.1f}')} |"
+        )
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = dest / "comparison.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
