@@ -22,6 +22,9 @@ TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
 TINY_VOCAB_SIZE = 384
 TINY_LAYERS = 4
 TINY_WIDTH = 32
+# larger than the usual 0.02 so that the random model's predictions are peaked and
+# an edit visibly changes them
+TINY_INIT_RANGE = 0.2
 
 _CORPUS = (
     "The mother tongue of Danielle Darrieux is French.",
@@ -63,7 +66,7 @@ def _tokenizer():
 def _config(arch: str, vocab_size: int, eos: int, pad: int):
     import transformers as tf
 
-    common = dict(vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
+    common = dict(initializer_range=TINY_INIT_RANGE, vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=TINY_WIDTH, n_layer=TINY_LAYERS, n_head=4, n_positions=256, **common)
     if arch == "gptj":
