@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..data import read_json_records, resource_path
-from .scoring import model_device, next_token_logprobs, score_targets
+from .scoring import context_limit, model_device, next_token_logprobs, score_targets
 
 WIKITEXT_TEST = "wikitext/wikitext2_test.tokens.txt.gz"
 MMLU = "glue_eval/mmlu.json.gz"
@@ -63,7 +63,7 @@ def perplexity(
     """Perplexity of a token stream cut into non-overlapping windows.
 
     Each window of ``window`` tokens is scored on its own: every token except the window's first is
-    predicted from the tokens before it in the window. ppl = exp(total NLL / predicted tokens).
+    predicted from the tokens before it in the window (capped at the model's context length). ppl = exp(total NLL / predicted tokens).
 
     Args:
         token_ids: 1-D long tensor.
@@ -76,6 +76,8 @@ def perplexity(
     if window < 2:
         raise ValueError(f"window={window!r}: expected an int >= 2")
     device = device or model_device(model)
+    limit = context_limit(model)
+    window = min(window, limit) if limit else window
     chunks = [token_ids[i: i + window] for i in range(0, token_ids.numel(), window)]
     chunks = [c for c in chunks if c.numel() >= 2]
     total, count = 0.0, 0

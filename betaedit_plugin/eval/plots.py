@@ -51,7 +51,9 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
         for label, points in runs.items():
             for key, name in series:
                 xs, ys = _finite(points, key)
-                if not xs or (log and any(y <= 0 for y in ys)):
+                if log:  # zero (e.g. no leakage before the first edit) cannot be drawn on a log axis
+                    xs, ys = [x for x, y in zip(xs, ys) if y > 0], [y for y in ys if y > 0]
+                if not xs:
                     continue
                 line_label = label if len(series) == 1 else f"{label}: {name}"
                 ax.plot(xs, ys, marker="o", linestyle="-" if key == series[0][0] else "--", label=line_label)

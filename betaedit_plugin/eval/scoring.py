@@ -44,6 +44,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def context_limit(model: torch.nn.Module) -> Optional[int]:
+    """Longest sequence the model accepts (``n_positions`` / ``max_position_embeddings``), or None."""
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _fit(prompt_ids: list, target_ids: list, limit: Optional[int]) -> list:
+    """Drop tokens from the start of the prompt so that prompt + target fits in ``limit``."""
+    if limit is None or len(prompt_ids) + len(target_ids) <= limit:
+        return prompt_ids
+    keep = limit - len(target_ids)
+    if keep < 1:
+        raise ValueError(f"target of {len(target_ids)} tokens does not fit in the model's context of {limit} tokens")
+    return prompt_ids[-keep:]
+
+
 def pad_id(tok) -> int:
     """Padding id: the tokenizer's pad token, else its eos token, else 0 (masked out anyway)."""
     for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
@@ -91,6 +111,8 @@ def score_targets(
 ) -> list:
     """Teacher-forced scores of ``targets[i]`` after ``prompts[i]``.
 
+    A pair longer than the model's context keeps the end of its prompt.
+
     Args:
         prompts, targets: equal-length sequences of strings.
         batch_size: sequences per forward pass.
@@ -104,7 +126,9 @@ def score_targets(
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
     device = device or model_device(model)
+    limit = context_limit(model)
     pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
+    pairs = [(_fit(p, t, limit), t) for p, t in pairs]
     out = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start: start + batch_size]
@@ -139,7 +163,8 @@ def next_token_logprobs(
 ) -> torch.Tensor:
     """log p(token | prompt) for each prompt and each of ``token_ids``: a float64 tensor (n_prompts, n_tokens)."""
     device = device or model_device(model)
-    seqs = [list(tok(p)["input_ids"]) for p in prompts]
+    limit = context_limit(model)
+    seqs = [_fit(list(tok(p)["input_ids"]), [], limit) for p in prompts]
     rows = []
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start: start + batch_size]
@@ -164,9 +189,10 @@ def greedy_generate(
     """Greedy continuations (text after the prompt) of each prompt, left-padded batches."""
     device = device or model_device(model)
     fill = pad_id(tok)
+    limit = context_limit(model)
     texts = []
     for start in range(0, len(prompts), batch_size):
-        seqs = [list(tok(p)["input_ids"]) for p in prompts[start: start + batch_size]]
+        seqs = [_fit(list(tok(p)["input_ids"]), [0] * max_new_tokens, limit) for p in prompts[start: start + batch_size]]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), fill, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
