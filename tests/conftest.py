@@ -57,3 +57,28 @@ def restore_weights(model: torch.nn.Module):
 def weights_restored():
     """``with weights_restored(model): ...`` restores every parameter afterwards."""
     return restore_weights
+
+
+# ----------------------------------------------------------------------------------
+# smollm2_stats (owner: stats helper) ------------------------------------------------
+SMOLLM2_STATS_LAYERS = (4, 5, 6, 7, 8)
+
+
+@pytest.fixture(scope="session")
+def smollm2_stats(smollm2):
+    """C0 = E[k k^T] (1536, 1536) float64 of SmolLM2 layers 4-8: {layer: tensor}.
+
+    200 texts of the bundled Wikipedia corpus, max_length 128, cached under
+    $BETAEDIT_CACHE/stats (computed once, about a minute on 2 cores; later sessions
+    read the cache). Do not change the SmolLM2 weights before requesting this fixture.
+    """
+    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.plumbing.stats import layer_second_moments
+
+    model, tok = smollm2
+    layout = ModelLayout.from_model(model)
+    return layer_second_moments(
+        model, tok, layout, list(SMOLLM2_STATS_LAYERS), corpus="wiki_vital",
+        n_samples=200, max_length=128, batch_size=8, progress=False,
+    )
+# end of smollm2_stats block -----------------------------------------------------------
