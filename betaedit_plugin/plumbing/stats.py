@@ -523,6 +523,12 @@ def layer_second_moments(
             if cached is not None:
                 result[layer] = cached
     missing = [l for l in layers if l not in result]
+    if missing and model.training:
+        warnings.warn(
+            f"{type(model).__name__} is in training mode: dropout makes the C0 statistics noisy; "
+            "call model.eval() first",
+            stacklevel=2,
+        )
     if missing:
         seqs = _tokenize(tok, texts, max_length)
         if not seqs:

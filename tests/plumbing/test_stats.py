@@ -273,11 +273,15 @@ def test_corrupt_cache_is_detected_and_recomputed(tiny, tmp_path, damage):
         torch.testing.assert_close(_c0(model, tok, layout, [1], tmp_path)[1], good, rtol=0, atol=0)
 
 
-def test_use_cache_false_writes_nothing(tiny, tmp_path):
+def test_use_cache_false_writes_nothing_and_training_mode_warns(tiny, tmp_path):
     model, tok = tiny("gptj")
     layout = ModelLayout.from_model(model)
     _c0(model, tok, layout, [1], tmp_path, use_cache=False)
     assert list(tmp_path.iterdir()) == []
+    model.train()
+    with pytest.warns(UserWarning, match=r"training mode.*model\.eval\(\)"):
+        _c0(model, tok, layout, [1], tmp_path, use_cache=False, n_samples=2)
+    assert model.training  # the caller's mode is left alone
 
 
 # ---------------------------------------------------------------- bad input
