@@ -589,9 +589,29 @@ def precheck(args: Sequence[str]) -> None:
                 cfg = compose(config_name="config", overrides=list(overrides))
                 resolved = OmegaConf.to_container(cfg, resolve=True)
             except (HydraException, OmegaConfBaseException) as exc:
+                groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
+                _unknown_nested_key(compose(config_name="config", overrides=groups_only), overrides)
                 cause = exc.__cause__ or exc
                 raise ConfigError(f"{' '.join(overrides)}: {str(cause).splitlines()[0]}") from None
             validate_config(resolved)
+
+
+def _unknown_nested_key(cfg, overrides: Sequence[str]) -> None:
+    """Raise ConfigError with "Did you mean" for the first override whose dotted key is not in ``cfg``."""
+    for item in overrides:
+        if item.startswith(("+", "~")):
+            continue
+        key, _, value = item.partition("=")
+        node, path = cfg, []
+        for part in key.split("."):
+            if not hasattr(node, "keys") or part not in node:
+                siblings = sorted(str(k) for k in node.keys()) if hasattr(node, "keys") else []
+                where = ".".join(path) or "the config"
+                raise ConfigError(
+                    f"{key}={value!r}: {where} has no key {part!r}.{_did_you_mean(part, siblings)}"
+                    + ("" if siblings else " (add it with +key=value)")
+                )
+            node, path = node[part], path + [part]
 
 
 def _compare_cli(args: Sequence[str]) -> int:

@@ -1,0 +1,95 @@
+"""Data loaders: CounterFact and ZsRE as typed EditRequests, bad input named."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from betaedit_plugin.data import DatasetError, load_counterfact, load_dataset, load_zsre
+from betaedit_plugin.requests import EditRequest
+
+
+def test_counterfact_first_case_matches_the_file():
+    reqs = load_counterfact("edit", n=3)
+    assert len(reqs) == 3 and all(isinstance(r, EditRequest) for r in reqs)
+    r = reqs[0]
+    assert r.case_id == 0
+    assert r.prompt == "The mother tongue of Danielle Darrieux is"
+    assert (r.subject, r.target_new, r.ground_truth) == ("Danielle Darrieux", "English", "French")
+    assert r.rephrase_prompts == ("Where Danielle Darrieux is from, people speak the language of",)
+    assert r.locality_prompts == ("Michel Rocard is a native speaker of",)
+    assert r.locality_ground_truth == ("French",)
+    assert r.template == "The mother tongue of {} is"
+
+
+@pytest.mark.parametrize("split, size", [("edit", 10000), ("train", 10000), ("val", 1919)])
+def test_counterfact_splits_are_complete_and_disjoint(split, size):
+    reqs = load_counterfact(split)
+    assert len(reqs) == size
+    assert len({r.case_id for r in reqs}) == size
+
+
+def test_counterfact_splits_cover_all_cases_once():
+    ids = [r.case_id for s in ("edit", "train", "val") for r in load_counterfact(s)]
+    assert sorted(ids) == list(range(21919))
+
+
+def test_zsre_maps_the_mend_schema():
+    r = load_zsre("eval", n=1)[0]
+    assert r.prompt == "When was the inception of IAAF Combined Events Challenge?"
+    assert r.subject == "IAAF Combined Events Challenge"
+    assert (r.target_new, r.ground_truth) == ("2006", "1998")
+    assert r.rephrase_prompts == ("When was the IAAF Combined Events Challenge launched?",)
+    # the "nq question: " prefix is stripped from the locality prompt
+    assert r.locality_prompts == ("what is the name of the last episode of spongebob",)
+    assert r.locality_ground_truth == ("The String",)
+    assert len(load_zsre("eval")) == 1037
+
+
+def test_zsre_train_skips_invalid_records_with_a_warning_or_raises_when_strict():
+    with pytest.warns(UserWarning, match="skipped 2 invalid record"):
+        reqs = load_zsre("train")
+    assert len(reqs) == 998
+    with pytest.raises(DatasetError, match=r"record 534: target_new=''"):
+        load_zsre("train", strict=True)
+
+
+def test_load_dataset_by_name_and_unknown_name():
+    assert load_dataset("counterfact", n=2)[1].case_id == 1
+    assert len(load_dataset("zsre", n=4)) == 4
+    with pytest.raises(KeyError, match="Did you mean 'counterfact'"):
+        load_dataset("counterfakt", n=1)
+    with pytest.raises(KeyError, match="Did you mean 'edit'"):
+        load_counterfact("edti")
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
+def test_bad_n_is_named(n):
+    with pytest.raises(ValueError, match=r"n="):
+        load_counterfact("val", n=n)
+
+
+def test_n_beyond_the_data_is_refused():
+    with pytest.raises(ValueError, match=r"n=2000: .* has only 1919"):
+        load_counterfact("val", n=2000)
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_counterfact(str(missing))
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetError, match="unreadable"):
+        load_counterfact(str(broken))
+    not_list = tmp_path / "obj.json"
+    not_list.write_text(json.dumps({"a": 1}))
+    with pytest.raises(DatasetError, match="expected a JSON list"):
+        load_zsre(str(not_list))
+    no_field = tmp_path / "nofield.json.gz"
+    with gzip.open(no_field, "wt") as f:
+        json.dump([{"prompt": "x", "subject": "x"}], f)
+    with pytest.raises(DatasetError, match="record 0 has no field 'target_new'"):
+        load_counterfact(str(no_field))

@@ -1,0 +1,195 @@
+"""Metric functions against hand computations on tiny models (float64 references)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from betaedit_plugin.data import load_counterfact
+from betaedit_plugin.eval.capability import heldout_token_ids, load_mmlu, mmlu_accuracy, mmlu_prompt, perplexity
+from betaedit_plugin.eval.metrics import (
+    edit_metrics,
+    layer_diagnostics,
+    locality_reference,
+    ngram_entropy,
+    weight_diagnostics,
+)
+from betaedit_plugin.eval.scoring import encode_pair, greedy_generate, score_targets
+from betaedit_plugin.eval.token_metrics import predicted_target_tokens, target_token_accuracy
+from betaedit_plugin.requests import EditRequest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread (and do not suffer from a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def llama():
+    from betaedit_plugin.models.tiny import build_tiny
+
+    return build_tiny("llama")
+
+
+def _hand_logprobs(model, tok, prompt, target):
+    """Unbatched float64 reference: (sum log p(target | prompt), argmax tokens)."""
+    p_ids, t_ids = encode_pair(tok, prompt, target)
+    ids = torch.tensor([p_ids + t_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    total = sum(float(lp[len(p_ids) - 1 + i, t]) for i, t in enumerate(t_ids))
+    return total, [int(lp[len(p_ids) - 1 + i].argmax()) for i in range(len(t_ids))]
+
+
+def test_batched_scores_equal_one_by_one_scores(llama):
+    model, tok = llama
+    prompts = ["The mother tongue of Danielle Darrieux is", "Paris is", "The Eiffel Tower is located in the city of"]
+    targets = ["English", "the capital of France", "Rome"]
+    scores = score_targets(model, tok, prompts, targets, batch_size=3)
+    for s, p, t in zip(scores, prompts, targets):
+        total, argmax = _hand_logprobs(model, tok, p, t)
+        assert s.sum_logprob == pytest.approx(total, rel=1e-5, abs=1e-5)
+        assert list(s.argmax) == argmax
+        assert s.mean_logprob == pytest.approx(total / s.n_tokens, rel=1e-5)
+        # same numbers as the editor's unbatched EasyEdit-style token metrics
+        assert s.token_accuracy == pytest.approx(target_token_accuracy(model, tok, p, t))
+        assert list(s.argmax) == predicted_target_tokens(model, tok, p, t)[0]
+
+
+def test_edit_metrics_are_the_probability_comparisons(llama):
+    model, tok = llama
+    reqs = load_counterfact(n=4)
+    out = edit_metrics(model, tok, reqs, locality_ref=locality_reference(model, tok, reqs), batch_size=5)
+    eff, gen, spec = [], [], []
+    for r in reqs:
+        def mean(p, t):
+            total, _ = _hand_logprobs(model, tok, p, t)
+            return total / len(encode_pair(tok, p, t)[1])
+
+        eff.append(mean(r.prompt, r.target_new) > mean(r.prompt, r.ground_truth))
+        gen.append(mean(r.rephrase_prompts[0], r.target_new) > mean(r.rephrase_prompts[0], r.ground_truth))
+        spec.append(mean(r.locality_prompts[0], r.locality_ground_truth[0]) > mean(r.locality_prompts[0], r.target_new))
+    assert out["efficacy"] == pytest.approx(sum(eff) / 4)
+    assert out["generality"] == pytest.approx(sum(gen) / 4)
+    assert out["specificity"] == pytest.approx(sum(spec) / 4)
+    assert out["locality_acc"] == 1.0  # the model has not changed since the reference
+    assert 0.0 <= out["rewrite_acc"] <= 1.0
+
+
+def test_locality_acc_drops_when_the_model_changes(llama):
+    model, tok = llama
+    reqs = load_counterfact(n=3)
+    ref = locality_reference(model, tok, reqs)
+    other, _ = __import__("betaedit_plugin.models.tiny", fromlist=["build_tiny"]).build_tiny("llama", seed=1)
+    out = edit_metrics(other, tok, reqs, locality_ref=ref)
+    assert out["locality_acc"] < 1.0
+
+
+def test_ngram_entropy_by_hand():
+    # "a b a b": bigrams ab, ba, ab -> p = (2/3, 1/3); trigrams aba, bab -> p = (1/2, 1/2)
+    h2 = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))
+    h3 = 1.0
+    assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2)
+    assert ngram_entropy("") == 0.0
+    assert ngram_entropy("the the the the the") == 0.0  # a repetitive text has no entropy
+    with pytest.raises(ValueError, match="one weight per order"):
+        ngram_entropy("a b", ns=(2, 3), weights=(1.0,))
+
+
+def test_greedy_generation_is_padding_independent(llama):
+    model, tok = llama
+    prompts = ["The mother tongue of Danielle Darrieux is", "Paris"]
+    batched = greedy_generate(model, tok, prompts, max_new_tokens=5, batch_size=2)
+    alone = [greedy_generate(model, tok, [p], max_new_tokens=5, batch_size=1)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_perplexity_is_exp_of_the_mean_nll_by_hand(llama):
+    model, tok = llama
+    ids = heldout_token_ids(tok, 150)
+    assert ids.shape == (150,)
+    out = perplexity(model, ids, window=64, batch_size=2)
+    nll, count = 0.0, 0
+    for start in range(0, 150, 64):
+        chunk = ids[start:start + 64]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=chunk[None]).logits[0].double(), -1)
+        for i in range(1, len(chunk)):
+            nll -= float(lp[i - 1, chunk[i]])
+            count += 1
+    assert out["n_tokens"] == count == 150 - 3
+    assert out["nll"] == pytest.approx(nll / count, rel=1e-6)
+    assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-6)
+
+
+def test_perplexity_rejects_bad_input(llama):
+    model, tok = llama
+    with pytest.raises(ValueError, match="window=1"):
+        perplexity(model, torch.arange(10), window=1)
+    with pytest.raises(ValueError, match="1-D"):
+        perplexity(model, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_tokens=1"):
+        heldout_token_ids(tok, 1)
+
+
+def test_mmlu_accuracy_matches_argmax_by_hand(llama):
+    model, tok = llama
+    spread = load_mmlu(40)
+    assert len({r["subject"] for r in spread}) > 20  # spread over the file, not the first subject only
+    # questions that fit in the tiny model's 256-token context (longer ones keep their end)
+    records = [r for r in spread if len(tok(mmlu_prompt(r))["input_ids"]) < 250][:6]
+    out = mmlu_accuracy(model, tok, 6, records=records)
+    correct = 0
+    for r in records:
+        lps = [_hand_logprobs(model, tok, mmlu_prompt(r), letter) for letter in "ABCD"]
+        means = [total / len(encode_pair(tok, mmlu_prompt(r), letter)[1]) for (total, _), letter in zip(lps, "ABCD")]
+        correct += int(max(range(4), key=lambda i: means[i]) == r["answer"])
+    assert out["mmlu_acc"] == pytest.approx(correct / 6)
+    assert out["mmlu_chance"] == 0.25 and out["mmlu_n"] == 6
+    with pytest.raises(ValueError, match="n=0"):
+        load_mmlu(0)
+
+
+def test_leakage_and_perturbation_equal_the_trace_formulas():
+    g = torch.Generator().manual_seed(0)
+    d_v, d_k = 5, 7
+    D = torch.randn(d_v, d_k, generator=g, dtype=torch.float32)
+    W0 = torch.randn(d_v, d_k, generator=g)
+    X = torch.randn(d_k, 50, generator=g, dtype=torch.float64)
+    C0 = X @ X.T / 50
+    out = layer_diagnostics(D, C0, W0)
+    Dd, Wd = D.double(), W0.double()
+    assert out["leakage"] == pytest.approx(float(torch.trace(Dd @ C0 @ Dd.T)), rel=1e-12)
+    assert out["rel_leakage"] == pytest.approx(float(torch.trace(Dd @ C0 @ Dd.T) / torch.trace(Wd @ C0 @ Wd.T)), rel=1e-12)
+    assert out["perturbation"] == pytest.approx(float(torch.linalg.norm(Dd)), rel=1e-12)
+    # leakage is the mean squared output change on the keys behind C0
+    assert out["leakage"] == pytest.approx(float(((Dd @ X) ** 2).sum() / 50), rel=1e-10)
+
+    both = weight_diagnostics({3: D, 4: 2 * D}, {3: C0, 4: C0}, {3: W0, 4: W0})
+    assert both["leakage/L4"] == pytest.approx(4 * both["leakage/L3"])
+    assert both["leakage"] == pytest.approx(5 * both["leakage/L3"])
+    assert both["perturbation"] == pytest.approx(math.sqrt(5) * both["perturbation/L3"])
+    with pytest.raises(ValueError, match="same d_k"):
+        layer_diagnostics(D, torch.eye(3))
+    with pytest.raises(KeyError, match="no prior covariance for layer 9"):
+        weight_diagnostics({9: D}, {3: C0})
+
+
+def test_score_targets_rejects_mismatched_lists(llama):
+    model, tok = llama
+    with pytest.raises(ValueError, match="2 prompts but 1 targets"):
+        score_targets(model, tok, ["a", "b"], ["c"])
+
+
+def test_long_prompts_are_cut_to_the_context(llama):
+    model, tok = llama
+    long_prompt = "The capital of France is Paris. " * 200
+    (score,) = score_targets(model, tok, [long_prompt], ["Rome"])
+    assert math.isfinite(score.sum_logprob)
