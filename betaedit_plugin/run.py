@@ -225,8 +225,10 @@ class _Run:
     timing: dict = field(default_factory=dict)
 
 
-def _check_out_dir(cfg: dict, identity: dict):
+def _check_out_dir(cfg: dict, identity: dict, verify_files: bool = True):
     """Verify what ``out_dir`` holds; returns the checkpoint to resume from (or None).
+
+    ``verify_files=False`` checks the manifest and config hash only (the CLI pre-check).
 
     Raises:
         ConfigError: a checkpoint or results.json of a run with another config, or a corrupt checkpoint.
@@ -235,7 +237,7 @@ def _check_out_dir(cfg: dict, identity: dict):
 
     out_dir = Path(cfg["out_dir"])
     try:
-        ckpt = latest_checkpoint(out_dir, identity)
+        ckpt = latest_checkpoint(out_dir, identity, verify_files)
     except CheckpointError as exc:
         raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
     results_file = out_dir / "results.json"
@@ -563,6 +565,9 @@ def _expand_overrides(args: Sequence[str]) -> list:
 def precheck(args: Sequence[str]) -> None:
     """Compose the configuration the way Hydra will and validate it; raises :class:`ConfigError`.
 
+    Runs every check that needs no model (config values, hyperparameters, data, what out_dir
+    holds), so that these errors stop the command before Hydra creates any directory.
+
     Unknown group options and unknown keys get "Did you mean"; other composition errors are
     reported with their first line.
     """
@@ -594,6 +599,9 @@ def precheck(args: Sequence[str]) -> None:
                 cause = exc.__cause__ or exc
                 raise ConfigError(f"{' '.join(overrides)}: {str(cause).splitlines()[0]}") from None
             validate_config(resolved)
+            build_hparams(resolved)
+            load_requests(resolved)
+            _check_out_dir(resolved, run_identity(resolved), verify_files=False)
 
 
 def _unknown_nested_key(cfg, overrides: Sequence[str]) -> None:

@@ -190,15 +190,21 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def verify_checkpoint(path: Path, identity: Optional[Mapping] = None) -> Checkpoint:
-    """Check a checkpoint's manifest, digests and (optionally) config hash.
+def verify_checkpoint(path: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Checkpoint:
+    """Check a checkpoint's manifest, (optionally) config hash, and the sha256 of every file.
 
     Raises:
         CheckpointError: truncated/corrupt files, or a config hash that differs from ``identity``'s.
     """
     path = Path(path)
     manifest = read_manifest(path)
-    for name, digest in manifest["files"].items():
+    if identity is not None and manifest["config_hash"] != config_hash(identity):
+        key, theirs, ours = first_difference(manifest.get("identity", {}), identity)
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} belongs to a run with another config ({key}={theirs!r} there, {ours!r} here); "
+            "use another out_dir, or the same settings to resume"
+        )
+    for name, digest in (manifest["files"].items() if verify_files else ()):
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r}: file {name!r} is missing (truncated); delete the checkpoint or use a new out_dir")
@@ -207,22 +213,16 @@ def verify_checkpoint(path: Path, identity: Optional[Mapping] = None) -> Checkpo
                 f"checkpoint {str(path)!r}: file {name!r} does not match its sha256 in the manifest (corrupt or truncated); "
                 "delete the checkpoint or use a new out_dir"
             )
-    if identity is not None and manifest["config_hash"] != config_hash(identity):
-        key, theirs, ours = first_difference(manifest.get("identity", {}), identity)
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} belongs to a run with another config ({key}={theirs!r} there, {ours!r} here); "
-            "use another out_dir, or the same settings to resume"
-        )
     return Checkpoint(path=path, step=int(manifest["step"]), manifest=manifest)
 
 
-def latest_checkpoint(out_dir: Path, identity: Optional[Mapping] = None) -> Optional[Checkpoint]:
+def latest_checkpoint(out_dir: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Optional[Checkpoint]:
     """The newest checkpoint in ``out_dir``, verified; None when there is none.
 
     The newest one is never skipped: if it is invalid, :class:`CheckpointError` is raised.
     """
     dirs = list_checkpoints(out_dir)
-    return verify_checkpoint(dirs[-1], identity) if dirs else None
+    return verify_checkpoint(dirs[-1], identity, verify_files) if dirs else None
 
 
 def first_difference(a: Mapping, b: Mapping, prefix: str = "") -> tuple:

@@ -1,0 +1,204 @@
+"""The benchmark runner end to end on a tiny model: multirun, resume, refusals, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from betaedit_plugin.run import CONF_DIR, ConfigError, compare, run_experiment
+
+METHODS = ("memit", "alphaedit", "betaedit")
+PNGS = ("efficacy.png", "specificity.png", "capability_ppl.png", "capability_mmlu.png", "leakage.png", "perturbation.png")
+
+
+def _common(tmp: Path) -> list:
+    """Small, fast settings shared by every run here (the same identity for the resume comparison)."""
+    return [
+        "model=tiny-llama",
+        "num_edits=6",
+        "eval_every=3",
+        "checkpoint_every=3",
+        "eval.mmlu_n=3",
+        "eval.ppl_tokens=96",
+        "eval.ppl_window=48",
+        "eval.fluency_prompts=2",
+        "eval.fluency_tokens=4",
+        "hparams.v_num_grad_steps=4",
+        f"hparams.stats_dir={tmp / 'stats'}",
+        "progress=false",
+    ]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="0")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "betaedit_plugin.run", *args], cwd=cwd, env=_env(), capture_output=True, text=True,
+        timeout=600,
+    )
+
+
+def _compose(overrides: list) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same as the CLI runs (OMP_NUM_THREADS=1), for bit-equal weights
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory):
+    """One CLI multirun of the three methods, 6 edits each."""
+    tmp = tmp_path_factory.mktemp("runner")
+    root = tmp / "runs"
+    proc = _cli(["-m", "method=" + ",".join(METHODS), *_common(tmp), f"run_root={root}"], cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp, root, proc
+
+
+def _numbers(point: dict) -> dict:
+    return {k: v for k, v in point.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def test_multirun_writes_results_csv_plots_and_a_comparison(multirun):
+    tmp, root, proc = multirun
+    for method in METHODS:
+        out = root / method
+        results = json.loads((out / "results.json").read_text())
+        assert results["status"] == "complete" and results["edits_done"] == 6
+        assert results["method"] == method
+        assert [p["step"] for p in results["evals"]] == [0, 3, 6]
+        assert results["config"]["num_edits"] == 6 and results["hparams"]["layers"] == [1, 2]
+        for point in results["evals"]:
+            for key, value in _numbers(point).items():
+                assert math.isfinite(value), (method, point["step"], key, value)
+        last = results["evals"][-1]
+        for key in ("efficacy", "generality", "specificity", "rewrite_acc", "locality_acc", "fluency", "ppl",
+                    "mmlu_acc", "leakage", "rel_leakage", "perturbation", "leakage/L1", "perturbation/L2"):
+            assert key in last, key
+        assert last["mmlu_chance"] == 0.25
+        assert last["perturbation"] > 0 and results["evals"][0]["perturbation"] == 0
+        assert {"load_model_s", "statistics_s", "projector_s", "edit_mean_s", "eval_total_s"} <= set(results["timing"])
+        csv_lines = (out / "metrics.csv").read_text().splitlines()
+        assert csv_lines[0].startswith("step,") and len(csv_lines) == 4
+        for png in PNGS:
+            assert (out / png).stat().st_size > 1000, png
+        assert (out / "checkpoints" / "step-0000006" / "manifest.json").is_file()
+    table = (root / "comparison.md").read_text()
+    assert all(f"| {m} | 6 |" in table for m in METHODS)
+    for png in PNGS:
+        assert (root / png).is_file()
+    assert "before (step 0)" in proc.stdout and "plots:" in proc.stdout
+    # the three methods wrote different updates
+    norms = {m: json.loads((root / m / "results.json").read_text())["evals"][-1]["perturbation"] for m in METHODS}
+    assert len(set(norms.values())) == 3
+
+
+def test_compare_entry_point_rebuilds_the_table(multirun, tmp_path):
+    _, root, _ = multirun
+    path = compare([root / m for m in METHODS], tmp_path)
+    assert path == tmp_path / "comparison.md"
+    assert "| betaedit | 6 |" in path.read_text()
+    proc = _cli(["compare", str(root / "memit"), str(tmp_path / "nope"), "--out", str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+
+
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(multirun, one_thread):
+    from safetensors.torch import load_file
+
+    tmp, root, _ = multirun
+    out = tmp / "interrupted"
+    overrides = [*_common(tmp), "method=betaedit", f"run_root={tmp / 'other'}", f"out_dir={out}"]
+    first = run_experiment(_compose(overrides + ["stop_after=3"]))
+    assert first["status"] == "stopped" and first["edits_done"] == 3
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000003"]
+
+    second = run_experiment(_compose(overrides + ["resume=true"]))
+    assert second["status"] == "complete" and second["resumed_from"] == 3
+    reference = json.loads((root / "betaedit" / "results.json").read_text())
+
+    def strip(points):  # wall times differ, everything else must not
+        return [{k: v for k, v in p.items() if not k.endswith("_s")} for p in points]
+
+    assert strip(second["evals"]) == strip(reference["evals"])
+    assert second["config_hash"] == reference["config_hash"]
+    mine = load_file(str(out / "checkpoints" / "step-0000006" / "weights.safetensors"))
+    theirs = load_file(str(root / "betaedit" / "checkpoints" / "step-0000006" / "weights.safetensors"))
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key  # bit-equal
+
+
+def test_truncated_or_corrupt_checkpoint_is_refused(multirun, tmp_path):
+    tmp, root, _ = multirun
+    out = tmp_path / "copy"
+    shutil.copytree(root / "betaedit", out)
+    overrides = [*_common(tmp), "method=betaedit", f"run_root={tmp_path}", f"out_dir={out}", "resume=true"]
+    ckpt = out / "checkpoints" / "step-0000006"
+    weights = ckpt / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated
+    with pytest.raises(ConfigError, match="weights.safetensors' does not match its sha256"):
+        run_experiment(_compose(overrides))
+    (ckpt / "manifest.json").unlink()
+    with pytest.raises(ConfigError, match="has no manifest.json"):
+        run_experiment(_compose(overrides))
+
+
+def test_out_dir_of_another_run_is_refused_and_left_alone(multirun):
+    tmp, root, _ = multirun
+    out = root / "betaedit"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    overrides = [*_common(tmp), "method=betaedit", "num_edits=5", f"run_root={root}", f"out_dir={out}"]
+    with pytest.raises(ConfigError, match=r"another config \(num_edits=6 there, 5 here\)"):
+        run_experiment(_compose([o for o in overrides if o != "num_edits=6"]))
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["method=nope"], "method='nope': unknown method. Available: alphaedit, betaedit, memit"),
+        (["model=tiny-lama"], "Did you mean 'tiny-llama'?"),
+        (["data=zsr"], "Did you mean 'zsre'?"),
+        (["num_edits=0"], "num_edits=0: expected an int >= 1"),
+        (["eval_every=0"], "eval_every=0: expected an int >= 1"),
+        (["num_edits=99999"], "num_edits=99999: data=counterfact (edit) has only 10000 edits"),
+        (["data.path=/no/such/file.json"], "data.path='/no/such/file.json': data file '/no/such/file.json' does not exist"),
+        (["hparams.lamda1=5"], "Did you mean 'lambda1'?"),
+        (["-m", "method=memit,betaedt"], "method='betaedt': unknown method. Did you mean 'betaedit'?"),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, args, needle):
+    proc = _cli([*args, f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{ not json")
+    proc = _cli([f"data.path={bad}", f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "data.path=" in proc.stderr and "unreadable" in proc.stderr
