@@ -525,9 +525,13 @@ def compare(out_dirs: Sequence[Any], dest: Any) -> Path:
     """
     from .eval.report import load_results, write_comparison
 
-    runs: dict = {}
+    order = {"memit": 0, "alphaedit": 1, "betaedit": 2}
+    loaded = []
     for d in out_dirs:
-        res = load_results(Path(d))
+        loaded.append((Path(d), load_results(Path(d))))
+    loaded.sort(key=lambda item: (order.get(str(item[1].get("method")), len(order)), str(item[0])))
+    runs: dict = {}
+    for d, res in loaded:
         label = str(res.get("method", Path(d).name))
         if label in runs:
             label = f"{label} ({Path(d).name})"

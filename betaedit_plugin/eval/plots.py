@@ -41,6 +41,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
     for stem, title, series, ylabel, log, ref in FIGURES:
         fig, ax = plt.subplots(figsize=(6, 4))
         drawn = False
-        for label, points in runs.items():
+        for index, (label, points) in enumerate(runs.items()):
             for key, name in series:
                 xs, ys = _finite(points, key)
                 if log:  # zero (e.g. no leakage before the first edit) cannot be drawn on a log axis
@@ -56,7 +57,8 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
                 if not xs:
                     continue
                 line_label = label if len(series) == 1 else f"{label}: {name}"
-                ax.plot(xs, ys, marker="o", linestyle="-" if key == series[0][0] else "--", label=line_label)
+                style = "-" if key == series[0][0] else "--"  # one colour per run, one line style per metric
+                ax.plot(xs, ys, marker="o", color=f"C{index % 10}", linestyle=style, label=line_label)
                 drawn = True
         if not drawn:
             plt.close(fig)
@@ -67,6 +69,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("number of edits")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
