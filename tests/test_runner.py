@@ -202,3 +202,14 @@ def test_bad_data_file_exits_2(tmp_path):
     proc = _cli([f"data.path={bad}", f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "data.path=" in proc.stderr and "unreadable" in proc.stderr
+
+
+def test_cli_refuses_an_out_dir_of_another_run(multirun):
+    tmp, root, _ = multirun
+    out = root / "betaedit"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    args = [a for a in _common(tmp) if a != "num_edits=6"] + ["method=betaedit", "num_edits=5", f"run_root={root}", f"out_dir={out}"]
+    proc = _cli(args, cwd=tmp)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "num_edits=6 there, 5 here" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
