@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from betaedit_plugin.run import CONF_DIR, ConfigError, compare, run_experiment
+from betaedit_plugin.run import CONF_DIR, ConfigError, compare, main, run_experiment
 
 METHODS = ("memit", "alphaedit", "betaedit")
 PNGS = ("efficacy.png", "specificity.png", "capability_ppl.png", "capability_mmlu.png", "leakage.png", "perturbation.png")
@@ -119,8 +119,16 @@ def test_compare_entry_point_rebuilds_the_table(multirun, tmp_path):
     path = compare([root / m for m in METHODS], tmp_path)
     assert path == tmp_path / "comparison.md"
     assert "| betaedit | 6 |" in path.read_text()
-    proc = _cli(["compare", str(root / "memit"), str(tmp_path / "nope"), "--out", str(tmp_path)], cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nope" in proc.stderr
+
+
+def test_compare_cli_names_a_missing_run(multirun, tmp_path, capsys):
+    _, root, _ = multirun
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(root / "memit"), str(tmp_path / "nope"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "nope" in err
+    assert main(["compare", str(root / "memit"), "--out", str(tmp_path)]) == 0
+    assert "| memit | 6 |" in (tmp_path / "comparison.md").read_text()
 
 
 def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(multirun, one_thread):
@@ -188,20 +196,34 @@ def test_out_dir_of_another_run_is_refused_and_left_alone(multirun):
         (["-m", "method=memit,betaedt"], "method='betaedt': unknown method. Did you mean 'betaedit'?"),
     ],
 )
-def test_bad_config_exits_2_with_one_line(tmp_path, args, needle):
-    proc = _cli([*args, f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert needle in proc.stderr
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, args, needle):
+    """The CLI's main() in this process (the subprocess form is checked below)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_data_file_exits_2(tmp_path):
+@pytest.mark.parametrize("args, needle", [(["method=nope"], "method='nope'"), (["num_edits=0"], "num_edits=0")])
+def test_bad_config_in_a_subprocess_exits_2_without_traceback(tmp_path, args, needle):
+    proc = _cli([*args, f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert needle in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_data_file_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
-    proc = _cli([f"data.path={bad}", f"out_dir={tmp_path / 'out'}"], cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "data.path=" in proc.stderr and "unreadable" in proc.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"data.path={bad}", f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "data.path=" in err and "unreadable" in err
 
 
 def test_cli_refuses_an_out_dir_of_another_run(multirun):
