@@ -28,12 +28,11 @@ status 2, before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
-import itertools
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import sys
@@ -255,15 +254,14 @@ def _check_out_dir(cfg: dict, identity: dict, verify_files: bool = True):
     return ckpt if cfg["resume"] else None
 
 
+@contextlib.contextmanager
 def _timed(timing: dict, key: str):
-    class _Timer:
-        def __enter__(self):
-            self.t0 = time.perf_counter()
-
-        def __exit__(self, *exc):
-            timing[key] = timing.get(key, 0.0) + time.perf_counter() - self.t0
-
-    return _Timer()
+    """Add the wall time of the block to ``timing[key]`` (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
 
 
 def evaluate(run: _Run, step: int) -> dict:

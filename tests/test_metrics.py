@@ -18,7 +18,6 @@ from betaedit_plugin.eval.metrics import (
 )
 from betaedit_plugin.eval.scoring import encode_pair, greedy_generate, score_targets
 from betaedit_plugin.eval.token_metrics import predicted_target_tokens, target_token_accuracy
-from betaedit_plugin.requests import EditRequest
 
 
 @pytest.fixture(scope="module", autouse=True)
