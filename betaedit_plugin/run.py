@@ -205,6 +205,16 @@ def load_requests(cfg: Mapping) -> list:
     return requests[:n]
 
 
+def _check_mmlu(cfg: Mapping) -> None:
+    from .eval.capability import load_mmlu
+
+    if cfg["eval"]["mmlu_n"]:
+        try:
+            load_mmlu(cfg["eval"]["mmlu_n"])
+        except ValueError as exc:
+            raise ConfigError(f"eval.mmlu_n={cfg['eval']['mmlu_n']}: {exc}") from None
+
+
 # ============================================================================ the run
 @dataclass
 class _Run:
@@ -299,6 +309,7 @@ def _setup(cfg: dict, identity: dict) -> tuple:
     validate_config(cfg)
     hparams = build_hparams(cfg)
     requests = load_requests(cfg)
+    _check_mmlu(cfg)
     ckpt = _check_out_dir(cfg, identity)
     return hparams, requests, ckpt
 
@@ -423,7 +434,10 @@ def run_experiment(cfg: Any) -> dict:
     base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
     ev = cfg["eval"]
     locality_ref = locality_reference(model, tok, requests, batch_size=ev["batch_size"])
-    heldout = heldout_token_ids(tok, ev["ppl_tokens"]) if ev["ppl_tokens"] else None
+    try:
+        heldout = heldout_token_ids(tok, ev["ppl_tokens"]) if ev["ppl_tokens"] else None
+    except ValueError as exc:
+        raise ConfigError(f"eval.ppl_tokens={ev['ppl_tokens']}: {exc}") from None
     mmlu = load_mmlu(ev["mmlu_n"]) if ev["mmlu_n"] else None
 
     editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False)
@@ -603,6 +617,7 @@ def precheck(args: Sequence[str]) -> None:
             validate_config(resolved)
             build_hparams(resolved)
             load_requests(resolved)
+            _check_mmlu(resolved)
             _check_out_dir(resolved, run_identity(resolved), verify_files=False)
 
 
