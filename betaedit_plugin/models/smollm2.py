@@ -125,7 +125,6 @@ def _gguf_tokenizer(gguf_path: Path):
 
 def _convert(gguf_path: Path, target: Path) -> None:
     """Dequantise the GGUF into ``target`` (safetensors + tokenizer), atomically."""
-
     logger.info("converting %s to safetensors in %s (one-time, ~20 s)", gguf_path, target)
     model = _dequantise_gguf(gguf_path)
     tok = _gguf_tokenizer(gguf_path)
@@ -137,7 +136,9 @@ def _convert(gguf_path: Path, target: Path) -> None:
         tok.save_pretrained(str(tmp))
         (tmp / _DONE_MARKER).write_text(f"converted from {gguf_path.name}\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
-        if target.exists():  # a stale, unfinished directory from an older layout
+        if _is_converted(target):  # another process finished the same conversion first
+            return
+        if target.exists():  # a directory without the completion marker is never used
             shutil.rmtree(target)
         try:
             os.replace(tmp, target)
