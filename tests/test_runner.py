@@ -235,3 +235,40 @@ def test_cli_refuses_an_out_dir_of_another_run(multirun):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "num_edits=6 there, 5 here" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_checkpoint_writer_is_atomic_and_verified(tmp_path):
+    from betaedit_plugin.eval.checkpoint import (
+        CheckpointError,
+        atomic_write,
+        first_difference,
+        latest_checkpoint,
+        list_checkpoints,
+        load_tensors,
+        write_checkpoint,
+    )
+
+    identity = {"num_edits": 4, "eval": {"mmlu_n": 2}}
+    w = {3: torch.randn(2, 3)}
+
+    def save_state(path):
+        path.write_bytes(b"state")
+
+    for step in (2, 4):
+        write_checkpoint(tmp_path, step, identity=identity, weights=w, deltas=w, save_editor_state=save_state,
+                         results={"evals": []}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000004"]  # older ones pruned
+    (tmp_path / "checkpoints" / "step-0000009.tmp").mkdir()  # an unfinished one is never picked
+    ckpt = latest_checkpoint(tmp_path, identity)
+    assert ckpt.step == 4 and torch.equal(load_tensors(ckpt.file("weights.safetensors"))[3], w[3])
+    with pytest.raises(CheckpointError, match=r"another config \(eval.mmlu_n=2 there, 3 here\)"):
+        latest_checkpoint(tmp_path, {"num_edits": 4, "eval": {"mmlu_n": 3}})
+    assert first_difference({"a": {"b": 1}}, {"a": {"b": 1}}) == (None, None, None)
+
+    def failing(path):
+        path.write_text("partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(tmp_path / "x.json", failing)
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "x.json.tmp").exists()
