@@ -106,6 +106,12 @@ def test_load_model_unknown_name_suggests():
     assert SMOLLM2_MODEL_NAME in available_models()
 
 
+def test_load_model_tiny_by_name():
+    model, tok = load_model("tiny-gpt2")
+    assert type(model).__name__ == "GPT2LMHeadModel" and not model.training
+    assert len(tok("The mother tongue")["input_ids"]) > 0
+
+
 def test_load_model_local_directory(tmp_path):
     model, tok = _tiny_llama_and_tok()
     model.save_pretrained(tmp_path)
