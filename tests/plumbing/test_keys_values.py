@@ -1,0 +1,230 @@
+"""compute_ks, compute_z, compute_current_z and context templates on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from betaedit_plugin.hparams import BetaEditHyperParams
+from betaedit_plugin.plumbing.hooks import Trace, first_tensor, hook_count, replace_first_tensor
+from betaedit_plugin.plumbing.keys import compute_ks
+from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.plumbing.templates import generate_context_templates
+from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, subject_token_range
+from betaedit_plugin.plumbing.values import (
+    build_value_problem,
+    compute_current_z,
+    compute_z,
+    optimise_value,
+    resolve_loss_layer,
+)
+from betaedit_plugin.requests import EditRequest
+
+ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
+CTX = [["{}"], ["The cat. {}", "Because I said so. {}"], ["You know that. {}"]]
+REQS = [
+    EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English", "French"),
+    EditRequest("Michael Jordan plays the sport of", "Michael Jordan", "soccer", "basketball"),
+]
+
+
+def _hp(**kw) -> BetaEditHyperParams:
+    return BetaEditHyperParams(layers=[1, 2], **kw)
+
+
+def _rewrite_input(model, tok, layout, layer, text, index):
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad(), Trace(model, layout.rewrite_name(layer), retain_input=True, stop=True) as tr:
+        model(ids)
+    return tr.input[0, index]
+
+
+# ---------------------------------------------------------------- token positions
+def test_fact_token_choices(tiny):
+    _, tok = tiny("llama")
+    req = REQS[0]
+    prompt = build_prompt(req)
+    ids = encode(tok, prompt)
+    offsets = tok(prompt.text, return_offsets_mapping=True)["offset_mapping"]
+    first, last = subject_token_range(tok, prompt)
+    assert prompt.text[offsets[first][0]: offsets[last][1]].strip() == "Danielle Darrieux"
+    assert fact_token_index(tok, prompt, "subject_first") == first
+    assert fact_token_index(tok, prompt, "subject_last") == last
+    assert fact_token_index(tok, prompt, "subject_first_after_last") == last + 1
+    assert fact_token_index(tok, prompt, "last") == len(ids) - 1
+    with pytest.raises(ValueError, match="fact_token='middle'"):
+        fact_token_index(tok, prompt, "middle")
+
+
+def test_subject_missing_from_prompt_raises():
+    with pytest.raises(ValueError, match=r"subject='Paris' does not occur in prompt"):
+        EditRequest("The mother tongue of Danielle Darrieux is", "Paris", "English")
+    with pytest.raises(ValueError, match="target_new=''"):
+        EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "")
+
+
+# ---------------------------------------------------------------- keys
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keys_shape_and_left_right_padding(tiny, arch):
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    keys = {}
+    for side in ("left", "right"):
+        tok.padding_side = side
+        keys[side] = compute_ks(model, tok, REQS, _hp(), layout, 1, CTX)
+    assert keys["left"].shape == (layout.key_dim(model, 1), len(REQS))
+    torch.testing.assert_close(keys["left"], keys["right"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "llama"))
+def test_keys_are_rewrite_inputs_averaged_per_group(tiny, arch):
+    """Key = mean over groups of the mean over each group's templates of the down_proj input."""
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    tok.padding_side = "left"
+    hp = _hp(fact_token="subject_last")
+    got = compute_ks(model, tok, REQS, hp, layout, 2, CTX)
+    for col, req in enumerate(REQS):
+        group_means = []
+        for group in CTX:
+            rows = []
+            for ctx in group:
+                p = build_prompt(req, ctx)
+                rows.append(_rewrite_input(model, tok, layout, 2, p.text, fact_token_index(tok, p, "subject_last")))
+            group_means.append(torch.stack(rows).mean(0))
+        torch.testing.assert_close(got[:, col], torch.stack(group_means).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_keys_bad_input_raises_before_forward(tiny):
+    model, tok = tiny("llama")
+    layout = ModelLayout.from_model(model)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"layer=9.*\[0, 3\]"):
+            compute_ks(model, tok, REQS, _hp(), layout, 9, CTX)
+        with pytest.raises(ValueError, match="requests=\\[\\]"):
+            compute_ks(model, tok, [], _hp(), layout, 1, CTX)
+        with pytest.raises(TypeError, match="EditRequest.from_easyedit"):
+            compute_ks(model, tok, [{"prompt": "x"}], _hp(), layout, 1, CTX)
+        with pytest.raises(ValueError, match="contain"):
+            compute_ks(model, tok, REQS, _hp(), layout, 1, [["no placeholder"]])
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+# ---------------------------------------------------------------- values
+def naive_compute_z(model, tok, request, hp, layout, layer, ctx):
+    """Straightforward reference: a full forward pass with a hook per step, full-vocabulary logits."""
+    loss_layer = resolve_loss_layer(hp, layout, layer)
+    pb = build_value_problem(tok, request, hp.fact_token, ctx, torch.device("cpu"))
+    delta = torch.zeros(layout.value_dim(model, layer), requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    state = {}
+
+    def edit(out, name):
+        h = first_tensor(out)
+        state.setdefault("z0", h[0, pb.fact_cols[0]].detach().clone())
+        h = h.clone()
+        h[pb.fact_rows, pb.fact_cols] = h[pb.fact_rows, pb.fact_cols] + delta
+        return replace_first_tensor(out, h)
+
+    for step in range(hp.v_num_grad_steps):
+        with Trace(model, layout.layer_name(layer), edit_output=edit), Trace(
+            model, layout.layer_name(loss_layer)
+        ) as at_loss:
+            logits = model(**pb.batch.model_kwargs()).logits
+        if loss_layer != layout.n_layers - 1:
+            logits = layout.lm_head(model)(layout.ln_f(model)(first_tensor(at_loss.output)))
+        logp = torch.log_softmax(logits, -1)
+        tgt = logp[pb.target_rows, pb.target_cols].gather(1, pb.target_ids[:, None]).squeeze(1)
+        nll = (-tgt).reshape(pb.n_rewrite, pb.n_target).mean(1).mean()
+        kl_logp = logp[pb.kl_rows, pb.kl_cols]
+        state.setdefault("kl0", kl_logp.detach())
+        kl = F.kl_div(kl_logp, state["kl0"], log_target=True, reduction="batchmean")
+        z0 = state["z0"]
+        loss = nll + hp.kl_factor * kl + hp.v_weight_decay * (delta.norm() / z0.norm() ** 2)
+        if float(nll.detach()) < hp.v_early_stop_loss or step == hp.v_num_grad_steps - 1:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            cap = hp.clamp_norm_factor * z0.norm()
+            if delta.norm() > cap:
+                delta.mul_(cap / delta.norm())
+    return state["z0"] + delta.detach()
+
+
+@pytest.mark.parametrize("arch,layer,loss_layer", [("gpt2", 2, -1), ("llama", 1, 2), ("qwen3", 1, -1), ("gptj", 1, 3)])
+def test_compute_z_matches_full_forward_reference(tiny, arch, layer, loss_layer):
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    hp = _hp(v_num_grad_steps=8, v_lr=0.2, v_loss_layer=loss_layer, clamp_norm_factor=4.0)
+    ctx = CTX[:2]
+    fast = optimise_value(model, tok, REQS[0], hp, layout, layer, ctx)
+    ref = naive_compute_z(model, tok, REQS[0], hp, layout, layer, ctx)
+    assert fast.delta.norm() > 0.05 * fast.z_init.norm()
+    torch.testing.assert_close(fast.z, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_compute_z_flips_tiny_model_and_leaves_it_unchanged(tiny):
+    model, tok = tiny("llama")
+    layout = ModelLayout.from_model(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hp = _hp(v_num_grad_steps=20, v_lr=0.5, clamp_norm_factor=10.0, v_weight_decay=0.0, fact_token="last")
+    req = REQS[0]
+    res = optimise_value(model, tok, req, hp, layout, 2, CTX)
+    assert res.nll[-1] < res.nll[0] - 1.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert hook_count(model) == 0
+    z = compute_z(model, tok, req, hp, layout, 2, CTX)
+    torch.testing.assert_close(z, res.z)
+
+
+@pytest.mark.parametrize("arch", ("gpt2", "qwen2"))
+def test_compute_z_left_right_padding_and_current_z(tiny, arch):
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    hp = _hp(v_num_grad_steps=5, v_lr=0.2)
+    out = {}
+    for side in ("left", "right"):
+        tok.padding_side = side
+        out[side] = optimise_value(model, tok, REQS[1], hp, layout, 2, CTX[:2])
+    torch.testing.assert_close(out["left"].z, out["right"].z, rtol=1e-4, atol=1e-5)
+    current = compute_current_z(model, tok, REQS, hp, layout, 2)
+    assert current.shape == (layout.value_dim(model, 2), len(REQS))
+    torch.testing.assert_close(current[:, 1], out["right"].z_init, rtol=1e-5, atol=1e-6)
+
+
+def test_compute_z_bad_layers_raise_before_forward(tiny):
+    model, tok = tiny("llama")
+    layout = ModelLayout.from_model(model)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"layer=4"):
+            compute_z(model, tok, REQS[0], _hp(), layout, 4, CTX)
+        with pytest.raises(ValueError, match=r"layer=7"):
+            compute_z(model, tok, REQS[0], BetaEditHyperParams(layers=[1], v_loss_layer=7), layout, 1, CTX)
+        with pytest.raises(ValueError, match=r"layer=-2"):
+            compute_current_z(model, tok, REQS, _hp(), layout, -2)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
+# ---------------------------------------------------------------- templates
+def test_context_templates_deterministic(tiny):
+    model, tok = tiny("gpt2")
+    a = generate_context_templates(model, tok, [[4, 5], [2, 3]], seed=0)
+    b = generate_context_templates(model, tok, [[4, 5], [2, 3]], seed=0)
+    c = generate_context_templates(model, tok, [[4, 5], [2, 3]], seed=1)
+    assert a == b and a != c
+    assert a[0] == ["{}"] and [len(g) for g in a] == [1, 5, 3]
+    assert all(t.endswith(". {}") and t.count("{") == 1 and t.count("}") == 1 for g in a[1:] for t in g)
+    with pytest.raises(ValueError, match="context_template_length_params"):
+        generate_context_templates(model, tok, [[4]], seed=0)
