@@ -482,13 +482,12 @@ class BetaEditor:
                     K = compute_ks(self.model, self.tok, reqs, hp, self.layout, l, templates)
                     cur = compute_current_z(self.model, self.tok, reqs, hp, self.layout, last)
                     R = (z_star.to(cur.device, cur.dtype) - cur) / (len(layers) - i)
+                    for what, t in (("keys K", K), ("residual R (z* - current z)", R)):
+                        if not bool(torch.isfinite(t).all()):
+                            raise _non_finite(what, l, step_no, reqs)
                     delta = state.layers[l].solver.delta(K, R)
                     if not bool(torch.isfinite(delta).all()):
-                        raise NonFiniteUpdateError(
-                            f"non-finite update at layer {l}, step {step_no} (edit(s) {step_no}..{step_no + len(reqs) - 1}, "
-                            f"case_id {[r.case_id for r in reqs]}): NaN/Inf in Delta; the model and the editor "
-                            "state are unchanged. Check the target values (v_lr, clamp_norm_factor) and the priors."
-                        )
+                        raise _non_finite("update Delta", l, step_no, reqs)
                     before[l] = self.layout.read_weight(self.model, l)
                     self.layout.add_delta(self.model, l, delta)
                     deltas[l], keys[l] = delta, K
@@ -663,6 +662,14 @@ def _hparams_fingerprint(hparams: EditHyperParams) -> dict:
     if not isinstance(hparams.model_name, str):
         hparams = dataclasses.replace(hparams, model_name="<model object>")
     return json.loads(json.dumps(hparams.fingerprint()))
+
+
+def _non_finite(what: str, layer: int, step_no: int, reqs: Sequence[EditRequest]) -> NonFiniteUpdateError:
+    return NonFiniteUpdateError(
+        f"non-finite {what} at layer {layer}, step {step_no} (case_id {[r.case_id for r in reqs]}): NaN or Inf; "
+        "the model and the editor state are unchanged. Check the target values (v_lr, clamp_norm_factor) "
+        "and the prior covariances."
+    )
 
 
 def _fingerprint_diff(saved: Any, here: dict) -> List[str]:

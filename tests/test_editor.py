@@ -1,0 +1,299 @@
+"""BetaEditor: sequential steps, exact resume, rollback on every failure, and a real edit on SmolLM2."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from betaedit_plugin import AlphaEditHyperParams, BetaEditHyperParams, EditRequest, MEMITHyperParams
+from betaedit_plugin.editor import BetaEditor, NonFiniteUpdateError
+from betaedit_plugin.linalg import IncrementalSolver, betaedit_delta, memit_delta
+
+LAYERS = [1, 2]
+TEMPLATES = [["{}"], ["The. {}", "A. {}"]]
+REQS = [
+    EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English", case_id=0),
+    EditRequest("Michael Jordan plays the sport of", "Michael Jordan", "soccer", case_id=1),
+    EditRequest("The official language of Japan is", "Japan", "English", case_id=2),
+    EditRequest("Toyota was founded in", "Toyota", "Germany", case_id=3),
+    EditRequest("Lionel Messi is a professional", "Lionel Messi", "singer", case_id=4),
+]
+
+
+def spd(d: int, seed: int) -> torch.Tensor:
+    """Random SPD 'C0' with half its eigenvalues (1e-3) under the 0.02 null-space threshold."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    ev = torch.cat([torch.full((d // 2,), 1e-3, dtype=torch.float64),
+                    torch.rand(d - d // 2, generator=g, dtype=torch.float64) + 0.5])
+    return q @ torch.diag(ev) @ q.T
+
+
+def hp_for(method: str, **over):
+    common = dict(layers=LAYERS, v_num_grad_steps=4, v_loss_layer=-1)
+    if method == "BetaEdit":
+        return BetaEditHyperParams(**{**common, "lambda1": 5.0, "lambda2": 1.0, "tau": 2, **over})
+    if method == "AlphaEdit":
+        return AlphaEditHyperParams(**{**common, "L2": 1.0, **over})
+    return MEMITHyperParams(**{**common, "mom2_update_weight": 5.0, **over})
+
+
+def make_editor(tiny, method="BetaEdit", arch="llama", seed=0, **over):
+    model, tok = tiny(arch, seed=seed)
+    hp = hp_for(method, **over)
+    from betaedit_plugin.plumbing.layout import ModelLayout
+
+    d_k = ModelLayout.from_model(model).key_dim(model, LAYERS[0])
+    priors = {l: spd(d_k, 100 + l) for l in hp.layers}
+    return BetaEditor(model, tok, hp, prior_covs=priors, context_templates=TEMPLATES)
+
+
+def params(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bit_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} changed"
+
+
+# ---------------------------------------------------------------------------- stepping
+@pytest.mark.parametrize("method, arch", [("BetaEdit", "llama"), ("AlphaEdit", "gpt2"), ("MEMIT", "qwen3")])
+def test_step_writes_only_edited_layers_and_keeps_history(tiny, method, arch):
+    ed = make_editor(tiny, method, arch)
+    before = params(ed.model)
+    deltas = ed.compute_deltas([REQS[0]])
+    assert_bit_equal(before, params(ed.model))  # compute_deltas leaves the model as it was
+    assert ed.step == 0
+    info = ed.apply([REQS[0]])
+    assert info["step"] == ed.step == 1
+    after = params(ed.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {ed.layout.rewrite_name(l) + ".weight" for l in LAYERS}
+    for l, d in ed.weight_deltas().items():  # apply wrote exactly what compute_deltas predicted
+        torch.testing.assert_close(d, deltas[l].to(d.dtype), rtol=1e-5, atol=1e-6)
+        s = ed.state.layers[l]
+        assert s.n_keys == 1 and float(s.hist_cov.abs().sum()) > 0
+    if method == "MEMIT":
+        assert all(s.basis is None for s in ed.state.layers.values())
+    else:
+        assert all(s.basis.shape[1] == s.prior_cov.shape[0] // 2 for s in ed.state.layers.values())
+
+
+def test_solver_delta_equals_the_dense_formulas(tiny):
+    """After two edits, the incremental solver's Delta equals the closed forms with H."""
+    ed = make_editor(tiny, "BetaEdit", tau=100)
+    ed.apply([REQS[0]])
+    ed.apply([REQS[1]])
+    g = torch.Generator().manual_seed(0)
+    for l, s in ed.state.layers.items():
+        K = torch.randn(s.prior_cov.shape[0], 2, generator=g, dtype=torch.float64)
+        R = torch.randn(ed.layout.value_dim(ed.model, l), 2, generator=g, dtype=torch.float64)
+        P = s.basis @ s.basis.T
+        dense = betaedit_delta(K, R, P, s.prior_cov, hist_cov=s.hist_cov, lambda1=5.0, lambda2=1.0)
+        torch.testing.assert_close(s.solver.delta(K, R), dense, rtol=1e-8, atol=1e-10)
+    ed2 = make_editor(tiny, "MEMIT")
+    ed2.apply([REQS[0]])
+    s = ed2.state.layers[1]
+    K = torch.randn(s.prior_cov.shape[0], 1, dtype=torch.float64)
+    R = torch.randn(ed2.layout.value_dim(ed2.model, 1), 1, dtype=torch.float64)
+    dense = memit_delta(K, R, s.prior_cov, hist_cov=s.hist_cov, mom2_update_weight=5.0)
+    torch.testing.assert_close(s.solver.delta(K, R), dense, rtol=1e-8, atol=1e-10)
+
+
+def test_betaedit_refreshes_projector_every_tau_edits(tiny):
+    ed = make_editor(tiny, "BetaEdit", tau=2)
+    first = {l: s.basis.clone() for l, s in ed._ensure_state().layers.items()}
+    assert ed.apply([REQS[0]])["refreshed"] is False
+    assert all(torch.equal(ed.state.layers[l].basis, first[l]) for l in LAYERS)
+    assert ed.apply([REQS[1]])["refreshed"] is True
+    assert ed.state.last_refresh == 2
+    # the refreshed solver equals a from-scratch solver on the new basis and history
+    s = ed.state.layers[1]
+    fresh = IncrementalSolver(s.prior_cov, basis=s.basis, hist_cov=s.hist_cov, lambda1=5.0, lambda2=1.0)
+    torch.testing.assert_close(s.solver.g_inv, fresh.g_inv)
+
+
+def test_two_editors_two_histories(tiny):
+    a, b = make_editor(tiny), make_editor(tiny)
+    a.apply([REQS[0]])
+    a.apply([REQS[1]])
+    b.apply([REQS[2]])
+    assert (a.step, b.step) == (2, 1)
+    assert not torch.equal(a.state.layers[1].hist_cov, b.state.layers[1].hist_cov)
+
+
+# ---------------------------------------------------------------------------- save / resume
+@pytest.mark.parametrize("method, arch", [("BetaEdit", "llama"), ("AlphaEdit", "gpt2")])
+def test_resume_after_three_edits_is_bit_equal(tiny, tmp_path, method, arch):
+    full = make_editor(tiny, method, arch)
+    for r in REQS:
+        full.apply([r])
+
+    first = make_editor(tiny, method, arch)
+    for r in REQS[:3]:
+        first.apply([r])
+    path = first.save_state(tmp_path / "state.safetensors")
+
+    resumed = make_editor(tiny, method, arch)  # fresh copy of the ORIGINAL model
+    resumed.load_state(path)
+    assert resumed.step == 3
+    for r in REQS[3:]:
+        resumed.apply([r])
+    assert_bit_equal(params(full.model), params(resumed.model))
+    for l in LAYERS:
+        assert torch.equal(full.state.layers[l].hist_cov, resumed.state.layers[l].hist_cov)
+
+
+def test_loading_a_mismatched_state_raises(tiny, tmp_path):
+    ed = make_editor(tiny, "BetaEdit")
+    ed.apply([REQS[0]])
+    path = ed.save_state(tmp_path / "s.safetensors")
+
+    other_hp = make_editor(tiny, "BetaEdit", lambda1=7.0)
+    before = params(other_hp.model)
+    with pytest.raises(ValueError, match="hparams.lambda1: saved 5.0, here 7.0"):
+        other_hp.load_state(path)
+    assert_bit_equal(before, params(other_hp.model))
+    assert other_hp.state is None
+
+    with pytest.raises(ValueError, match="method"):
+        make_editor(tiny, "AlphaEdit").load_state(path)
+    with pytest.raises(ValueError, match="layers"):
+        make_editor(tiny, "BetaEdit", layers=[1, 3]).load_state(path)
+    with pytest.raises(ValueError, match="match neither"):
+        make_editor(tiny, "BetaEdit", seed=1).load_state(path)  # same config, other weights
+
+
+# ---------------------------------------------------------------------------- bad input, rollback
+def test_layer_beyond_the_model_raises_when_built(tiny):
+    model, tok = tiny("llama")
+    with pytest.raises(ValueError, match=r"layers=\[1, 9\]"):
+        BetaEditor(model, tok, hp_for("BetaEdit", layers=[1, 9]))
+
+
+def test_prior_covs_are_checked(tiny):
+    model, tok = tiny("llama")
+    with pytest.raises(ValueError, match="prior_covs"):
+        BetaEditor(model, tok, hp_for("BetaEdit"), prior_covs={1: torch.eye(3)})
+    with pytest.raises(ValueError, match="prior_covs has layers"):
+        BetaEditor(model, tok, hp_for("BetaEdit"), prior_covs={1: torch.eye(3)} | {5: torch.eye(3)})
+
+
+@pytest.mark.parametrize(
+    "request_dict, match",
+    [
+        ({"prompt": "Michael Jordan plays", "subject": "Lionel Messi", "target_new": "chess"}, "subject"),
+        ({"prompt": "Michael Jordan plays", "subject": "Michael Jordan", "target_new": "  "}, "target_new"),
+    ],
+)
+def test_bad_request_fails_before_any_weight_changes(tiny, request_dict, match):
+    ed = make_editor(tiny)
+    ed.apply([REQS[0]])
+    before, step = params(ed.model), ed.step
+    with pytest.raises(ValueError, match=match):
+        ed.apply([REQS[1], request_dict])
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == step
+
+
+def test_nonfinite_target_raises_naming_layer_and_step(tiny, monkeypatch):
+    ed = make_editor(tiny)
+    ed.apply([REQS[0]])
+    before, hist = params(ed.model), {l: s.hist_cov for l, s in ed.state.layers.items()}
+    import betaedit_plugin.plumbing.values as values
+
+    real = values.compute_z
+    monkeypatch.setattr(values, "compute_z", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
+    with pytest.raises(NonFiniteUpdateError, match=r"layer 1, step 2"):
+        ed.apply([REQS[1]])
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == 1 and all(ed.state.layers[l].hist_cov is hist[l] for l in LAYERS)
+
+
+def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
+    ed = make_editor(tiny)
+    before = params(ed.model)
+    real = IncrementalSolver.delta
+    calls = []
+
+    def flaky(self, keys, resid):
+        calls.append(1)
+        out = real(self, keys, resid)
+        return out if len(calls) == 1 else torch.full_like(out, float("nan"))
+
+    monkeypatch.setattr(IncrementalSolver, "delta", flaky)
+    with pytest.raises(NonFiniteUpdateError, match=r"layer 2, step 1"):
+        ed.apply([REQS[0]])
+    assert len(calls) == 2  # layer 1 was written, then rolled back
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == 0 and all(float(s.hist_cov.abs().sum()) == 0 for s in ed.state.layers.values())
+
+
+def test_undo_and_non_sequential_edit_restore_weights_and_state(tiny):
+    ed = make_editor(tiny)
+    before = params(ed.model)
+    ed.apply([REQS[0]])
+    ed.undo()
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == 0
+    metrics, model = ed.edit(
+        prompts=[REQS[1].prompt, REQS[2].prompt], target_new=["soccer", "English"],
+        subject=["Michael Jordan", "Japan"], rephrase_prompts=["Michael Jordan is good at", "In Japan people speak"],
+        locality_inputs={"neighborhood": {"prompt": ["Rome is the capital of", "Toyota produces"],
+                                          "ground_truth": ["Italy", "cars"]}},
+        sequential_edit=False,
+    )
+    assert model is ed.model and ed.step == 0
+    assert_bit_equal(before, params(ed.model))
+    assert [m["case_id"] for m in metrics] == [0, 1]
+    for m in metrics:
+        assert set(m["pre"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
+        assert 0.0 <= m["post"]["rewrite_acc"][0] <= 1.0
+        assert len(m["post"]["locality"]["neighborhood_acc"]) == 1
+
+
+def test_edit_checks_lengths_before_editing(tiny):
+    ed = make_editor(tiny)
+    with pytest.raises(ValueError, match="target_new has 1 entries but prompts has 2"):
+        ed.edit(prompts=[REQS[0].prompt, REQS[1].prompt], target_new=["x"], subject=["a", "b"])
+    assert ed.step == 0
+
+
+def test_padding_side_and_training_mode_are_restored(tiny):
+    ed = make_editor(tiny)
+    ed.tok.padding_side = "left"
+    ed.model.train()
+    ed.apply([REQS[0]])
+    assert ed.tok.padding_side == "left" and ed.model.training
+
+
+# ---------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_smollm2_five_sequential_counterfact_edits(smollm2, smollm2_stats):
+    """BetaEdit writes 5 CounterFact facts one after another; all five hold after the fifth."""
+    from pathlib import Path
+
+    from betaedit_plugin import load_hparams
+    from betaedit_plugin.data.loaders import load_counterfact
+    from betaedit_plugin.eval.token_metrics import target_token_accuracy
+
+    model, tok = smollm2
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        hp = load_hparams(Path(__file__).resolve().parents[1] / "hparams/BetaEdit/smollm2-135m.yaml")
+        reqs = load_counterfact("edit", n=5)
+        pre = [target_token_accuracy(model, tok, r.prompt, r.target_new) for r in reqs]
+        ed = BetaEditor(model, tok, hp, prior_covs={l: smollm2_stats[l] for l in hp.layers})
+        for r in reqs:
+            ed.apply([r])
+        post = [target_token_accuracy(model, tok, r.prompt, r.target_new) for r in reqs]
+        assert ed.step == 5
+        assert all(p >= 0.8 for p in post), f"rewrite_acc pre {pre}, post {post}"
+        assert sum(pre) < sum(post)
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
