@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
@@ -134,6 +135,7 @@ class BetaEditor:
             generated once from the model at the first edit.
         keep_undo: keep what `undo` needs after each `apply` (references plus a copy of
             the edited weights); needed for ``sequential_edit=False`` and the EasyEdit adapter.
+        weak_model: hold the model through a weak reference only (used by the EasyEdit adapter).
 
     The state (history, projector, solver) is built lazily at the first edit or
     on `load_state_dict`, so constructing an editor is cheap.
@@ -148,11 +150,15 @@ class BetaEditor:
         prior_covs: Optional[Mapping[int, torch.Tensor]] = None,
         context_templates: Optional[List[List[str]]] = None,
         keep_undo: bool = True,
+        weak_model: bool = False,
     ) -> None:
         self.hparams = self._check_hparams(hparams)
         from .plumbing.layout import ModelLayout
 
-        self.model = model
+        # weak_model: the EasyEdit executor keys editors by model in a WeakKeyDictionary, so the
+        # editor must not keep its own model alive.
+        self._model_ref = weakref.ref(model)
+        self._model_strong = None if weak_model else model
         self.tok = tok
         self.layout = ModelLayout.from_model(model, hparams)
         self._check_layers()
@@ -247,6 +253,14 @@ class BetaEditor:
         return out
 
     # ================================================================ properties
+    @property
+    def model(self):
+        """The edited model (ReferenceError if it was a weak reference and the model is gone)."""
+        model = self._model_ref()
+        if model is None:
+            raise ReferenceError("the model of this editor no longer exists")
+        return model
+
     @property
     def method(self) -> str:
         """Registry name: 'BetaEdit', 'BE-AlphaEdit' or 'BE-MEMIT'."""

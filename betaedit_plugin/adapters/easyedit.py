@@ -94,7 +94,7 @@ class BetaEditExecutor:
     def _get_editor(self, model, tok, hparams, editor_kwargs: dict) -> BetaEditor:
         editor = self._editors.get(model)
         if editor is None:
-            editor = BetaEditor(model, tok, hparams, **{**self.editor_kwargs, **editor_kwargs})
+            editor = BetaEditor(model, tok, hparams, weak_model=True, **{**self.editor_kwargs, **editor_kwargs})
             self._editors[model] = editor
             return editor
         diff = _fingerprint_diff({"hparams": editor.fingerprint()["hparams"]},
@@ -179,7 +179,7 @@ def _hparams_fingerprint(hparams: EditHyperParams) -> dict:
 
 def _clone_editor(source: BetaEditor, model, tok) -> BetaEditor:
     """A new editor for a deep copy of ``source.model``, with a copy of its state."""
-    editor = BetaEditor(model, tok, source.hparams, keep_undo=source.keep_undo)
+    editor = BetaEditor(model, tok, source.hparams, keep_undo=source.keep_undo, weak_model=True)
     if source.state is not None:
         editor.load_state_dict(source.state_dict(), restore_weights=False)
     return editor
