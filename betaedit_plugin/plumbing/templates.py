@@ -43,24 +43,28 @@ def _check_length_params(length_params) -> list[tuple[int, int]]:
 def sample_continuations(
     model: torch.nn.Module, tok, starts: Sequence[str], n_new: int, generator: torch.Generator, top_k: int = 5
 ) -> list[str]:
-    """Continue each text of ``starts`` by ``n_new`` top-k sampled tokens; returns the full texts."""
+    """Continue each text of ``starts`` by ``n_new`` top-k sampled tokens (KV cache); returns the full texts."""
     device = model_device(model)
     seqs = [list(tok(s)["input_ids"]) for s in starts]
-    prompt_lens = [len(s) for s in seqs]
-    for _ in range(n_new):
-        batch = pad_batch(seqs, tok, device, padding_side="left")
-        logits = model(**batch.model_kwargs()).logits[:, -1, :].float()
+    batch = pad_batch(seqs, tok, device, padding_side="left")
+    mask, positions = batch.attention_mask, batch.position_ids
+    out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    for step in range(n_new):
+        logits = out.logits[:, -1, :].float()
         top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         probs = torch.softmax(top.values, dim=-1).cpu()
         choice = torch.multinomial(probs, 1, generator=generator).flatten()
         picked = top.indices.cpu().gather(1, choice[:, None]).flatten()
         seqs = [s + [int(t)] for s, t in zip(seqs, picked)]
-    skip = set(getattr(tok, "all_special_ids", []) or [])
-    texts = []
-    for seq, n0 in zip(seqs, prompt_lens):
-        kept = [t for t in seq if t not in skip]
-        texts.append(tok.decode(kept, skip_special_tokens=True))
-    return texts
+        if step == n_new - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions[:, -1:] + 1
+        out = model(
+            input_ids=picked[:, None].to(device), attention_mask=mask, position_ids=positions,
+            past_key_values=out.past_key_values, use_cache=True,
+        )
+    return [tok.decode(seq, skip_special_tokens=True) for seq in seqs]
 
 
 def generate_context_templates(model: torch.nn.Module, tok, length_params, seed: int = 0) -> list[list[str]]:
