@@ -70,7 +70,16 @@ def subject_token_range(tok, prompt: PromptText) -> tuple[int, int]:
         offsets = tok(prompt.text, return_offsets_mapping=True)["offset_mapping"]
         hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
     else:
-        before = len(tok(prompt.text[:start])["input_ids"]) if start > 0 else _n_special_prefix(tok)
+        # a space before the subject usually merges into its first token (" Danielle"):
+        # count the text before the subject with its trailing spaces only when the
+        # tokens of that text are a prefix of the full text's tokens
+        full = list(tok(prompt.text)["input_ids"])
+        head = list(tok(prompt.text[:start])["input_ids"]) if start > 0 else []
+        if head and full[: len(head)] == head:
+            before = len(head)
+        else:
+            stripped = prompt.text[:start].rstrip(" ")
+            before = len(tok(stripped)["input_ids"]) if stripped else _n_special_prefix(tok)
         through = len(tok(prompt.text[:end])["input_ids"])
         hits = list(range(before, through))
     if not hits:

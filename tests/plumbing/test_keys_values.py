@@ -57,6 +57,26 @@ def test_fact_token_choices(tiny):
         fact_token_index(tok, prompt, "middle")
 
 
+class _SlowTokenizer:
+    """A tokenizer without offset mappings (like a Python 'slow' tokenizer)."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __call__(self, text, **kw):
+        return self._tok(text, **kw)
+
+
+@pytest.mark.parametrize("context", ["{}", "Because I said so. {}"])
+def test_subject_range_same_without_offsets(tiny, context):
+    _, tok = tiny("gpt2")
+    for req in REQS:
+        prompt = build_prompt(req, context)
+        assert subject_token_range(_SlowTokenizer(tok), prompt) == subject_token_range(tok, prompt)
+
+
 def test_subject_missing_from_prompt_raises():
     with pytest.raises(ValueError, match=r"subject='Paris' does not occur in prompt"):
         EditRequest("The mother tongue of Danielle Darrieux is", "Paris", "English")

@@ -1,8 +1,8 @@
 """On the real SmolLM2-135M: patching z* at the last edited layer flips CounterFact answers.
 
-Uses the tuned hparams of ``hparams/BetaEdit/smollm2-135m.yaml`` with three fixed
+Uses the tuned hparams of ``hparams/BetaEdit/smollm2-135m.yaml`` with two fixed
 context templates instead of the generated ones (the generated set has 21; a
-smaller set keeps this test to well under a minute per case on 2 CPU cores).
+smaller set keeps this test short on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DATA = [
     ROOT / "betaedit_plugin" / "resources" / "counterfact" / "counterfact-edit.json.gz",
     ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-edit.json.gz",
 ]
-CTX = [["{}"], ["The following is a fact. {}", "Therefore, as everyone knows. {}"]]
+CTX = [["{}"], ["The following is a fact. {}"]]
 CASE_IDS = (0, 5, 13)  # Danielle Darrieux -> English, Thomas Joannes Stieltjes -> English, Ferrari F40 -> Microsoft
 
 
