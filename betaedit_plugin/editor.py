@@ -602,7 +602,7 @@ class BetaEditor:
             out["rephrase_acc"] = [
                 target_token_accuracy(self.model, self.tok, rec["rephrase_prompt"], rec["target_new"], self.device)
             ]
-        out["locality"] = {}
+        out["locality"], out["portability"] = {}, {}
         for key, item in rec.get("locality", {}).items():
             preds, _ = predicted_target_tokens(self.model, self.tok, item["prompt"], item["ground_truth"], self.device)
             out["locality"][f"{key}_output"] = [preds]

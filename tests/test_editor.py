@@ -297,3 +297,22 @@ def test_smollm2_five_sequential_counterfact_edits(smollm2, smollm2_stats):
     finally:
         with torch.no_grad():
             model.load_state_dict(saved)
+
+
+def test_from_hparams_with_a_yaml_path_and_a_given_model(tiny, tmp_path):
+    import yaml
+
+    p = tmp_path / "beta.yaml"
+    p.write_text(yaml.safe_dump({"alg_name": "BetaEdit", "model_name": "tiny-llama", "layers": [1, 2],
+                                 "v_num_grad_steps": 2, "lambda1": 5.0, "tau": 3}))
+    model, tok = tiny("llama")
+    from betaedit_plugin.plumbing.layout import ModelLayout
+
+    d_k = ModelLayout.from_model(model).key_dim(model, 1)
+    ed = BetaEditor.from_hparams(p, model, tok, prior_covs={l: spd(d_k, l) for l in LAYERS},
+                                 context_templates=TEMPLATES)
+    assert ed.method == "BetaEdit" and ed.model is model and ed.hparams.tau == 3
+    with pytest.raises(ValueError, match="give both or neither"):
+        BetaEditor.from_hparams(p, model)
+    with pytest.raises(TypeError, match="hparams"):
+        BetaEditor(model, tok, {"alg_name": "BetaEdit"})
