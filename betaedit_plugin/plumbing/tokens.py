@@ -155,6 +155,26 @@ def pad_batch(
     return PaddedBatch(ids.to(device), mask.to(device), position_ids.to(device))
 
 
+def pad_aligned(seqs: Sequence[Sequence[int]], anchors: Sequence[int], tok, device: torch.device) -> PaddedBatch:
+    """Pad so that token ``anchors[i]`` of every row lands in the same column (left and right padding).
+
+    The common column is ``max(anchors)``; ``position_ids`` still count real tokens only.
+    """
+    if len(seqs) != len(anchors) or not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("pad_aligned: expected non-empty sequences and one anchor per sequence")
+    col = max(anchors)
+    left = [col - a for a in anchors]
+    width = max(l + len(s) for l, s in zip(left, seqs))
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (l, seq) in enumerate(zip(left, seqs)):
+        ids[row, l: l + len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, l: l + len(seq)] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    return PaddedBatch(ids.to(device), mask.to(device), position_ids.to(device))
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """Device of the model's first parameter (where its inputs must go)."""
     return next(model.parameters()).device

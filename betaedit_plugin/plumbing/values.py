@@ -13,20 +13,26 @@ with ``||delta||`` clamped to ``clamp_norm_factor * ||z_0||`` after each step, a
 early stop once the NLL is below ``v_early_stop_loss``. It returns ``z* = z_0 + delta``.
 
 Faster than the reference loop, with the same result: the frozen part is run
-once per edit. A first forward pass (no grad) records the output of block
-``layer`` and the exact arguments every later block receives (attention masks,
-rotary embeddings, position ids: whatever the architecture passes), then stops.
-Each optimisation step only calls blocks ``layer+1 .. loss_layer`` with those
-arguments, applies the final norm and the output head at the positions the loss
-reads (target tokens and the KL token, not the whole sequence), and takes the
-gradient with respect to ``delta`` alone (no weight gradients).
+once per edit. The prompts are padded so that every fact token sits in one
+column c. Nothing before column c depends on delta, so one pass over columns
+< c fills a key/value cache, and a second pass over columns >= c records the
+output of block ``layer`` and the exact arguments every later block receives
+(attention masks, rotary embeddings, position ids, the cache: whatever the
+architecture passes), then stops. Each optimisation step only calls blocks
+``layer+1 .. loss_layer`` on columns >= c with those arguments (the cache is
+reset to columns < c after each call), applies the final norm and the output
+head at the positions the loss reads (target tokens and the KL token, not the
+whole sequence or vocabulary rows elsewhere), and takes the gradient with respect
+to ``delta`` alone (no weight gradients). Before the first step the cached path is
+checked against a plain forward pass; if it differs (or the model's cache has no
+per-layer keys/values) a whole-sequence variant of the same scheme is used.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +42,7 @@ from ..requests import EditRequest
 from .hooks import StopForward, Trace, first_tensor
 from .keys import check_context_templates, check_requests
 from .layout import ModelLayout
-from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_batch
+from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +129,7 @@ def build_value_problem(
     kl_ids = encode(tok, kl_prompt)
     fact_idx.append(fact_token_index(tok, kl_prompt, fact_token, len(kl_ids)))
     seqs.append(kl_ids)
-    batch = pad_batch(seqs, tok, device)
+    batch = pad_aligned(seqs, fact_idx, tok, device)  # every fact token in one column
     cols = [batch.padded_index(r, i) for r, i in enumerate(fact_idx)]
     long = dict(dtype=torch.long, device=device)
     return ValueProblem(
@@ -143,15 +149,25 @@ def build_value_problem(
 
 @dataclass
 class FrozenPrefix:
-    """Output of block ``layer`` (B, T, d) and the call arguments of blocks ``layer+1 .. loss_layer``."""
+    """What the frozen part of the model leaves for the optimisation steps.
+
+    Attributes:
+        hidden: output of block ``layer`` at columns ``start ..`` of the batch, (B, T - start, d).
+        start: first column that the steps recompute (0: the whole sequence).
+        calls: ``[(block, args after hidden, kwargs, hidden passed as kwarg)]`` for blocks
+            ``layer+1 .. loss_layer``, as the model called them.
+        restore: resets the key/value cache of the columns before ``start`` after a step
+            (None when no cache is used).
+    """
 
     hidden: torch.Tensor
-    calls: list  # [(block module, args after hidden, kwargs, hidden passed as kwarg?)]
+    start: int
+    calls: list
+    restore: Optional[Callable[[], None]] = None
 
 
-@torch.no_grad()
-def run_frozen_prefix(model: nn.Module, layout: ModelLayout, batch: PaddedBatch, layer: int, loss_layer: int) -> FrozenPrefix:
-    """One forward pass that records block ``layer``'s output and later blocks' arguments, then stops."""
+def _record_block_calls(model, layout, model_kwargs: dict, layer: int, loss_layer: int) -> tuple[torch.Tensor, list]:
+    """Forward pass recording block ``layer``'s output and the calls of blocks ``layer+1 .. loss_layer``."""
     calls: list = []
     handles = []
 
@@ -173,21 +189,110 @@ def run_frozen_prefix(model: nn.Module, layout: ModelLayout, batch: PaddedBatch,
             handles.append(block.register_forward_pre_hook(make_pre_hook(block, b == loss_layer), with_kwargs=True))
         with Trace(model, layout.layer_name(layer), retain_output=True, stop=loss_layer == layer) as tr:
             try:
-                model(**batch.model_kwargs())
+                model(**model_kwargs)
             except StopForward:
                 pass
     finally:
         for h in handles:
             h.remove()
-    return FrozenPrefix(hidden=first_tensor(tr.output).detach(), calls=calls)
+    return first_tensor(tr.output).detach(), calls
+
+
+@torch.no_grad()
+def run_frozen_prefix(model: nn.Module, layout: ModelLayout, batch: PaddedBatch, layer: int, loss_layer: int) -> FrozenPrefix:
+    """Whole-sequence variant: one forward pass records block ``layer``'s output and later blocks' calls."""
+    hidden, calls = _record_block_calls(model, layout, batch.model_kwargs(), layer, loss_layer)
+    return FrozenPrefix(hidden=hidden, start=0, calls=calls)
+
+
+def _new_cache(model: nn.Module):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+@torch.no_grad()
+def run_frozen_prefix_cached(
+    model: nn.Module, layout: ModelLayout, batch: PaddedBatch, layer: int, loss_layer: int, start: int
+) -> FrozenPrefix:
+    """Column-cut variant: the columns before ``start`` (all before every fact token) never change,
+    so their keys/values are cached once and the steps recompute columns ``start ..`` only.
+
+    Raises:
+        RuntimeError: the model's cache does not expose per-layer keys/values.
+    """
+    cache = _new_cache(model)
+    with Trace(model, layout.layer_name(loss_layer), retain_output=False, stop=True):
+        model(
+            input_ids=batch.input_ids[:, :start], attention_mask=batch.attention_mask[:, :start],
+            position_ids=batch.position_ids[:, :start], past_key_values=cache, use_cache=True,
+        )
+    layers = getattr(cache, "layers", None)
+    if not layers or not all(hasattr(l, "keys") and hasattr(l, "values") for l in layers):
+        raise RuntimeError(f"{type(cache).__name__} exposes no per-layer keys/values")
+    saved = [(l.keys, l.values) for l in layers]
+
+    def restore() -> None:
+        for l, (k, v) in zip(layers, saved):
+            l.keys, l.values = k, v
+
+    try:
+        hidden, calls = _record_block_calls(
+            model, layout,
+            dict(
+                input_ids=batch.input_ids[:, start:], attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids[:, start:], past_key_values=cache, use_cache=True,
+            ),
+            layer, loss_layer,
+        )
+    finally:
+        restore()
+    return FrozenPrefix(hidden=hidden, start=start, calls=calls, restore=restore)
 
 
 def run_suffix(prefix: FrozenPrefix, hidden: torch.Tensor) -> torch.Tensor:
-    """Blocks ``layer+1 .. loss_layer`` on ``hidden`` (B, T, d) with the recorded arguments."""
-    for block, args, kwargs, as_kwarg in prefix.calls:
-        out = block(hidden_states=hidden, **kwargs) if as_kwarg else block(hidden, *args, **kwargs)
-        hidden = first_tensor(out)
+    """Blocks ``layer+1 .. loss_layer`` on ``hidden`` (B, T - start, d) with the recorded arguments."""
+    try:
+        for block, args, kwargs, as_kwarg in prefix.calls:
+            out = block(hidden_states=hidden, **kwargs) if as_kwarg else block(hidden, *args, **kwargs)
+            hidden = first_tensor(out)
+    finally:
+        if prefix.restore is not None:
+            prefix.restore()
     return hidden
+
+
+@torch.no_grad()
+def _reference_hidden(model, layout, batch: PaddedBatch, loss_layer: int, rows, cols) -> torch.Tensor:
+    """Output of block ``loss_layer`` at (rows, cols) from a plain forward pass."""
+    with Trace(model, layout.layer_name(loss_layer), retain_output=True, stop=True) as tr:
+        model(**batch.model_kwargs())
+    return first_tensor(tr.output)[rows, cols]
+
+
+def prepare_frozen_prefix(
+    model: nn.Module, layout: ModelLayout, problem: "ValueProblem", layer: int, loss_layer: int, rows, cols
+) -> FrozenPrefix:
+    """The cached column-cut prefix when it reproduces a plain forward pass, else the whole-sequence one."""
+    start = int(problem.fact_cols.min())
+    if start > 0 and loss_layer > layer:
+        try:
+            prefix = run_frozen_prefix_cached(model, layout, problem.batch, layer, loss_layer, start)
+            with torch.no_grad():
+                got = run_suffix(prefix, prefix.hidden)[rows, cols - start]
+            ref = _reference_hidden(model, layout, problem.batch, loss_layer, rows, cols)
+            if torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
+                return prefix
+            logger.warning(
+                "compute_z: the cached prefix does not reproduce the forward pass (max diff %.3g); "
+                "using the whole-sequence path", float((got - ref).abs().max()),
+            )
+        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            logger.warning("compute_z: cached prefix unavailable (%s); using the whole-sequence path", exc)
+    return run_frozen_prefix(model, layout, problem.batch, layer, loss_layer)
 
 
 def _losses(
@@ -227,21 +332,23 @@ def optimise_value(
         warnings.warn("compute_z: the model is in training mode (dropout active); call model.eval()", stacklevel=3)
     device = model_device(model)
     problem = build_value_problem(tok, request, hparams.fact_token, groups, device)
-    prefix = run_frozen_prefix(model, layout, problem.batch, layer, loss_layer)
+    rows = torch.cat([problem.target_rows, problem.kl_rows])
+    cols = torch.cat([problem.target_cols, problem.kl_cols])
+    prefix = prepare_frozen_prefix(model, layout, problem, layer, loss_layer, rows, cols)
     h0 = prefix.hidden
-    z_init = h0[problem.fact_rows[0], problem.fact_cols[0]].clone()
+    fact_cols = problem.fact_cols - prefix.start
+    cols = cols - prefix.start
+    z_init = h0[problem.fact_rows[0], fact_cols[0]].clone()
     ln_f, head = layout.ln_f(model), layout.lm_head(model)
     delta = torch.zeros_like(z_init, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hparams.v_lr)
     max_norm = hparams.clamp_norm_factor * z_init.norm()
-    base_at_fact = h0[problem.fact_rows, problem.fact_cols]
-    rows = torch.cat([problem.target_rows, problem.kl_rows])
-    cols = torch.cat([problem.target_cols, problem.kl_cols])
+    base_at_fact = h0[problem.fact_rows, fact_cols]
     result = ZResult(z=z_init, z_init=z_init, delta=delta.detach())
     kl_init = None
     for step in range(hparams.v_num_grad_steps):
         with torch.enable_grad():
-            hidden = h0.index_put((problem.fact_rows, problem.fact_cols), base_at_fact + delta)
+            hidden = h0.index_put((problem.fact_rows, fact_cols), base_at_fact + delta)
             hidden = run_suffix(prefix, hidden)
             logits = head(ln_f(hidden[rows, cols]))
             n_t = problem.target_rows.numel()

@@ -190,6 +190,26 @@ def test_compute_z_matches_full_forward_reference(tiny, arch, layer, loss_layer)
     torch.testing.assert_close(fast.z, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_cached_columns_used_and_same_as_whole_sequence_path(tiny, monkeypatch):
+    import betaedit_plugin.plumbing.values as values
+
+    model, tok = tiny("qwen2")
+    layout = ModelLayout.from_model(model)
+    hp = _hp(v_num_grad_steps=6, v_lr=0.2, clamp_norm_factor=4.0)
+    pb = build_value_problem(tok, REQS[0], hp.fact_token, CTX, torch.device("cpu"))
+    rows, cols = torch.cat([pb.target_rows, pb.kl_rows]), torch.cat([pb.target_cols, pb.kl_cols])
+    prefix = values.prepare_frozen_prefix(model, layout, pb, 1, 3, rows, cols)
+    assert prefix.start == int(pb.fact_cols[0]) > 0 and bool((pb.fact_cols == prefix.start).all())
+    cached = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no cache")
+
+    monkeypatch.setattr(values, "run_frozen_prefix_cached", unavailable)
+    whole = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
+    torch.testing.assert_close(cached.z, whole.z, rtol=1e-4, atol=1e-5)
+
+
 def test_compute_z_flips_tiny_model_and_leaves_it_unchanged(tiny):
     model, tok = tiny("llama")
     layout = ModelLayout.from_model(model)
