@@ -21,8 +21,8 @@ output of block ``layer`` and the exact arguments every later block receives
 architecture passes), then stops. Each optimisation step only calls blocks
 ``layer+1 .. loss_layer`` on columns >= c with those arguments (the cache is
 reset to columns < c after each call), applies the final norm and the output
-head at the positions the loss reads (target tokens and the KL token, not the
-whole sequence or vocabulary rows elsewhere), and takes the gradient with respect
+head only at the positions the loss reads (the target tokens and the KL token),
+and takes the gradient with respect
 to ``delta`` alone (no weight gradients). Before the first step the cached path is
 checked against a plain forward pass; if it differs (or the model's cache has no
 per-layer keys/values) a whole-sequence variant of the same scheme is used.
@@ -31,6 +31,7 @@ per-layer keys/values) a whole-sequence variant of the same scheme is used.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -327,8 +328,6 @@ def optimise_value(
     request = check_requests([request])[0]
     groups = check_context_templates(context_templates)
     if model.training:
-        import warnings
-
         warnings.warn("compute_z: the model is in training mode (dropout active); call model.eval()", stacklevel=3)
     device = model_device(model)
     problem = build_value_problem(tok, request, hparams.fact_token, groups, device)
