@@ -28,12 +28,9 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import copy as _copy
 import hashlib
 import json
 import logging
-import math
-import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
