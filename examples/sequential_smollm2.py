@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ def score(model, tok, reqs, pre_loc) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10, help="number of sequential edits (CounterFact cases)")
+    ap.add_argument("--mom2-n-samples", type=int, default=None,
+                    help="override the hparams' number of corpus texts for C0 (e.g. 200 for a quick try)")
+    ap.add_argument("--mom2-max-length", type=int, default=None, help="override the hparams' tokens per text for C0")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -53,6 +57,9 @@ def main() -> None:
     priors = None
     for method in ("BetaEdit", "AlphaEdit"):
         hp = load_hparams(ROOT / "hparams" / method / "smollm2-135m.yaml")
+        over = {k: v for k, v in (("mom2_n_samples", args.mom2_n_samples),
+                                  ("mom2_max_length", args.mom2_max_length)) if v is not None}
+        hp = dataclasses.replace(hp, **over)
         if priors is None:  # same model and layers: one C0 for both methods
             priors = stats_for_hparams(base, tok, hp, ModelLayout.from_model(base, hp))
         model = copy.deepcopy(base)
