@@ -666,12 +666,7 @@ def _build_records(prompts, target_new, subject, ground_truth, rephrase_prompts,
 
 
 def _hparams_fingerprint(hparams: EditHyperParams) -> dict:
-    """``hparams.fingerprint()``, JSON-normalised; a non-string ``model_name`` (EasyEdit accepts a
-    (model, tok) tuple there) is replaced by a placeholder instead of being deep-copied."""
-    import dataclasses
-
-    if not isinstance(hparams.model_name, str):
-        hparams = dataclasses.replace(hparams, model_name="<model object>")
+    """``hparams.fingerprint()``, JSON-normalised (lists, not tuples)."""
     return json.loads(json.dumps(hparams.fingerprint()))
 
 

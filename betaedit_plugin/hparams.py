@@ -235,12 +235,29 @@ class EditHyperParams(HyperParamsBase):
     def fingerprint(self) -> dict:
         """Settings that change the editor's state; stored with saved state and compared on load."""
         skip = {"device", "max_length", "batch_size", "model_parallel", "stats_dir"}
-        return {k: v for k, v in self.to_dict().items() if k not in skip}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in skip:
+                continue
+            if f.name == "model_name" and not isinstance(value, str):
+                value = type(value).__name__  # EasyEdit also accepts a (model, tok) pair here
+            out[f.name] = _plain(value)
+        return out
 
     def update_weight(self, layer: int) -> float:
         """``mom2_update_weight`` for one edited layer."""
         w = self.mom2_update_weight
         return float(w[self.layers.index(layer)]) if isinstance(w, list) else float(w)
+
+
+def _plain(value: Any) -> Any:
+    """Lists/tuples/dicts of plain values, copied (no deep copy of arbitrary objects)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def _as_float(name: str, value: Any) -> float:
