@@ -32,6 +32,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from ._fileio import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["LayerState", "EditorState", "StateSnapshot", "FORMAT", "save_state_file", "load_state_file"]
@@ -190,12 +192,9 @@ def save_state_file(path: Union[str, Path], tensors: Mapping[str, torch.Tensor],
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     metadata = {k: json.dumps(v) for k, v in meta.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(flat, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
     logger.info("saved editor state to %s (%d tensors)", path, len(flat))
     return path
 

@@ -28,6 +28,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from .._fileio import _fsync_dir, atomic_write, sha256_file
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -39,46 +41,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint is truncated, corrupt, or belongs to a run with another configuration."""
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def config_hash(identity: Mapping) -> str:
     """sha256 of the canonical JSON of a run's identity (the config keys that change its results)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, fsync the result and ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as stream:
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

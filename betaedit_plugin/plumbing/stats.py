@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -48,6 +47,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .._fileio import atomic_write, sha256_file
 from .hooks import TraceDict
 
 logger = logging.getLogger(__name__)
@@ -207,14 +207,6 @@ def load_corpus(name_or_path: Union[str, Path], n: int) -> List[str]:
             stacklevel=2,
         )
     return texts
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ input checks
@@ -389,22 +381,11 @@ def _validate_cached(meta: Dict[str, str], key: Dict[str, Any], moment: torch.Te
 
 
 def _write_cached(path: Path, key: Dict[str, Any], moment: torch.Tensor, count: int) -> None:
-    """Atomic write: a temp file in the same directory, then ``os.replace``."""
+    """Atomic write (temp file beside ``path``, fsync, ``os.replace``)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file(
-            {"moment": moment.contiguous(), "count": torch.tensor(count, dtype=torch.int64)},
-            tmp,
-            metadata={"key": _key_json(key)},
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {"moment": moment.contiguous(), "count": torch.tensor(count, dtype=torch.int64)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": _key_json(key)}))
 
 
 # ------------------------------------------------------------------ the pass
@@ -513,7 +494,7 @@ def layer_second_moments(
     result: Dict[int, torch.Tensor] = {}
     keys: Dict[int, Dict[str, Any]] = {}
     if use_cache:
-        sha = _file_sha256(path)
+        sha = sha256_file(path)
         for layer in layers:
             keys[layer] = stats_cache_key(
                 model, tok, layout, layer, corpus=corpus_name, corpus_sha256=sha,

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from betaedit_plugin._fileio import sha256_file
+
 from betaedit_plugin.plumbing import stats as stats_mod
 from betaedit_plugin.plumbing.layout import ModelLayout
 from betaedit_plugin.plumbing.stats import (
@@ -344,7 +346,7 @@ def test_load_corpus_bundled_and_files(tmp_path):
 
 def test_bundled_corpus_matches_its_recorded_checksum():
     path = stats_mod.corpus_path("wiki_vital")
-    assert stats_mod._file_sha256(path) == "e41dd3d8f628c6bd755f6285293962ebba0d71338d0ecc24d6a723f99f58061f"
+    assert sha256_file(path) == "e41dd3d8f628c6bd755f6285293962ebba0d71338d0ecc24d6a723f99f58061f"
 
 
 # ---------------------------------------------------------------- npz import
