@@ -30,15 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from betaedit_plugin.hparams import load_hparams
 from betaedit_plugin.models.smollm2 import load_smollm2
-from betaedit_plugin.plumbing.hooks import Trace, first_tensor, replace_first_tensor
 from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.plumbing.reference import reference_compute_z
 from betaedit_plugin.plumbing.templates import generate_context_templates
-from betaedit_plugin.plumbing.tokens import model_device
-from betaedit_plugin.plumbing.values import build_value_problem, optimise_value, resolve_loss_layer
+from betaedit_plugin.plumbing.values import optimise_value, resolve_loss_layer
 from betaedit_plugin.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,57 +52,6 @@ def load_case(index: int) -> EditRequest:
             with gzip.open(path, "rt") as f:
                 return EditRequest.from_easyedit(json.load(f)[index])
     raise FileNotFoundError(f"counterfact-edit.json.gz not found in {[str(p) for p in COUNTERFACT]}")
-
-
-def baseline_compute_z(model, tok, request, hp, layout, layer, ctx, weight_grads: bool) -> torch.Tensor:
-    """Full forward pass per step, full-vocabulary logits at all positions."""
-    loss_layer = resolve_loss_layer(hp, layout, layer)
-    pb = build_value_problem(tok, request, hp.fact_token, ctx, model_device(model))
-    delta = torch.zeros(layout.value_dim(model, layer), requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    saved: dict = {}
-
-    def add_delta(out, name):
-        h = first_tensor(out)
-        saved.setdefault("z0", h[0, pb.fact_cols[0]].detach().clone())
-        h = h.clone()
-        h[pb.fact_rows, pb.fact_cols] = h[pb.fact_rows, pb.fact_cols] + delta
-        return replace_first_tensor(out, h)
-
-    params = [p for p in model.parameters()]
-    flags = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(weight_grads)
-    try:
-        for step in range(hp.v_num_grad_steps):
-            with Trace(model, layout.layer_name(layer), edit_output=add_delta), Trace(
-                model, layout.layer_name(loss_layer)
-            ) as at_loss:
-                logits = model(**pb.batch.model_kwargs()).logits
-            if loss_layer != layout.n_layers - 1:
-                logits = layout.lm_head(model)(layout.ln_f(model)(first_tensor(at_loss.output)))
-            logp = torch.log_softmax(logits, -1)
-            tgt = logp[pb.target_rows, pb.target_cols].gather(1, pb.target_ids[:, None]).squeeze(1)
-            nll = (-tgt).reshape(pb.n_rewrite, pb.n_target).mean(1).mean()
-            kl_logp = logp[pb.kl_rows, pb.kl_cols]
-            saved.setdefault("kl0", kl_logp.detach())
-            kl = F.kl_div(kl_logp, saved["kl0"], log_target=True, reduction="batchmean")
-            z0 = saved["z0"]
-            loss = nll + hp.kl_factor * kl + hp.v_weight_decay * (delta.norm() / z0.norm() ** 2)
-            if step == hp.v_num_grad_steps - 1:
-                break
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                cap = hp.clamp_norm_factor * z0.norm()
-                if delta.norm() > cap:
-                    delta.mul_(cap / delta.norm())
-    finally:
-        for p, flag in zip(params, flags):
-            p.grad = None
-            p.requires_grad_(flag)
-    return saved["z0"] + delta.detach()
 
 
 def main() -> None:
@@ -134,7 +81,7 @@ def main() -> None:
         return best, out
 
     t_fast, res = timed(lambda: optimise_value(model, tok, request, hp, layout, layer, ctx))
-    t_base, z_base = timed(lambda: baseline_compute_z(model, tok, request, hp, layout, layer, ctx, args.weight_grads))
+    t_base, z_base = timed(lambda: reference_compute_z(model, tok, request, hp, layout, layer, ctx, weight_grads=args.weight_grads))
     rel = float((res.z - z_base).abs().max() / z_base.abs().max())
     print(json.dumps({
         "bench": "compute_z",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from betaedit_plugin.hparams import BetaEditHyperParams
-from betaedit_plugin.plumbing.hooks import Trace, first_tensor, hook_count, replace_first_tensor
+from betaedit_plugin.plumbing.hooks import Trace, hook_count
 from betaedit_plugin.plumbing.keys import compute_ks
 from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.plumbing.reference import reference_compute_z
 from betaedit_plugin.plumbing.templates import generate_context_templates
 from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, subject_token_range
 from betaedit_plugin.plumbing.values import (
@@ -17,7 +17,6 @@ from betaedit_plugin.plumbing.values import (
     compute_current_z,
     compute_z,
     optimise_value,
-    resolve_loss_layer,
 )
 from betaedit_plugin.requests import EditRequest
 
@@ -136,48 +135,6 @@ def test_keys_bad_input_raises_before_forward(tiny):
 
 
 # ---------------------------------------------------------------- values
-def naive_compute_z(model, tok, request, hp, layout, layer, ctx):
-    """Straightforward reference: a full forward pass with a hook per step, full-vocabulary logits."""
-    loss_layer = resolve_loss_layer(hp, layout, layer)
-    pb = build_value_problem(tok, request, hp.fact_token, ctx, torch.device("cpu"))
-    delta = torch.zeros(layout.value_dim(model, layer), requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    state = {}
-
-    def edit(out, name):
-        h = first_tensor(out)
-        state.setdefault("z0", h[0, pb.fact_cols[0]].detach().clone())
-        h = h.clone()
-        h[pb.fact_rows, pb.fact_cols] = h[pb.fact_rows, pb.fact_cols] + delta
-        return replace_first_tensor(out, h)
-
-    for step in range(hp.v_num_grad_steps):
-        with Trace(model, layout.layer_name(layer), edit_output=edit), Trace(
-            model, layout.layer_name(loss_layer)
-        ) as at_loss:
-            logits = model(**pb.batch.model_kwargs()).logits
-        if loss_layer != layout.n_layers - 1:
-            logits = layout.lm_head(model)(layout.ln_f(model)(first_tensor(at_loss.output)))
-        logp = torch.log_softmax(logits, -1)
-        tgt = logp[pb.target_rows, pb.target_cols].gather(1, pb.target_ids[:, None]).squeeze(1)
-        nll = (-tgt).reshape(pb.n_rewrite, pb.n_target).mean(1).mean()
-        kl_logp = logp[pb.kl_rows, pb.kl_cols]
-        state.setdefault("kl0", kl_logp.detach())
-        kl = F.kl_div(kl_logp, state["kl0"], log_target=True, reduction="batchmean")
-        z0 = state["z0"]
-        loss = nll + hp.kl_factor * kl + hp.v_weight_decay * (delta.norm() / z0.norm() ** 2)
-        if float(nll.detach()) < hp.v_early_stop_loss or step == hp.v_num_grad_steps - 1:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            cap = hp.clamp_norm_factor * z0.norm()
-            if delta.norm() > cap:
-                delta.mul_(cap / delta.norm())
-    return state["z0"] + delta.detach()
-
-
 @pytest.mark.parametrize("arch,layer,loss_layer", [("gpt2", 2, -1), ("llama", 1, 2), ("qwen3", 1, -1), ("gptj", 1, 3)])
 def test_compute_z_matches_full_forward_reference(tiny, arch, layer, loss_layer):
     model, tok = tiny(arch)
@@ -185,7 +142,7 @@ def test_compute_z_matches_full_forward_reference(tiny, arch, layer, loss_layer)
     hp = _hp(v_num_grad_steps=8, v_lr=0.2, v_loss_layer=loss_layer, clamp_norm_factor=4.0)
     ctx = CTX[:2]
     fast = optimise_value(model, tok, REQS[0], hp, layout, layer, ctx)
-    ref = naive_compute_z(model, tok, REQS[0], hp, layout, layer, ctx)
+    ref = reference_compute_z(model, tok, REQS[0], hp, layout, layer, ctx)
     assert fast.delta.norm() > 0.05 * fast.z_init.norm()
     torch.testing.assert_close(fast.z, ref, rtol=1e-4, atol=1e-4)
 
