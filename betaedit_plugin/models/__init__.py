@@ -53,7 +53,9 @@ def load_model(name: str) -> Tuple["object", "object"]:
         return build_tiny(name[len("tiny-"):])
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        return _load_local(path)
+        from .local import load_local_checkpoint
+
+        return load_local_checkpoint(path)
     available = available_models()
     close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
@@ -61,17 +63,3 @@ def load_model(name: str) -> Tuple["object", "object"]:
         f"Unknown model {name!r}.{hint} Available: {', '.join(available)}, "
         "or a local directory containing a Hugging Face checkpoint (config.json and weights)."
     )
-
-
-def _load_local(path: Path):
-    """A local Hugging Face checkpoint, never touching the network."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
-    model.to(torch.device("cpu"))
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok

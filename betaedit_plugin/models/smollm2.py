@@ -173,15 +173,9 @@ def load_smollm2(
         raise TypeError(
             f"dtype={dtype!r}: expected a floating torch dtype such as torch.float32 or torch.bfloat16"
         )
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .local import load_local_checkpoint
 
     target = converted_dir(cache_dir)
     if not _is_converted(target):
         _convert(find_smollm2_gguf(), target)
-    model = AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, local_files_only=True)
-    model.to(torch.device("cpu"))
-    model.eval()
-    tok = AutoTokenizer.from_pretrained(str(target), local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    return load_local_checkpoint(target, dtype=dtype)
