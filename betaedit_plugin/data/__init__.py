@@ -5,6 +5,10 @@ Bundled data (``betaedit_plugin/resources/``, attribution in ``resources/SOURCES
 * CounterFact in EasyEdit's format, splits ``edit`` (10,000), ``train`` (10,000), ``val`` (1,919);
 * ZsRE in MEND's schema, splits ``eval`` (1,037, EasyEdit's portability subset) and ``train`` (1,000).
 
+Files of your own are read by content: CounterFact in EasyEdit's format or in ROME/MEMIT's
+(``counterfact.json``, ``multi_counterfact.json``), ZsRE in MEND's (``zsre_mend_eval.json``); see
+`betaedit_plugin.data.formats`. Anything else stops with an error that lists the accepted formats.
+
 Example::
 
     from betaedit_plugin.data import load_dataset
@@ -13,12 +17,14 @@ Example::
 
 from __future__ import annotations
 
+from .formats import FORMATS, detect_format, to_memit_counterfact
 from .loaders import (
     DATASETS,
     DatasetError,
     available_datasets,
     load_counterfact,
     load_dataset,
+    load_edit_file,
     load_zsre,
     read_json_records,
     resource_path,
@@ -26,6 +32,10 @@ from .loaders import (
 
 __all__ = [
     "DATASETS",
+    "FORMATS",
+    "detect_format",
+    "load_edit_file",
+    "to_memit_counterfact",
     "DatasetError",
     "available_datasets",
     "load_counterfact",

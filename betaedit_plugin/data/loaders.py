@@ -1,4 +1,9 @@
-"""Loaders for CounterFact (EasyEdit format) and ZsRE (MEND schema)."""
+"""Loaders for CounterFact (EasyEdit's or ROME/MEMIT's format) and ZsRE (MEND schema).
+
+A file's format is recognised by its content (`betaedit_plugin.data.formats.detect_format`), so
+``load_counterfact("counterfact.json")`` reads MEMIT's ``counterfact.json`` /
+``multi_counterfact.json`` as well as EasyEdit's files.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from ..requests import EditRequest
+from .formats import FORMATS, detect_format, memit_counterfact_request
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +102,22 @@ def _field(record: Any, name: str, index: int, source: str) -> Any:
     return record[name]
 
 
+def _check_kind(fmt: str, wanted: str, path: Path) -> None:
+    """Refuse a file of the other dataset, pointing to the right loader."""
+    if fmt.split("-")[0] != wanted:
+        other = fmt.split("-")[0]
+        raise DatasetError(
+            f"{path}: holds {other} records ({FORMATS[fmt]}), not {wanted}; "
+            f"load it with load_{other}() (runner: data={other} data.path=...)"
+        )
+
+
 def load_counterfact(split: Union[str, Path] = "edit", n: Optional[int] = None, strict: bool = False) -> list:
-    """CounterFact cases in EasyEdit's format as :class:`EditRequest`.
+    """CounterFact cases (EasyEdit's or ROME/MEMIT's format, told apart by content) as :class:`EditRequest`.
 
     Args:
-        split: ``"edit"``, ``"train"``, ``"val"``, or a path to a file of the same format.
+        split: ``"edit"``, ``"train"``, ``"val"``, or a path to a file in EasyEdit's format or in
+            MEMIT's (``counterfact.json``, ``multi_counterfact.json``: ``requested_rewrite``, ...).
         n: number of cases from the start of the file (None: all).
         strict: raise on a record that is not a valid edit (empty target, subject not in the prompt);
             by default such records are skipped with a warning.
@@ -111,6 +128,10 @@ def load_counterfact(split: Union[str, Path] = "edit", n: Optional[int] = None, 
     """
     path = _split_path(split, COUNTERFACT_SPLITS, "counterfact")
     records = read_json_records(path)
+    fmt = detect_format(records, str(path))
+    _check_kind(fmt, "counterfact", path)
+    if fmt == "counterfact-memit":
+        return _load_memit_counterfact(records, path, n, strict)
     out, bad = [], []
     for i, rec in enumerate(records):
         fields = {k: _field(rec, k, i, str(path)) for k in ("prompt", "subject", "target_new", "ground_truth")}
@@ -150,6 +171,7 @@ def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, strict:
     """
     path = _split_path(split, ZSRE_SPLITS, "zsre")
     records = read_json_records(path)
+    _check_kind(detect_format(records, str(path)), "zsre", path)
     out, bad = [], []
     for i, rec in enumerate(records):
         src, subject, alt = (_field(rec, k, i, str(path)) for k in ("src", "subject", "alt"))
@@ -175,6 +197,33 @@ def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, strict:
                 raise DatasetError(f"{path}: record {i}: {exc}") from None
             bad.append(i)
     return _take(out, bad, n, path)
+
+
+def _load_memit_counterfact(records: list, path: Path, n: Optional[int], strict: bool) -> list:
+    out, bad = [], []
+    for i, rec in enumerate(records):
+        try:
+            out.append(memit_counterfact_request(rec, i, str(path)))
+        except DatasetError:
+            raise
+        except ValueError as exc:
+            if strict:
+                raise DatasetError(f"{path}: record {i}: {exc}") from None
+            bad.append(i)
+    return _take(out, bad, n, path)
+
+
+def load_edit_file(path: Union[str, Path], n: Optional[int] = None, strict: bool = False) -> list:
+    """Edits from any file the loaders read (CounterFact in EasyEdit's or MEMIT's format, ZsRE), by content.
+
+    Raises:
+        DatasetError: unreadable file, or records of none of the formats in
+            `betaedit_plugin.data.formats.FORMATS` (the message lists them).
+    """
+    path = Path(path)
+    fmt = detect_format(read_json_records(path), str(path))
+    loader = load_zsre if fmt == "zsre" else load_counterfact
+    return loader(path, n=n, strict=strict)
 
 
 DATASETS: dict = {"counterfact": load_counterfact, "zsre": load_zsre}
