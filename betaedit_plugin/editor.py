@@ -4,9 +4,9 @@ One editor serves one model with one method (picked from the hparams class) and
 owns its `EditorState`: two editors, two histories. A step writes a batch of
 n >= 1 requests with MEMIT's layer loop (Meng et al., 2023):
 
-1. z* (d_v, n): target output of the last edited block, one `compute_z` per request;
+1. z* (d_v, n): target output of the last edited block, all n optimised in one batch (`compute_zs`);
 2. for each edited layer l, in ascending order:
-   K (d_k, n) = `compute_ks` at l (after the earlier layers of this step were written),
+   K (d_k, n) = the keys at l (after the earlier layers of this step were written; `KeySweep`),
    R (d_v, n) = (z* - current output of the last edited block) / (layers left, l included),
    Delta (d_v, d_k) from the layer's `IncrementalSolver`, checked finite, then written;
 3. once every layer is written: H += K K^T and the solver takes the keys (Woodbury),
@@ -166,6 +166,7 @@ class BetaEditor:
         self.state: Optional[EditorState] = None
         self._undo: Optional[tuple[StateSnapshot, Dict[int, torch.Tensor]]] = None
         self._digests: Optional[dict] = None  # {'before': {l: sha}, 'after': {l: sha}} of the last apply
+        self._prefix_checked = False  # compute_z's cached prefix is checked against a forward pass once
 
     # ================================================================ construction
     @classmethod
@@ -440,10 +441,14 @@ class BetaEditor:
             self._restore_weights(before)
             raise
         self._undo = (snap, before) if self.keep_undo else None
-        self._digests = {
-            "before": {l: _digest(w) for l, w in before.items()},
-            "after": {l: _digest(self.layout.read_weight(self.model, l)) for l in before},
-        }
+        # content hashes for `weights_status` (the EasyEdit adapter's restore check): only with
+        # keep_undo, since hashing every edited weight costs as much as a solver step
+        self._digests = None
+        if self.keep_undo:
+            self._digests = {
+                "before": {l: _digest(w) for l, w in before.items()},
+                "after": {l: _digest(self.layout.read_weight(self.model, l)) for l in before},
+            }
         norms = {l: float(d.double().norm()) for l, d in deltas.items()}
         logger.info("step %d: wrote %d edit(s), ||Delta||_F %s", state.step, len(reqs), norms)
         return {"step": state.step, "n": len(reqs), "delta_norm": norms, "refreshed": refreshed}
@@ -475,8 +480,8 @@ class BetaEditor:
 
         On any error the written layers are restored bit for bit before re-raising.
         """
-        from .plumbing.keys import compute_ks
-        from .plumbing.values import compute_current_z, compute_z
+        from .plumbing.keys import KeySweep
+        from .plumbing.values import compute_current_z, compute_zs
 
         hp, layers, templates = self.hparams, self.hparams.layers, state.context_templates
         last = layers[-1]
@@ -486,11 +491,13 @@ class BetaEditor:
         keys: Dict[int, torch.Tensor] = {}
         with _edit_mode(self.model, self.tok):
             try:
-                z_star = torch.stack(
-                    [compute_z(self.model, self.tok, r, hp, self.layout, last, templates) for r in reqs], dim=1
+                z_star = compute_zs(
+                    self.model, self.tok, reqs, hp, self.layout, last, templates, check_prefix=not self._prefix_checked
                 )
+                self._prefix_checked = True
+                sweep = KeySweep(self.model, self.tok, reqs, hp, self.layout, layers, templates)
                 for i, l in enumerate(layers):
-                    K = compute_ks(self.model, self.tok, reqs, hp, self.layout, l, templates)
+                    K = sweep.keys(l)
                     cur = compute_current_z(self.model, self.tok, reqs, hp, self.layout, last)
                     R = (z_star.to(cur.device, cur.dtype) - cur) / (len(layers) - i)
                     for what, t in (("keys K", K), ("residual R (z* - current z)", R)):
@@ -502,6 +509,7 @@ class BetaEditor:
                     before[l] = self.layout.read_weight(self.model, l)
                     self.layout.add_delta(self.model, l, delta)
                     deltas[l], keys[l] = delta, K
+                    sweep.advance(l)
             except BaseException:
                 self._restore_weights(before)
                 raise

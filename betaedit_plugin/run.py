@@ -116,6 +116,7 @@ def validate_config(cfg: Mapping) -> None:
     stop = _int(cfg, "stop_after", 1, allow_none=True)
     if stop is not None and stop >= cfg["num_edits"]:
         raise ConfigError(f"stop_after={stop}: must be below num_edits={cfg['num_edits']} (or null to run to the end)")
+    _int(cfg, "eval.max_cases", 1, allow_none=True)
     for key, minimum in (("batch_size", 1), ("fluency_prompts", 0), ("fluency_tokens", 1), ("ppl_tokens", 0), ("ppl_window", 2), ("mmlu_n", 0)):
         _int(cfg, f"eval.{key}", minimum)
     if cfg["eval"]["ppl_tokens"] == 1:
@@ -286,9 +287,11 @@ def evaluate(run: _Run, step: int) -> dict:
 
     ev = run.cfg["eval"]
     t0 = time.perf_counter()
-    reqs = run.requests[:step] if step > 0 else run.requests
-    point: dict = {"step": step, "n_scored": len(reqs)}
-    point.update(edit_metrics(run.model, run.tok, reqs, locality_ref=run.locality_ref[: len(reqs)], batch_size=ev["batch_size"]))
+    final = step == 0 or step >= run.cfg["num_edits"]
+    idx = eval_sample(step if step > 0 else len(run.requests), ev.get("max_cases"), run.cfg["seed"], len(run.requests), final)
+    reqs = [run.requests[i] for i in idx]
+    point: dict = {"step": step, "n_scored": len(reqs), "sampled": len(reqs) < (step or len(run.requests))}
+    point.update(edit_metrics(run.model, run.tok, reqs, locality_ref=[run.locality_ref[i] for i in idx], batch_size=ev["batch_size"]))
     if ev["fluency_prompts"]:
         prompts = [r.filled_prompt for r in reqs[: ev["fluency_prompts"]]]
         flu = fluency(run.model, run.tok, prompts, max_new_tokens=ev["fluency_tokens"], batch_size=ev["batch_size"])
@@ -302,6 +305,18 @@ def evaluate(run: _Run, step: int) -> dict:
     point.update(weight_diagnostics(run.editor.weight_deltas(), run.prior_covs, run.base_weights))
     point["eval_s"] = time.perf_counter() - t0
     return point
+
+
+def eval_sample(n_done: int, max_cases: Optional[int], seed: int, n_total: int, final: bool) -> list:
+    """Indices of the edits an evaluation point scores: all of the first ``n_done`` at the final
+    point (and before editing) or when ``max_cases`` is None, else the first ``max_cases`` of them
+    in one seeded permutation of all ``n_total`` edits (so successive points share their sample)."""
+    if final or max_cases is None or n_done <= max_cases:
+        return list(range(n_done))
+    import torch
+
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted([i for i in perm if i < n_done][:max_cases])
 
 
 def _setup(cfg: dict, identity: dict) -> tuple:
@@ -491,6 +506,8 @@ def run_experiment(cfg: Any) -> dict:
                 with _timed(timing, "eval_total_s"):
                     results["evals"].append(evaluate(run, step))
                 bar.set_postfix(_postfix(results["evals"][-1]))
+                _finish_timing(run)
+                _save_outputs(run, final=False)  # results.json / metrics.csv readable while the run goes on
             bar.update(len(batch))
             ck = cfg["checkpoint_every"]
             if (ck and step // ck > prev // ck) or (step >= stop and step < n):

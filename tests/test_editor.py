@@ -205,8 +205,8 @@ def test_nonfinite_target_raises_naming_layer_and_step(tiny, monkeypatch):
     before, hist = params(ed.model), {l: s.hist_cov for l, s in ed.state.layers.items()}
     import betaedit_plugin.plumbing.values as values
 
-    real = values.compute_z
-    monkeypatch.setattr(values, "compute_z", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
+    real = values.compute_zs
+    monkeypatch.setattr(values, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
     with pytest.raises(NonFiniteUpdateError, match=r"layer 1, step 2"):
         ed.apply([REQS[1]])
     assert_bit_equal(before, params(ed.model))

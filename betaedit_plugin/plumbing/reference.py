@@ -52,7 +52,7 @@ def reference_compute_z(model, tok, request, hp, layout, layer, ctx, *, weight_g
                 logits = layout.lm_head(model)(layout.ln_f(model)(first_tensor(at_loss.output)))
             logp = torch.log_softmax(logits, -1)
             tgt = logp[pb.target_rows, pb.target_cols].gather(1, pb.target_ids[:, None]).squeeze(1)
-            nll = (-tgt).reshape(pb.n_rewrite, pb.n_target).mean(1).mean()
+            nll = ((-tgt).reshape(pb.n_rewrite, -1).sum(1) / pb.target_len).mean()
             kl_logp = logp[pb.kl_rows, pb.kl_cols]
             saved.setdefault("kl0", kl_logp.detach())
             kl = F.kl_div(kl_logp, saved["kl0"], log_target=True, reduction="batchmean")

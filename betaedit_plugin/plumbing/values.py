@@ -23,17 +23,23 @@ architecture passes), then stops. Each optimisation step only calls blocks
 reset to columns < c after each call), applies the final norm and the output
 head only at the positions the loss reads (the target tokens and the KL token),
 and takes the gradient with respect
-to ``delta`` alone (no weight gradients). Before the first step the cached path is
-checked against a plain forward pass; if it differs (or the model's cache has no
-per-layer keys/values) a whole-sequence variant of the same scheme is used.
+to ``delta`` alone (parameters are frozen meanwhile: no weight gradients). With
+``check_prefix`` (the editor's first step) the cached path is first checked against a
+plain forward pass; if it differs (or the model's cache has no per-layer keys/values)
+a whole-sequence variant of the same scheme is used.
+
+Several requests are optimised in one batch (`optimise_values`): their rows share the
+passes, each has its own delta, loss, early stop and norm clamp, and each gets the z* it
+gets alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,34 +58,46 @@ KL_TEMPLATE = "{} is a"
 
 @dataclass
 class ValueProblem:
-    """The token-level setup of one edit's value optimisation.
+    """The token-level setup of the value optimisation of n >= 1 requests in one batch.
+
+    Rows: the rewriting prompts of request 0 (one per context template, the bare
+    prompt first), then those of request 1, ..., then one KL prompt per request.
 
     Attributes:
-        batch: padded rewriting prompts (first ``n_rewrite`` rows) then the KL prompt rows.
-        fact_rows / fact_cols: (B,) padded positions where delta is added (one per row).
+        batch: the padded rows, every fact token in one column.
+        fact_rows / fact_cols: (B,) padded positions where a request's delta is added.
+        row_request: (B,) index of the request each row belongs to.
         target_rows / target_cols / target_ids: (N_t,) positions whose next-token
             prediction is scored, and the token expected there.
-        target_prompt: (N_t,) index of the rewriting prompt each target token belongs to.
-        kl_rows / kl_cols: (n_kl,) positions of the KL distribution.
-        n_rewrite: number of rewriting prompts; n_target: tokens in target_new.
+        target_prompt: (N_t,) rewriting row each target token belongs to.
+        target_len: (n_rewrite,) tokens of target_new in each rewriting row.
+        kl_rows / kl_cols: (n,) position of each request's KL distribution.
+        n_rewrite: rewriting rows in all; n_requests: n; per_request: rewriting rows per request.
     """
 
     batch: PaddedBatch
     fact_rows: torch.Tensor
     fact_cols: torch.Tensor
+    row_request: torch.Tensor
     target_rows: torch.Tensor
     target_cols: torch.Tensor
     target_ids: torch.Tensor
     target_prompt: torch.Tensor
+    target_len: torch.Tensor
     kl_rows: torch.Tensor
     kl_cols: torch.Tensor
     n_rewrite: int
-    n_target: int
+    n_requests: int
+    per_request: int
+
+    def z_rows(self) -> torch.Tensor:
+        """(n,) row of each request's bare prompt (context template "{}"), where z_0 is read."""
+        return torch.arange(self.n_requests, device=self.fact_rows.device) * self.per_request
 
 
 @dataclass
 class ZResult:
-    """What ``optimise_value`` found: z* (d_v,), the initial value z_0, delta and the loss history."""
+    """What ``optimise_value`` found for one request: z* (d_v,), z_0, delta and the loss history."""
 
     z: torch.Tensor
     z_init: torch.Tensor
@@ -110,41 +128,56 @@ def resolve_loss_layer(hparams, layout: ModelLayout, layer: int) -> int:
 
 
 def build_value_problem(
-    tok, request: EditRequest, fact_token: str, context_templates: list[list[str]], device: torch.device
+    tok, requests, fact_token: str, context_templates: list[list[str]], device: torch.device
 ) -> ValueProblem:
-    """Tokenise rewriting prompts (every context template) and the KL prompt of one request."""
-    target = target_token_ids(tok, request.target_new)
-    seqs, fact_idx, t_rows, t_idx, t_prompt = [], [], [], [], []
-    for ctx in (c for group in context_templates for c in group):
-        prompt = build_prompt(request, ctx)
-        ids = encode(tok, prompt)
-        row = len(seqs)
-        fact_idx.append(fact_token_index(tok, prompt, fact_token, len(ids)))
-        seqs.append(ids + target[:-1])
-        for j in range(len(target)):
-            t_rows.append(row)
-            t_idx.append(len(ids) - 1 + j)
-            t_prompt.append(row)
+    """Tokenise the rewriting prompts (every context template) and the KL prompt of each request.
+
+    ``requests``: one EditRequest or a list of them (one batch, see `ValueProblem`).
+    """
+    requests = [requests] if isinstance(requests, EditRequest) else list(requests)
+    templates = [c for group in context_templates for c in group]
+    seqs, fact_idx, row_request = [], [], []
+    t_rows, t_idx, t_ids, t_len = [], [], [], []
+    for q, request in enumerate(requests):
+        target = target_token_ids(tok, request.target_new)
+        for ctx in templates:
+            prompt = build_prompt(request, ctx)
+            ids = encode(tok, prompt)
+            row = len(seqs)
+            fact_idx.append(fact_token_index(tok, prompt, fact_token, len(ids)))
+            seqs.append(ids + target[:-1])
+            row_request.append(q)
+            t_len.append(len(target))
+            for j, tid in enumerate(target):
+                t_rows.append(row)
+                t_idx.append(len(ids) - 1 + j)
+                t_ids.append(tid)
     n_rewrite = len(seqs)
-    kl_prompt = build_prompt(request, "{}", template=KL_TEMPLATE)
-    kl_ids = encode(tok, kl_prompt)
-    fact_idx.append(fact_token_index(tok, kl_prompt, fact_token, len(kl_ids)))
-    seqs.append(kl_ids)
+    for q, request in enumerate(requests):
+        kl_prompt = build_prompt(request, "{}", template=KL_TEMPLATE)
+        kl_ids = encode(tok, kl_prompt)
+        fact_idx.append(fact_token_index(tok, kl_prompt, fact_token, len(kl_ids)))
+        seqs.append(kl_ids)
+        row_request.append(q)
     batch = pad_aligned(seqs, fact_idx, tok, device)  # every fact token in one column
     cols = [batch.padded_index(r, i) for r, i in enumerate(fact_idx)]
     long = dict(dtype=torch.long, device=device)
+    kl_rows = list(range(n_rewrite, len(seqs)))
     return ValueProblem(
         batch=batch,
         fact_rows=torch.arange(len(seqs), **long),
         fact_cols=torch.tensor(cols, **long),
+        row_request=torch.tensor(row_request, **long),
         target_rows=torch.tensor(t_rows, **long),
         target_cols=torch.tensor([batch.padded_index(r, i) for r, i in zip(t_rows, t_idx)], **long),
-        target_ids=torch.tensor(target * n_rewrite, **long),
-        target_prompt=torch.tensor(t_prompt, **long),
-        kl_rows=torch.tensor([n_rewrite], **long),
-        kl_cols=torch.tensor([batch.padded_index(n_rewrite, -1)], **long),
+        target_ids=torch.tensor(t_ids, **long),
+        target_prompt=torch.tensor(t_rows, **long),
+        target_len=torch.tensor(t_len, device=device, dtype=torch.float32),
+        kl_rows=torch.tensor(kl_rows, **long),
+        kl_cols=torch.tensor([batch.padded_index(r, -1) for r in kl_rows], **long),
         n_rewrite=n_rewrite,
-        n_target=len(target),
+        n_requests=len(requests),
+        per_request=len(templates),
     )
 
 
@@ -275,13 +308,21 @@ def _reference_hidden(model, layout, batch: PaddedBatch, loss_layer: int, rows, 
 
 
 def prepare_frozen_prefix(
-    model: nn.Module, layout: ModelLayout, problem: "ValueProblem", layer: int, loss_layer: int, rows, cols
+    model: nn.Module, layout: ModelLayout, problem: "ValueProblem", layer: int, loss_layer: int, rows, cols,
+    check: bool = True,
 ) -> FrozenPrefix:
-    """The cached column-cut prefix when it reproduces a plain forward pass, else the whole-sequence one."""
+    """The cached column-cut prefix, else the whole-sequence one.
+
+    ``check``: first compare the cached path with a plain forward pass (one extra full pass)
+    and fall back to the whole-sequence path if they differ. The editor checks at its first
+    step only: whether the cache reproduces the model is a property of the architecture.
+    """
     start = int(problem.fact_cols.min())
     if start > 0 and loss_layer > layer:
         try:
             prefix = run_frozen_prefix_cached(model, layout, problem.batch, layer, loss_layer, start)
+            if not check:
+                return prefix
             with torch.no_grad():
                 got = run_suffix(prefix, prefix.hidden)[rows, cols - start]
             ref = _reference_hidden(model, layout, problem.batch, loss_layer, rows, cols)
@@ -299,18 +340,121 @@ def prepare_frozen_prefix(
 def _losses(
     logits_t: torch.Tensor, logits_kl: torch.Tensor, problem: ValueProblem, kl_init: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(nll averaged over prompts, KL(init || now) batch-mean, kl log-probs now)."""
+    """Per request: (NLL of target_new averaged over its prompts, KL(init || now)), both (n,), and
+    the KL log-probabilities now (n, V)."""
     logp = torch.log_softmax(logits_t.float(), dim=-1).gather(1, problem.target_ids[:, None]).squeeze(1)
     per_prompt = torch.zeros(problem.n_rewrite, device=logp.device, dtype=logp.dtype).index_add(
         0, problem.target_prompt, -logp
-    ) / problem.n_target
-    nll = per_prompt.mean()
+    ) / problem.target_len
+    nll = per_prompt.view(problem.n_requests, problem.per_request).mean(1)
     kl_logp = torch.log_softmax(logits_kl.float(), dim=-1)
     if kl_init is None:
-        kl = torch.zeros((), device=logp.device)
-    else:
-        kl = F.kl_div(kl_logp, kl_init, log_target=True, reduction="batchmean")
+        kl = torch.zeros(problem.n_requests, device=logp.device)
+    else:  # KL(p_0 || p) of each request's KL prompt (one row each)
+        kl = (kl_init.exp() * (kl_init - kl_logp)).sum(-1)
     return nll, kl, kl_logp
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """``requires_grad=False`` on every parameter (gradients w.r.t. delta only), restored afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def optimise_values(
+    model: nn.Module,
+    tok,
+    requests: Sequence[EditRequest],
+    hparams,
+    layout: ModelLayout,
+    layer: int,
+    context_templates: list[list[str]],
+    *,
+    check_prefix: bool = True,
+) -> list[ZResult]:
+    """``compute_z`` for n requests in one batched optimisation, with each loss history.
+
+    The n losses are independent (each delta only reaches its own rows) and Adam acts element
+    by element, so optimising their sum gives every request the result it gets alone. A request
+    stops when its own NLL falls below ``v_early_stop_loss``: its delta is frozen from then on
+    (the others go on). ``check_prefix``: see `prepare_frozen_prefix`.
+    """
+    layout.check_layer(layer)
+    loss_layer = resolve_loss_layer(hparams, layout, layer)
+    requests = check_requests(requests)
+    groups = check_context_templates(context_templates)
+    if model.training:
+        warnings.warn("compute_z: the model is in training mode (dropout active); call model.eval()", stacklevel=3)
+    device = model_device(model)
+    problem = build_value_problem(tok, requests, hparams.fact_token, groups, device)
+    n = problem.n_requests
+    rows = torch.cat([problem.target_rows, problem.kl_rows])
+    cols = torch.cat([problem.target_cols, problem.kl_cols])
+    with frozen_parameters(model):
+        prefix = prepare_frozen_prefix(model, layout, problem, layer, loss_layer, rows, cols, check=check_prefix)
+        h0 = prefix.hidden
+        fact_cols = problem.fact_cols - prefix.start
+        cols = cols - prefix.start
+        z_rows = problem.z_rows()
+        z_init = h0[z_rows, fact_cols[z_rows]].clone()  # (n, d)
+        ln_f, head = layout.ln_f(model), layout.lm_head(model)
+        delta = torch.zeros_like(z_init, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=hparams.v_lr)
+        z_norm = z_init.norm(dim=1)
+        max_norm = hparams.clamp_norm_factor * z_norm
+        base_at_fact = h0[problem.fact_rows, fact_cols]
+        n_t = problem.target_rows.numel()
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        frozen = torch.zeros_like(z_init)
+        results = [ZResult(z=z_init[i], z_init=z_init[i], delta=frozen[i]) for i in range(n)]
+        kl_init = None
+        last_step = hparams.v_num_grad_steps - 1
+        for step in range(hparams.v_num_grad_steps):
+            with torch.enable_grad():
+                hidden = h0.index_put((problem.fact_rows, fact_cols), base_at_fact + delta[problem.row_request])
+                hidden = run_suffix(prefix, hidden)
+                logits = head(ln_f(hidden[rows, cols]))
+                nll, kl, kl_logp = _losses(logits[:n_t], logits[n_t:], problem, kl_init)
+                if kl_init is None:
+                    kl_init = kl_logp.detach()
+                decay = hparams.v_weight_decay * (delta.norm(dim=1) / z_norm**2)
+                loss = nll + hparams.kl_factor * kl + decay  # (n,)
+            nll_now, loss_now = nll.detach().tolist(), loss.detach().tolist()
+            for i in active.nonzero().flatten().tolist():
+                res = results[i]
+                res.nll.append(nll_now[i])
+                res.loss.append(loss_now[i])
+                res.steps = step + 1
+                if nll_now[i] < hparams.v_early_stop_loss or step == last_step:
+                    active[i] = False
+                    frozen[i] = delta[i].detach()
+            logger.debug("compute_z step %d: loss %s (nll %s)", step, loss_now, nll_now)
+            if not bool(active.any()):
+                break
+            (grad,) = torch.autograd.grad(loss[active].sum(), [delta])
+            delta.grad = grad
+            opt.step()
+            with torch.no_grad():
+                norm = delta.norm(dim=1)
+                scale = torch.where(norm > max_norm, max_norm / norm, torch.ones_like(norm))
+                delta.mul_(scale[:, None])
+                delta[~active] = frozen[~active]  # stopped requests keep their delta (Adam's momentum would move it)
+    for i, res in enumerate(results):
+        res.delta = frozen[i].clone()
+        res.z = z_init[i] + res.delta
+        logger.info(
+            "compute_z: %d steps, nll %.3f -> %.3f, |delta|/|z0| = %.3f",
+            res.steps, res.nll[0], res.nll[-1], float(res.delta.norm() / z_norm[i]),
+        )
+    return results
 
 
 def optimise_value(
@@ -321,63 +465,13 @@ def optimise_value(
     layout: ModelLayout,
     layer: int,
     context_templates: list[list[str]],
+    *,
+    check_prefix: bool = True,
 ) -> ZResult:
     """``compute_z`` with its loss history (see the module docstring)."""
-    layout.check_layer(layer)
-    loss_layer = resolve_loss_layer(hparams, layout, layer)
-    request = check_requests([request])[0]
-    groups = check_context_templates(context_templates)
-    if model.training:
-        warnings.warn("compute_z: the model is in training mode (dropout active); call model.eval()", stacklevel=3)
-    device = model_device(model)
-    problem = build_value_problem(tok, request, hparams.fact_token, groups, device)
-    rows = torch.cat([problem.target_rows, problem.kl_rows])
-    cols = torch.cat([problem.target_cols, problem.kl_cols])
-    prefix = prepare_frozen_prefix(model, layout, problem, layer, loss_layer, rows, cols)
-    h0 = prefix.hidden
-    fact_cols = problem.fact_cols - prefix.start
-    cols = cols - prefix.start
-    z_init = h0[problem.fact_rows[0], fact_cols[0]].clone()
-    ln_f, head = layout.ln_f(model), layout.lm_head(model)
-    delta = torch.zeros_like(z_init, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hparams.v_lr)
-    max_norm = hparams.clamp_norm_factor * z_init.norm()
-    base_at_fact = h0[problem.fact_rows, fact_cols]
-    result = ZResult(z=z_init, z_init=z_init, delta=delta.detach())
-    kl_init = None
-    for step in range(hparams.v_num_grad_steps):
-        with torch.enable_grad():
-            hidden = h0.index_put((problem.fact_rows, fact_cols), base_at_fact + delta)
-            hidden = run_suffix(prefix, hidden)
-            logits = head(ln_f(hidden[rows, cols]))
-            n_t = problem.target_rows.numel()
-            nll, kl, kl_logp = _losses(logits[:n_t], logits[n_t:], problem, kl_init)
-            if kl_init is None:
-                kl_init = kl_logp.detach()
-            decay = hparams.v_weight_decay * (delta.norm() / z_init.norm() ** 2)
-            loss = nll + hparams.kl_factor * kl + decay
-        nll_value, loss_value = float(nll.detach()), float(loss.detach())
-        result.nll.append(nll_value)
-        result.loss.append(loss_value)
-        result.steps = step + 1
-        logger.debug("compute_z step %d: loss %.4f (nll %.4f)", step, loss_value, nll_value)
-        if nll_value < hparams.v_early_stop_loss or step == hparams.v_num_grad_steps - 1:
-            break
-        (grad,) = torch.autograd.grad(loss, [delta])
-        delta.grad = grad
-        opt.step()
-        with torch.no_grad():
-            norm = delta.norm()
-            if norm > max_norm:
-                delta.mul_(max_norm / norm)
-    delta = delta.detach()
-    result.delta = delta
-    result.z = z_init + delta
-    logger.info(
-        "compute_z: %d steps, nll %.3f -> %.3f, |delta|/|z0| = %.3f",
-        result.steps, result.nll[0], result.nll[-1], float(delta.norm() / z_init.norm()),
-    )
-    return result
+    return optimise_values(
+        model, tok, [request], hparams, layout, layer, context_templates, check_prefix=check_prefix
+    )[0]
 
 
 def compute_z(
@@ -399,6 +493,24 @@ def compute_z(
             nothing, subject not found; raised before any forward pass.
     """
     return optimise_value(model, tok, request, hparams, layout, layer, context_templates).z
+
+
+def compute_zs(
+    model: nn.Module,
+    tok,
+    requests: Sequence[EditRequest],
+    hparams,
+    layout: ModelLayout,
+    layer: int,
+    context_templates: list[list[str]],
+    *,
+    check_prefix: bool = True,
+) -> torch.Tensor:
+    """z* (d_v, n) of n requests, optimised in one batch (see `optimise_values`)."""
+    results = optimise_values(
+        model, tok, requests, hparams, layout, layer, context_templates, check_prefix=check_prefix
+    )
+    return torch.stack([r.z for r in results], dim=1)
 
 
 @torch.no_grad()

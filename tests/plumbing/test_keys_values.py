@@ -7,7 +7,7 @@ import torch
 
 from betaedit_plugin.hparams import BetaEditHyperParams
 from betaedit_plugin.plumbing.hooks import Trace, hook_count
-from betaedit_plugin.plumbing.keys import compute_ks
+from betaedit_plugin.plumbing.keys import KeySweep, compute_ks
 from betaedit_plugin.plumbing.layout import ModelLayout
 from betaedit_plugin.plumbing.reference import reference_compute_z
 from betaedit_plugin.plumbing.templates import generate_context_templates
@@ -16,7 +16,9 @@ from betaedit_plugin.plumbing.values import (
     build_value_problem,
     compute_current_z,
     compute_z,
+    compute_zs,
     optimise_value,
+    optimise_values,
 )
 from betaedit_plugin.requests import EditRequest
 
@@ -145,6 +147,45 @@ def test_compute_z_matches_full_forward_reference(tiny, arch, layer, loss_layer)
     ref = reference_compute_z(model, tok, REQS[0], hp, layout, layer, ctx)
     assert fast.delta.norm() > 0.05 * fast.z_init.norm()
     torch.testing.assert_close(fast.z, ref, rtol=1e-4, atol=1e-4)
+
+
+REQS3 = REQS + [EditRequest("{}, who works as a", "Ada Lovelace", "plumber", "mathematician")]
+
+
+@pytest.mark.parametrize("arch,stop_at", [("gpt2", 5.5), ("llama", 6.5)])
+def test_batched_values_equal_one_request_at_a_time(tiny, arch, stop_at):
+    """n requests in one optimisation == each alone: same z*, same steps (early stops differ per request)."""
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    hp = _hp(v_num_grad_steps=12, v_lr=0.3, clamp_norm_factor=2.0, v_early_stop_loss=stop_at)
+    alone = [optimise_value(model, tok, r, hp, layout, 1, CTX) for r in REQS3]
+    batched = optimise_values(model, tok, REQS3, hp, layout, 1, CTX, check_prefix=False)
+    for a, b in zip(alone, batched):
+        assert a.steps == b.steps
+        torch.testing.assert_close(b.z, a.z, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(b.nll), torch.tensor(a.nll), rtol=1e-4, atol=1e-5)
+    assert len({r.steps for r in alone}) > 1, "the test should cover requests that stop at different steps"
+    z = compute_zs(model, tok, REQS3, hp, layout, 1, CTX)
+    torch.testing.assert_close(z, torch.stack([a.z for a in alone], 1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,layers", [("gpt2", [1, 2]), ("llama", [0, 2, 3]), ("qwen3", [1])])
+def test_key_sweep_matches_compute_ks_after_each_write(tiny, arch, layers):
+    """KeySweep (prompts cut at the fact token, blocks run from stored inputs) == compute_ks from the embeddings."""
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    hp = BetaEditHyperParams(layers=layers)
+    gen = torch.Generator().manual_seed(0)
+    sweep = KeySweep(model, tok, REQS3, hp, layout, layers, CTX)
+    for l in layers:
+        want = compute_ks(model, tok, REQS3, hp, layout, l, CTX)
+        torch.testing.assert_close(sweep.keys(l), want, rtol=1e-5, atol=1e-5)
+        w = layout.read_weight(model, l)
+        layout.add_delta(model, l, 0.5 * torch.randn(w.shape, generator=gen) * w.std())
+        sweep.advance(l)
+    assert hook_count(model) == 0
+    with pytest.raises(RuntimeError, match="layers go in order"):
+        sweep.keys(layers[0])
 
 
 def test_cached_columns_used_and_same_as_whole_sequence_path(tiny, monkeypatch):
