@@ -5,6 +5,7 @@ editor, transformers) load on first use.
 """
 
 from .hparams import AlphaEditHyperParams, BetaEditHyperParams, MEMITHyperParams, load_hparams
+from .hparams_files import available_hparams, hparams_path
 from .requests import EditRequest
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "AlphaEditHyperParams",
     "MEMITHyperParams",
     "load_hparams",
+    "hparams_path",
+    "available_hparams",
     "EditRequest",
     "BetaEditor",
     "register_easyedit",
