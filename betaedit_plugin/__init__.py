@@ -1,11 +1,12 @@
 """BetaEdit, AlphaEdit and MEMIT as stateful sequential editors, with an EasyEdit plugin.
 
-Importing this package is cheap and has no side effects: heavy modules (the
-editor, transformers) load on first use.
+Importing this package is cheap and has no side effects beyond its own method registry: it
+imports neither torch nor transformers nor EasyEdit; the editor and the models load on first use.
 """
 
 from .hparams import AlphaEditHyperParams, BetaEditHyperParams, MEMITHyperParams, load_hparams
 from .hparams_files import available_hparams, hparams_path
+from .methods import get_method, method_names
 from .requests import EditRequest
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "AlphaEditHyperParams",
     "MEMITHyperParams",
     "load_hparams",
+    "get_method",
+    "method_names",
     "hparams_path",
     "available_hparams",
     "EditRequest",

@@ -45,11 +45,10 @@ def available_hparams() -> Dict[str, List[str]]:
 
 
 def _alg_dir(alg: str) -> str:
-    """The YAML directory of an algorithm name (paper or registry spelling: 'BE-AlphaEdit' -> 'AlphaEdit')."""
-    from .hparams import hparams_class_for
+    """The YAML directory of an algorithm name (any spelling: 'BE-AlphaEdit', 'alphaedit' -> 'AlphaEdit')."""
+    from .methods import get_method
 
-    cls = hparams_class_for(alg)  # KeyError with "Did you mean" for unknown names
-    return cls.accepted_alg_names[0]
+    return get_method(alg).name  # KeyError with "Did you mean" for unknown names
 
 
 def hparams_path(alg: str, model: str) -> Path:

@@ -1,9 +1,18 @@
-"""The typed edit request every part of the package passes around."""
+"""The typed edit request every part of the package passes around, and the one place that checks
+what an edit step is given: the requests (`as_requests`) and the context templates
+(`check_context_templates`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, List, Literal, Mapping, Optional, Sequence
+
+__all__ = ["EditRequest", "as_requests", "check_context_templates", "FACT_TOKENS", "FactToken"]
+
+#: Where in the prompt the key is read (MEMIT's ``fact_token``): the last token of the prompt, or
+#: the first / last token of the subject, or the first token after the subject's last one.
+FactToken = Literal["last", "subject_first", "subject_last", "subject_first_after_last"]
+FACT_TOKENS = ("last", "subject_first", "subject_last", "subject_first_after_last")
 
 
 @dataclass(frozen=True)
@@ -95,3 +104,55 @@ class EditRequest:
             locality_ground_truth=tuple(loc_answers),
             case_id=request.get("case_id"),
         )
+
+
+def as_requests(requests: Any, allow_dicts: bool = True) -> List[EditRequest]:
+    """One request or a sequence of them, as a non-empty list of `EditRequest`.
+
+    Args:
+        requests: `EditRequest` objects or, with ``allow_dicts``, EasyEdit request dicts
+            ({'prompt', 'subject', 'target_new', ...}, see `EditRequest.from_easyedit`).
+        allow_dicts: False where only typed requests are taken (the plumbing functions).
+    Raises:
+        TypeError: an item is neither an EditRequest nor (with ``allow_dicts``) a mapping.
+        ValueError: the sequence is empty, or a request is invalid (subject missing, empty target...).
+    """
+    if isinstance(requests, EditRequest) or (allow_dicts and isinstance(requests, Mapping)):
+        requests = [requests]
+    if isinstance(requests, (str, bytes, Mapping)) or not isinstance(requests, Sequence):
+        raise TypeError(f"requests: expected a list of EditRequest or EasyEdit dicts, got {type(requests).__name__}")
+    if len(requests) == 0:
+        raise ValueError("requests=[]: expected at least one edit request")
+    out = []
+    for i, r in enumerate(requests):
+        if isinstance(r, EditRequest):
+            out.append(r)
+        elif allow_dicts and isinstance(r, Mapping):
+            out.append(EditRequest.from_easyedit(r))
+        else:
+            raise TypeError(
+                f"requests[{i}] is a {type(r).__name__}: expected EditRequest "
+                "(use EditRequest.from_easyedit(dict) for EasyEdit request dicts)"
+            )
+    return out
+
+
+def check_context_templates(context_templates: Any) -> List[List[str]]:
+    """``[[template, ...], ...]`` (MEMIT's context templates) as lists; every template holds "{}".
+
+    Raises:
+        ValueError: not a non-empty list of non-empty lists of strings with "{}".
+    """
+    if isinstance(context_templates, str) or not isinstance(context_templates, (list, tuple)) or not context_templates:
+        raise ValueError(
+            f"context_templates={context_templates!r}: expected a non-empty list of groups, e.g. [['{{}}']]"
+        )
+    groups = []
+    for i, group in enumerate(context_templates):
+        if isinstance(group, str) or not isinstance(group, (list, tuple)) or not group:
+            raise ValueError(f"context_templates[{i}]={group!r}: expected a non-empty list of strings")
+        for t in group:
+            if not isinstance(t, str) or "{}" not in t:
+                raise ValueError(f"context_templates[{i}] holds {t!r}: every template must contain '{{}}' for the prompt")
+        groups.append(list(group))
+    return groups

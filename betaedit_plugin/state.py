@@ -17,6 +17,9 @@ Per edited layer l (`LayerState`):
   and the projector basis U (d_k, m), or None for no projection (MEMIT);
 - ``n_keys``: number of keys in H.
 
+An editor saves `editor_state_dict`: this state plus the edited weights W_t and a fingerprint
+(method, model, layers, hparams) that `editor_state_from_dict` checks before anything is loaded.
+
 Tensors are never modified in place: every update builds new tensors
 (``add_keys`` returns H + K K^T, the solver replaces ``g_inv``), so a snapshot
 for undo (`EditorState.snapshot`) only keeps references.
@@ -36,7 +39,17 @@ from ._fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerState", "EditorState", "StateSnapshot", "FORMAT", "save_state_file", "load_state_file"]
+__all__ = [
+    "LayerState",
+    "EditorState",
+    "StateSnapshot",
+    "FORMAT",
+    "save_state_file",
+    "load_state_file",
+    "editor_state_dict",
+    "editor_state_from_dict",
+    "fingerprint_diff",
+]
 
 FORMAT = "betaedit-plugin/editor-state/1"
 
@@ -217,3 +230,66 @@ def load_state_file(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Di
     except json.JSONDecodeError as exc:
         raise ValueError(f"editor state file {str(path)!r} has corrupt metadata: {exc}") from exc
     return tensors, meta
+
+
+# ---------------------------------------------------------------- an editor's saved state
+def fingerprint_diff(saved: Any, here: Mapping[str, Any]) -> List[str]:
+    """Human-readable differences between two editor fingerprints (empty list when equal)."""
+    if not isinstance(saved, Mapping):
+        return ["the saved state has no fingerprint (not written by BetaEditor.save_state?)"]
+    out = []
+    for key in sorted(set(saved) | set(here)):
+        a, b = saved.get(key), here.get(key)
+        if key == "hparams" and isinstance(a, Mapping) and isinstance(b, Mapping):
+            for hk in sorted(set(a) | set(b)):
+                if a.get(hk) != b.get(hk):
+                    out.append(f"hparams.{hk}: saved {a.get(hk)!r}, here {b.get(hk)!r}")
+        elif a != b:
+            out.append(f"{key}: saved {a!r}, here {b!r}")
+    return out
+
+
+def editor_state_dict(
+    state: EditorState, weights: Mapping[int, torch.Tensor], fingerprint: Mapping[str, Any]
+) -> Dict[str, Any]:
+    """What an editor saves: its state, the edited weights W_t (``layers.<l>.w``) and its fingerprint.
+
+    Every tensor is stored once: W_0 as ``layers.<l>.w0`` (the state), W_t as ``layers.<l>.w``.
+    """
+    sd = state.state_dict()
+    for l, w in weights.items():
+        sd["tensors"][f"layers.{l}.w"] = w
+    sd["meta"]["fingerprint"] = dict(fingerprint)
+    return sd
+
+
+def editor_state_from_dict(
+    state_dict: Mapping[str, Any],
+    fingerprint: Mapping[str, Any],
+    layers: List[int],
+    make_solver: Callable[[int, torch.Tensor], Any],
+    device: Union[str, torch.device] = "cpu",
+) -> Tuple[EditorState, Dict[int, torch.Tensor]]:
+    """Check an `editor_state_dict` against an editor's fingerprint and rebuild its state.
+
+    Returns:
+        (the `EditorState`, {layer: saved W_t}); nothing is written into a model here.
+    Raises:
+        ValueError: malformed, or saved by an editor with another method, model, layers or hparams
+            (the message lists every difference).
+    """
+    meta = state_dict.get("meta") if isinstance(state_dict, Mapping) else None
+    tensors = state_dict.get("tensors") if isinstance(state_dict, Mapping) else None
+    if not isinstance(meta, Mapping) or not isinstance(tensors, Mapping):
+        raise ValueError("state_dict: expected {'tensors': ..., 'meta': ...} from BetaEditor.state_dict()")
+    diff = fingerprint_diff(meta.get("fingerprint"), fingerprint)
+    if diff:
+        raise ValueError("saved editor state does not match this editor: " + "; ".join(diff))
+    state = EditorState.from_state_dict(state_dict, layers, make_solver, device=device)
+    weights = {}
+    for l in layers:
+        w = tensors.get(f"layers.{l}.w")
+        if w is None:
+            raise ValueError(f"state: missing tensor 'layers.{l}.w' (the edited weight of layer {l})")
+        weights[l] = w
+    return state, weights

@@ -21,7 +21,7 @@ import torch
 from betaedit_plugin import load_hparams
 from betaedit_plugin.data.loaders import load_counterfact
 from betaedit_plugin.editor import BetaEditor
-from betaedit_plugin.eval.token_metrics import predicted_target_tokens, target_token_accuracy, token_agreement
+from betaedit_plugin.eval.scoring import predicted_target_tokens, target_token_accuracy, token_agreement
 from betaedit_plugin.models.smollm2 import load_smollm2
 from betaedit_plugin.plumbing.layout import ModelLayout
 from betaedit_plugin.plumbing.stats import stats_for_hparams

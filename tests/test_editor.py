@@ -105,7 +105,7 @@ def test_solver_delta_equals_the_dense_formulas(tiny):
 
 def test_betaedit_refreshes_projector_every_tau_edits(tiny):
     ed = make_editor(tiny, "BetaEdit", tau=2)
-    first = {l: s.basis.clone() for l, s in ed._ensure_state().layers.items()}
+    first = {l: s.basis.clone() for l, s in ed.prepare().layers.items()}
     assert ed.apply([REQS[0]])["refreshed"] is False
     assert all(torch.equal(ed.state.layers[l].basis, first[l]) for l in LAYERS)
     assert ed.apply([REQS[1]])["refreshed"] is True
@@ -279,7 +279,7 @@ def test_smollm2_five_sequential_counterfact_edits(smollm2, smollm2_stats):
 
     from betaedit_plugin import load_hparams
     from betaedit_plugin.data.loaders import load_counterfact
-    from betaedit_plugin.eval.token_metrics import target_token_accuracy
+    from betaedit_plugin.eval.scoring import target_token_accuracy
 
     model, tok = smollm2
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -16,8 +16,13 @@ from betaedit_plugin.eval.metrics import (
     ngram_entropy,
     weight_diagnostics,
 )
-from betaedit_plugin.eval.scoring import encode_pair, greedy_generate, score_targets
-from betaedit_plugin.eval.token_metrics import predicted_target_tokens, target_token_accuracy
+from betaedit_plugin.eval.scoring import (
+    encode_pair,
+    greedy_generate,
+    predicted_target_tokens,
+    score_targets,
+    target_token_accuracy,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

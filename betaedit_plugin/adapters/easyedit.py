@@ -15,40 +15,45 @@ it at the next call (the edited weights hash back to what they were before
 the last edit), rolls the editor's history back by that one step and warns.
 Any other outside change to the edited weights raises `WeightsChangedError`.
 
-`register_easyedit()` adds 'BetaEdit', 'BE-AlphaEdit' and 'BE-MEMIT' to
-EasyEdit's ``ALG_DICT`` in place and lets ``BatchEditor.is_batchable_method``
-accept them (so ``BaseEditor.batch_edit`` works); calling it again changes nothing.
+`register_easyedit()` adds every registered method (`betaedit_plugin.methods`) to EasyEdit's
+``ALG_DICT`` in place under its EasyEdit name ('BetaEdit', 'BE-AlphaEdit', 'BE-MEMIT', ...) and lets
+``BatchEditor.is_batchable_method`` accept them (so ``BaseEditor.batch_edit`` works); calling it
+again changes nothing. ``apply_<method>_to_model`` (``apply_betaedit_to_model``, ...) exists for
+every registered method, with EasyEdit's calling convention.
 """
 
 from __future__ import annotations
 
 import copy as _copy
+import json
 import logging
 import warnings
 import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
-from ..editor import BetaEditor, WeightsChangedError, as_requests, _fingerprint_diff
-from ..hparams import AlphaEditHyperParams, BetaEditHyperParams, EditHyperParams, MEMITHyperParams
+from ..editor import BetaEditor, WeightsChangedError
+from ..methods import METHODS, EditHyperParams, Method, get_method
+from ..requests import as_requests
+from ..state import fingerprint_diff
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BetaEditExecutor",
+    "apply_to_model",
     "apply_betaedit_to_model",
     "apply_alphaedit_to_model",
     "apply_memit_to_model",
     "register_easyedit",
+    "registered_names",
     "REGISTERED_NAMES",
 ]
 
-_CLASSES = {
-    BetaEditHyperParams.registry_name: BetaEditHyperParams,
-    AlphaEditHyperParams.registry_name: AlphaEditHyperParams,
-    MEMITHyperParams.registry_name: MEMITHyperParams,
-}
-REGISTERED_NAMES: Tuple[str, ...] = tuple(_CLASSES)
-"""Names this package adds to EasyEdit's ALG_DICT."""
+
+def registered_names() -> Tuple[str, ...]:
+    """Names this package adds to EasyEdit's ALG_DICT: the EasyEdit name of every registered method."""
+    get_method("BetaEdit")  # loads the shipped methods
+    return tuple(m.easyedit_name for m in METHODS)
 
 INSTALL_HINT = (
     "EasyEdit (the 'easyeditor' package) is not importable. Install it from its source tree, "
@@ -63,7 +68,7 @@ class BetaEditExecutor:
     """EasyEdit-callable executor for one method; keeps one `BetaEditor` per model (weakly).
 
     Args:
-        alg_name: 'BetaEdit', 'BE-AlphaEdit' or 'BE-MEMIT' (paper spellings are accepted).
+        alg_name: a registered method in any spelling ('BetaEdit', 'BE-AlphaEdit', 'memit', ...).
         editor_kwargs: passed to every `BetaEditor` it builds (e.g. ``prior_covs``,
             ``context_templates``) unless the call gives its own.
 
@@ -71,11 +76,9 @@ class BetaEditExecutor:
     """
 
     def __init__(self, alg_name: str, **editor_kwargs: Any) -> None:
-        from ..hparams import hparams_class_for
-
-        cls = hparams_class_for(alg_name)  # KeyError with "Did you mean" for unknown names
-        self.alg_name = cls.registry_name
-        self.hparams_class = cls
+        method = get_method(alg_name)  # KeyError with "Did you mean" for unknown names
+        self.alg_name = method.easyedit_name
+        self.hparams_class = method.hparams_class
         self.editor_kwargs = dict(editor_kwargs)
         self._editors: "weakref.WeakKeyDictionary[Any, BetaEditor]" = weakref.WeakKeyDictionary()
 
@@ -97,8 +100,8 @@ class BetaEditExecutor:
             editor = BetaEditor(model, tok, hparams, weak_model=True, **{**self.editor_kwargs, **editor_kwargs})
             self._editors[model] = editor
             return editor
-        diff = _fingerprint_diff({"hparams": editor.fingerprint()["hparams"]},
-                                 {"hparams": _hparams_fingerprint(hparams)})
+        diff = fingerprint_diff({"hparams": editor.fingerprint()["hparams"]},
+                                {"hparams": json.loads(json.dumps(hparams.fingerprint()))})
         if diff:
             raise ValueError(
                 "this model already has a history under other hparams (" + "; ".join(diff) + "); "
@@ -171,12 +174,6 @@ class BetaEditExecutor:
             )
 
 
-def _hparams_fingerprint(hparams: EditHyperParams) -> dict:
-    from ..editor import _hparams_fingerprint as fp
-
-    return fp(hparams)
-
-
 def _clone_editor(source: BetaEditor, model, tok) -> BetaEditor:
     """A new editor for a deep copy of ``source.model``, with a copy of its state."""
     editor = BetaEditor(model, tok, source.hparams, keep_undo=source.keep_undo, weak_model=True)
@@ -196,7 +193,14 @@ def _registered_executor(alg_name: str) -> Optional[BetaEditExecutor]:
     return owner if isinstance(owner, BetaEditExecutor) else None
 
 
-def _apply(alg_name, model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight, executor, kwargs):
+def apply_to_model(alg_name: str, model, tok, requests, hparams, copy=False, return_orig_weights=False,
+                   keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
+    """EasyEdit-style entry point for the method ``alg_name``: returns (model, weights_copy).
+
+    Uses ``executor``, else the one `register_easyedit` put into EasyEdit's ALG_DICT, else (with
+    a warning: no history is kept between calls) a new one. See `BetaEditExecutor.apply_to_model`.
+    """
+    alg_name = get_method(alg_name).easyedit_name
     if executor is None:
         executor = _registered_executor(alg_name)
     if executor is None:
@@ -212,25 +216,35 @@ def _apply(alg_name, model, tok, requests, hparams, copy, return_orig_weights, k
     )
 
 
-def apply_betaedit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
-                            keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
-    """EasyEdit-style entry point for BetaEdit: returns (model, weights_copy). See `BetaEditExecutor`."""
-    return _apply("BetaEdit", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
-                  executor, kwargs)
+def _apply_function(method: Method) -> Callable:
+    """``apply_<method>_to_model`` with EasyEdit's signature, for one registered method."""
+
+    def apply(model, tok, requests, hparams, copy=False, return_orig_weights=False, keep_original_weight=False,
+              executor: Optional[BetaEditExecutor] = None, **kwargs):
+        return apply_to_model(method.easyedit_name, model, tok, requests, hparams, copy=copy,
+                              return_orig_weights=return_orig_weights, keep_original_weight=keep_original_weight,
+                              executor=executor, **kwargs)
+
+    apply.__name__ = apply.__qualname__ = _apply_name(method)
+    apply.__doc__ = (f"EasyEdit-style entry point for {method.name} ({method.easyedit_name!r}): returns "
+                     "(model, weights_copy). See `apply_to_model`.")
+    return apply
 
 
-def apply_alphaedit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
-                             keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
-    """EasyEdit-style entry point for AlphaEdit ('BE-AlphaEdit'): returns (model, weights_copy)."""
-    return _apply("BE-AlphaEdit", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
-                  executor, kwargs)
+def _apply_name(method: Method) -> str:
+    return f"apply_{method.cli_name.replace('-', '_')}_to_model"
 
 
-def apply_memit_to_model(model, tok, requests, hparams, copy=False, return_orig_weights=False,
-                         keep_original_weight=False, executor: Optional[BetaEditExecutor] = None, **kwargs):
-    """EasyEdit-style entry point for history-aware MEMIT ('BE-MEMIT'): returns (model, weights_copy)."""
-    return _apply("BE-MEMIT", model, tok, requests, hparams, copy, return_orig_weights, keep_original_weight,
-                  executor, kwargs)
+def __getattr__(name: str):
+    """``REGISTERED_NAMES`` and ``apply_<method>_to_model`` of every registered method (PEP 562)."""
+    if name == "REGISTERED_NAMES":
+        return registered_names()
+    if name.startswith("apply_") and name.endswith("_to_model"):
+        get_method("BetaEdit")  # loads the shipped methods
+        for method in METHODS:
+            if _apply_name(method) == name:
+                return _apply_function(method)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- registration
@@ -238,7 +252,7 @@ _PATCH_MARK = "_betaedit_plugin_names"
 
 
 def register_easyedit() -> Dict[str, BetaEditExecutor]:
-    """Add 'BetaEdit', 'BE-AlphaEdit', 'BE-MEMIT' to EasyEdit (idempotent); returns {name: executor}.
+    """Add every registered method to EasyEdit under its EasyEdit name (idempotent); returns {name: executor}.
 
     - ``ALG_DICT`` is updated in place: the dict object in ``easyeditor.util.alg_dict``, which
       ``easyeditor.editors.editor`` imports by name (``from ..util.alg_dict import *``), so both
@@ -262,7 +276,8 @@ def register_easyedit() -> Dict[str, BetaEditExecutor]:
     if getattr(editor_mod, "ALG_DICT", alg_mod.ALG_DICT) is not alg_mod.ALG_DICT:
         dicts.append(editor_mod.ALG_DICT)
     executors: Dict[str, BetaEditExecutor] = {}
-    for name in REGISTERED_NAMES:
+    names = registered_names()
+    for name in names:
         current = [d.get(name) for d in dicts]
         owner = next((getattr(fn, "__self__", None) for fn in current
                       if isinstance(getattr(fn, "__self__", None), BetaEditExecutor)), None)
@@ -275,7 +290,7 @@ def register_easyedit() -> Dict[str, BetaEditExecutor]:
             if d.get(name) is None:
                 d[name] = ex.apply_to_model
     _patch_batchable(batch_mod.BatchEditor)
-    logger.info("registered %s in EasyEdit's ALG_DICT", list(REGISTERED_NAMES))
+    logger.info("registered %s in EasyEdit's ALG_DICT", list(names))
     return executors
 
 
@@ -287,8 +302,8 @@ def _patch_batchable(batch_editor_cls) -> None:
     original = current
 
     def is_batchable_method(alg_name: str) -> bool:
-        return alg_name in REGISTERED_NAMES or original(alg_name)
+        return alg_name in registered_names() or original(alg_name)
 
-    setattr(is_batchable_method, _PATCH_MARK, REGISTERED_NAMES)
-    is_batchable_method.__doc__ = "EasyEdit's check, extended by betaedit_plugin to accept " + ", ".join(REGISTERED_NAMES)
+    setattr(is_batchable_method, _PATCH_MARK, True)
+    is_batchable_method.__doc__ = "EasyEdit's check, extended by betaedit_plugin to accept its registered methods"
     batch_editor_cls.is_batchable_method = staticmethod(is_batchable_method)

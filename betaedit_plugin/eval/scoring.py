@@ -3,12 +3,17 @@
 Every function takes the model and tokenizer explicitly, runs under ``torch.no_grad`` and packs
 several sequences into one forward pass (right padding for scoring, left padding for generation),
 without changing the tokenizer's settings.
+
+This is the one scoring path: a (prompt, target) pair is tokenised by `encode_pair` (the target
+after a space, as in "prompt target") everywhere, for the runner's metrics and for EasyEdit's
+token metrics alike (`target_token_accuracy`, `predicted_target_tokens`, `token_agreement`:
+EasyEdit's ``rewrite_acc`` / ``rephrase_acc`` and locality ``<key>_output`` / ``<key>_acc``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -209,3 +214,30 @@ def greedy_generate(
         for row in gen[:, width:]:
             texts.append(tok.decode(row.tolist(), skip_special_tokens=True))
     return texts
+
+
+# ----------------------------------------------------------------------------- EasyEdit's token metrics
+def predicted_target_tokens(model: torch.nn.Module, tok, prompt: str, target: str, device=None) -> Tuple[List[int], List[int]]:
+    """(argmax predictions, target tokens) at the target positions of one pair, teacher forced.
+
+    One sequence, no padding; the same tokens as `score_targets` (`encode_pair`).
+    """
+    if not isinstance(prompt, str) or not isinstance(target, str):
+        raise TypeError(f"prompt and target must be str, got {type(prompt).__name__} and {type(target).__name__}")
+    (score,) = score_targets(model, tok, [prompt], [target], batch_size=1, device=device)
+    return list(score.argmax), list(score.target_ids)
+
+
+def target_token_accuracy(model: torch.nn.Module, tok, prompt: str, target: str, device=None) -> float:
+    """Share of the target's tokens that the model predicts after ``prompt`` (EasyEdit's ``rewrite_acc``)."""
+    (score,) = score_targets(model, tok, [prompt], [target], batch_size=1, device=device)
+    return score.token_accuracy
+
+
+def token_agreement(before: Sequence[int], after: Sequence[int]) -> float:
+    """Share of positions where two predicted token lists agree (locality, post vs pre)."""
+    if len(before) != len(after):
+        raise ValueError(f"token lists differ in length ({len(before)} vs {len(after)}): score the same prompt/answer")
+    if not before:
+        raise ValueError("token lists are empty: nothing to compare")
+    return sum(int(a == b) for a, b in zip(before, after)) / len(before)

@@ -14,10 +14,10 @@ Submodules are imported lazily: importing this package does not import transform
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Tuple
 
+from .._suggest import did_you_mean
 from .smollm2 import SMOLLM2_MODEL_NAME
 
 TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
@@ -57,9 +57,7 @@ def load_model(name: str) -> Tuple["object", "object"]:
 
         return load_local_checkpoint(path)
     available = available_models()
-    close = difflib.get_close_matches(name, available, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
     raise KeyError(
-        f"Unknown model {name!r}.{hint} Available: {', '.join(available)}, "
-        "or a local directory containing a Hugging Face checkpoint (config.json and weights)."
+        f"Unknown model {name!r}." + did_you_mean(name, available, n=3, cutoff=0.5)
+        + ", or a local directory containing a Hugging Face checkpoint (config.json and weights)."
     )

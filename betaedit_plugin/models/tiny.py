@@ -10,11 +10,12 @@ same weights and the same vocabulary.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Callable
 
 import torch
+
+from .._suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,7 @@ def _config(arch: str, vocab_size: int, eos: int, pad: int):
         return tf.Qwen2Config(**llama_like)
     if arch == "qwen3":
         return tf.Qwen3Config(head_dim=8, **llama_like)
-    hint = difflib.get_close_matches(str(arch), TINY_ARCHS, n=1)
-    raise KeyError(f"Unknown tiny arch {arch!r}." + (f" Did you mean {hint[0]!r}?" if hint else "") + f" Available: {list(TINY_ARCHS)}")
+    raise KeyError(f"Unknown tiny arch {arch!r}." + did_you_mean(arch, TINY_ARCHS))
 
 
 def _model_class(arch: str) -> Callable:

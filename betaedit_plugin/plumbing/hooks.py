@@ -21,13 +21,14 @@ Hooks are removed in ``__exit__``, also when the forward pass raises.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import nn
+
+from .._suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,11 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name in modules:
         return modules[name]
-    candidates = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
-    if not candidates:  # fall back to names sharing the last path component
-        tail = name.rsplit(".", 1)[-1]
-        candidates = [n for n in modules if n.endswith("." + tail)][:5]
+    tail = name.rsplit(".", 1)[-1]
+    same_tail = [n for n in modules if n.endswith("." + tail)]  # when no name is close enough
     raise LookupError(
         f"module {name!r} not found in {type(model).__name__}."
-        + (f" Did you mean: {', '.join(repr(c) for c in candidates)}?" if candidates else "")
+        + did_you_mean(name, list(modules), n=5, cutoff=0.5, available=False, fallback=same_tail)
         + " Check the module template (rewrite_module_tmp, layer_module_tmp, ...) in the hparams."
     )
 

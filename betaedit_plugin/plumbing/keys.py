@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from ..requests import EditRequest
+from ..requests import EditRequest, as_requests, check_context_templates
 from .hooks import StopForward, Trace, first_tensor
 from .layout import ModelLayout
 from .tokens import build_prompt, encode, fact_token_index, model_device, pad_batch
@@ -27,38 +27,6 @@ from .tokens import build_prompt, encode, fact_token_index, model_device, pad_ba
 logger = logging.getLogger(__name__)
 
 KEY_BATCH_SIZE = 32
-
-
-def check_requests(requests: Sequence[EditRequest]) -> list[EditRequest]:
-    """``requests`` as a non-empty list of EditRequest (TypeError / ValueError otherwise)."""
-    if isinstance(requests, EditRequest):
-        requests = [requests]
-    requests = list(requests)
-    if not requests:
-        raise ValueError("requests=[]: expected at least one EditRequest")
-    for i, r in enumerate(requests):
-        if not isinstance(r, EditRequest):
-            raise TypeError(
-                f"requests[{i}] is a {type(r).__name__}: expected EditRequest "
-                "(use EditRequest.from_easyedit(dict) for EasyEdit request dicts)"
-            )
-    return requests
-
-
-def check_context_templates(context_templates) -> list[list[str]]:
-    """Validate ``[[template, ...], ...]`` where every template holds "{}"."""
-    if not isinstance(context_templates, (list, tuple)) or not context_templates:
-        raise ValueError(
-            f"context_templates={context_templates!r}: expected a non-empty list of groups, e.g. [['{{}}']]"
-        )
-    groups = []
-    for g in context_templates:
-        if not isinstance(g, (list, tuple)) or not g or not all(isinstance(t, str) and "{}" in t for t in g):
-            raise ValueError(
-                f"context_templates group {g!r}: expected a non-empty list of strings that each contain '{{}}'"
-            )
-        groups.append(list(g))
-    return groups
 
 
 @torch.no_grad()
@@ -118,7 +86,7 @@ class KeySweep:
 
     def __init__(self, model, tok, requests, hparams, layout: ModelLayout, layers: Sequence[int], context_templates):
         self.layers = [layout.check_layer(l) for l in layers]
-        self.requests = check_requests(requests)
+        self.requests = as_requests(requests, allow_dicts=False)
         self.groups = check_context_templates(context_templates)
         self.model, self.layout = model, layout
         seqs, indices = _template_rows(tok, self.requests, self.groups, hparams.fact_token, cut=True)
@@ -213,7 +181,7 @@ def compute_ks(
             whose tokens cannot be found. Nothing is run before the checks pass.
     """
     layout.check_layer(layer)
-    requests = check_requests(requests)
+    requests = as_requests(requests, allow_dicts=False)
     groups = check_context_templates(context_templates)
     seqs, indices = _template_rows(tok, requests, groups, hparams.fact_token, cut=False)
     rows = rewrite_inputs_at(model, tok, layout, layer, seqs, indices)  # (n * n_ctx, d_k)

@@ -11,14 +11,14 @@ orientation ``(d_v, d_k)`` = (out, in).
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 from torch import nn
 
+from .._suggest import did_you_mean
 from .hooks import get_module
 
 logger = logging.getLogger(__name__)
@@ -133,12 +133,10 @@ class ModelLayout:
                 overrides[name] = value
         defaults = ARCHITECTURES.get(model_type)
         if defaults is None and len(overrides) < len(TEMPLATE_FIELDS + MODULE_FIELDS):
-            hint = difflib.get_close_matches(model_type, list(ARCHITECTURES), n=1)
             missing = [n for n in TEMPLATE_FIELDS + MODULE_FIELDS if n not in overrides]
             raise KeyError(
-                f"Unknown model_type {model_type!r}."
-                + (f" Did you mean {hint[0]!r}?" if hint else "")
-                + f" Available: {sorted(ARCHITECTURES)}. Or set {missing} in the hparams."
+                f"Unknown model_type {model_type!r}." + did_you_mean(model_type, sorted(ARCHITECTURES))
+                + f". Or set {missing} in the hparams."
             )
         fields = {n: overrides.get(n, (defaults or {}).get(n)) for n in TEMPLATE_FIELDS + MODULE_FIELDS}
         for name in TEMPLATE_FIELDS:
@@ -166,6 +164,35 @@ class ModelLayout:
                 f"with {self.n_layers} layers; fix 'layers' / 'v_loss_layer' in the hparams"
             )
         return layer
+
+    def check_layers(self, layers: Any, v_loss_layer: Optional[int] = None) -> List[int]:
+        """``layers`` (one int or a list) as a list of distinct layer indices of this model.
+
+        With ``v_loss_layer``, that is checked too (-1 means the last layer). This is the one
+        check of edited layers against a model; the hparams check order and sign without one.
+
+        Raises:
+            ValueError: naming the field, the value and the model's range.
+        """
+        if isinstance(layers, int) and not isinstance(layers, bool):
+            layers = [layers]
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ValueError(f"layers={layers!r}: expected a non-empty list of layer indices, e.g. [4, 5, 6, 7, 8]")
+        out: List[int] = []
+        for layer in layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+                raise ValueError(
+                    f"layers={list(layers)!r}: layer {layer!r} is out of range for this {self.model_type} model "
+                    f"with {self.n_layers} layers; use indices in [0, {self.n_layers - 1}] (fix 'layers' in the hparams)"
+                )
+            if layer in out:
+                raise ValueError(f"layers={list(layers)!r}: layer {layer} is listed twice; list each layer once")
+            out.append(layer)
+        if v_loss_layer is not None and v_loss_layer != -1 and not 0 <= v_loss_layer < self.n_layers:
+            raise ValueError(
+                f"v_loss_layer={v_loss_layer}: the model has {self.n_layers} layers; use {self.n_layers - 1} or -1 (last layer)"
+            )
+        return out
 
     def rewrite_name(self, layer: int) -> str:
         return self.rewrite_module_tmp.format(self.check_layer(layer))

@@ -32,7 +32,6 @@ imported with :func:`import_npz_stats`.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import hashlib
 import json
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 
 from .._fileio import atomic_write, sha256_file
+from .._suggest import did_you_mean
 from .hooks import TraceDict
 
 logger = logging.getLogger(__name__)
@@ -154,11 +154,9 @@ def corpus_path(name_or_path: Union[str, Path]) -> Path:
                 f"mom2_dataset={text!r}: no such file; give an existing .txt/.txt.gz file (one text per line) "
                 f"or one of the bundled corpora {sorted(BUNDLED_CORPORA)}"
             )
-        close = difflib.get_close_matches(text, list(BUNDLED_CORPORA), n=3, cutoff=0.5)
         raise KeyError(
-            f"Unknown corpus mom2_dataset={text!r}."
-            + (f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else "")
-            + f" Available: {sorted(BUNDLED_CORPORA)}, or a path to a .txt/.txt.gz file with one text per line."
+            f"Unknown corpus mom2_dataset={text!r}." + did_you_mean(text, sorted(BUNDLED_CORPORA), n=3, cutoff=0.5)
+            + ", or a path to a .txt/.txt.gz file with one text per line."
         )
     if not path.is_file() or not path.name.endswith((".txt", ".txt.gz")):
         raise ValueError(
@@ -218,24 +216,6 @@ def _check_positive_int(field: str, value: Any) -> int:
     return value
 
 
-def _check_layers(layers: Any, layout: Any) -> List[int]:
-    if isinstance(layers, int) and not isinstance(layers, bool):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise ValueError(f"layers={layers!r}: expected a non-empty list of layer indices, e.g. [4, 5, 6, 7, 8]")
-    out = []
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < layout.n_layers:
-            raise ValueError(
-                f"layers={list(layers)!r}: layer {layer!r} is out of range for this {layout.model_type} model "
-                f"with {layout.n_layers} layers; use indices in [0, {layout.n_layers - 1}] (fix 'layers' in the hparams)"
-            )
-        if layer in out:
-            raise ValueError(f"layers={list(layers)!r}: layer {layer} is listed twice; list each layer once")
-        out.append(layer)
-    return out
-
-
 def _check_dtype(dtype: Union[str, torch.dtype], model: nn.Module) -> str:
     names = {v: k for k, v in _DTYPES.items()}
     if isinstance(dtype, torch.dtype):
@@ -243,11 +223,7 @@ def _check_dtype(dtype: Union[str, torch.dtype], model: nn.Module) -> str:
             raise ValueError(f"mom2_dtype={dtype!r}: expected one of {sorted(_DTYPES)}")
         dtype = names[dtype]
     if dtype not in _DTYPES:
-        close = difflib.get_close_matches(str(dtype), list(_DTYPES), n=1)
-        raise ValueError(
-            f"mom2_dtype={dtype!r}: expected one of {sorted(_DTYPES)}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-        )
+        raise ValueError(f"mom2_dtype={dtype!r}: expected one of {sorted(_DTYPES)}." + did_you_mean(dtype, _DTYPES, available=False))
     model_dtype = _model_param(model).dtype
     if _DTYPES[dtype] != model_dtype:
         raise ValueError(
@@ -481,7 +457,7 @@ def layer_second_moments(
         ValueError: bad layers, counts or dtype (before anything runs), or a corpus with no text.
         KeyError / FileNotFoundError: unknown corpus name / missing corpus file.
     """
-    layers = _check_layers(layers, layout)
+    layers = layout.check_layers(layers)
     n_samples = _check_positive_int("n_samples", n_samples)
     max_length = _check_positive_int("max_length", max_length)
     batch_size = _check_positive_int("batch_size", batch_size)

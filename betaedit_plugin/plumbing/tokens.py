@@ -18,11 +18,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..requests import EditRequest
+from ..requests import FACT_TOKENS, EditRequest
 
 logger = logging.getLogger(__name__)
-
-FACT_TOKENS = ("last", "subject_first", "subject_last", "subject_first_after_last")
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..requests import EditRequest
+from ..requests import EditRequest, as_requests, check_context_templates
 from .hooks import StopForward, Trace, first_tensor
-from .keys import check_context_templates, check_requests
 from .layout import ModelLayout
 from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
 
@@ -389,7 +388,7 @@ def optimise_values(
     """
     layout.check_layer(layer)
     loss_layer = resolve_loss_layer(hparams, layout, layer)
-    requests = check_requests(requests)
+    requests = as_requests(requests, allow_dicts=False)
     groups = check_context_templates(context_templates)
     if model.training:
         warnings.warn("compute_z: the model is in training mode (dropout active); call model.eval()", stacklevel=3)
@@ -519,7 +518,7 @@ def compute_current_z(
 ) -> torch.Tensor:
     """Output of block ``layer`` at the fact token of each plain prompt: (d_v, n)."""
     layout.check_layer(layer)
-    requests = check_requests(requests)
+    requests = as_requests(requests, allow_dicts=False)
     prompts = [build_prompt(r) for r in requests]
     seqs = [encode(tok, p) for p in prompts]
     idx = [fact_token_index(tok, p, hparams.fact_token, len(s)) for p, s in zip(prompts, seqs)]

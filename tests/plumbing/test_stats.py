@@ -315,7 +315,7 @@ def test_bad_input_fails_before_anything_runs(tiny, tmp_path):
             _c0(model, tok, layout, [1], cache, max_length=-1)
         with pytest.raises(ValueError, match=r"mom2_dtype='bfloat16' but the model's parameters are float32"):
             _c0(model, tok, layout, [1], cache, dtype="bfloat16")
-        with pytest.raises(ValueError, match=r"mom2_dtype='float31'.*did you mean 'float32'"):
+        with pytest.raises(ValueError, match=r"mom2_dtype='float31'.*Did you mean 'float32'"):
             _c0(model, tok, layout, [1], cache, dtype="float31")
     finally:
         counter.remove()

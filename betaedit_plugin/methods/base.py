@@ -1,0 +1,337 @@
+"""What every method shares: the hyperparameter base classes and the update-rule interface.
+
+- `HyperParams`: this package's base, with the public surface of EasyEdit's ``HyperParams``
+  (``from_json``, ``to_dict``) and ``from_hparams``. It does not subclass EasyEdit's class:
+  EasyEdit's ``BaseEditor`` reads attributes (``alg_name``, ``model_name``, ``device``,
+  ``model_parallel``, ``batch_size``, ``max_length``), which `EditHyperParams` has, and never
+  checks the class, so this package imports no EasyEdit.
+- `EditHyperParams`: the fields of the locate-then-edit family (MEMIT, AlphaEdit, BetaEdit) in
+  EasyEdit's flat-YAML format, checked in ``__post_init__``. A method's class adds its own.
+- `UpdateRule`: what makes one method different from another once keys K and residuals R are known:
+  the per-layer `IncrementalSolver` (its lambdas and initial basis), whether each edit's keys
+  enter it, and what happens after a step is committed.
+
+Module templates (``rewrite_module_tmp`` ...) may be left out: the model layout
+(`betaedit_plugin.plumbing.layout`) supplies them from the model's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional, Tuple, Union
+
+from .._suggest import did_you_mean
+from ..requests import FACT_TOKENS, FactToken
+
+__all__ = ["HyperParams", "EditHyperParams", "UpdateRule", "read_hparams_file", "EASYEDIT_IGNORED_FIELDS"]
+
+#: Fields of EasyEdit's YAMLs that these methods accept and ignore (with a warning).
+EASYEDIT_IGNORED_FIELDS = ("P_loc", "model_parallel_devices", "fp16")
+
+
+def _help(text: str, runner: bool = True, **kw) -> Any:
+    """A dataclass field with ``help`` metadata; ``runner=False``: not a ``hparams.X=`` override of the runner."""
+    return field(metadata={"help": text, "runner": runner}, **kw)
+
+
+def read_hparams_file(path: Union[str, Path]) -> Tuple[Dict[str, Any], Path]:
+    """(mapping, path) of a flat YAML or JSON hyperparameter file (``.yaml`` may be left out).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: it does not hold a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        path = path.with_name(path.name + ".yaml")
+    if not path.is_file():
+        raise FileNotFoundError(f"hparams file {str(path)!r} does not exist")
+    with open(path, "r") as stream:
+        config = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
+    if not isinstance(config, dict):
+        raise ValueError(f"hparams file {str(path)!r} must hold a mapping of field: value")
+    return config, path
+
+
+@dataclass
+class HyperParams:
+    """Base of the hyperparameter classes: EasyEdit's ``HyperParams`` surface, without EasyEdit."""
+
+    @classmethod
+    def from_json(cls, fpath):
+        with open(fpath, "r") as f:
+            return cls.from_dict(json.load(f), source=str(fpath))
+
+    @classmethod
+    def from_hparams(cls, hparams_name_or_path: Union[str, Path]):
+        """Read an EasyEdit-style flat YAML (``.yaml`` may be left out)."""
+        config, path = read_hparams_file(hparams_name_or_path)
+        return cls.from_dict(config, source=str(path))
+
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "<dict>"):
+        return cls(**config)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class EditHyperParams(HyperParams):
+    """Fields shared by the locate-then-edit methods (MEMIT, AlphaEdit, BetaEdit).
+
+    Args mirror EasyEdit's ``AlphaEditHyperParams``; see each field's ``help``. A method's
+    subclass adds its own fields and checks (``__post_init__`` calling ``super().__post_init__()``)
+    and is registered with its `UpdateRule` (`betaedit_plugin.methods.register_method`).
+    """
+
+    alg_name: str = _help(
+        "The method, in any spelling of its registered names ('BetaEdit', 'AlphaEdit', 'MEMIT', ...); "
+        "stored as its EasyEdit name ('BetaEdit', 'BE-AlphaEdit', 'BE-MEMIT'). Default: this class's method.",
+        default="", runner=False,
+    )
+    model_name: str = _help("Path or hub id of the model (EasyEdit's BaseEditor loads it from here).", default="", runner=False)
+    layers: list = _help("Indices of the edited layers, sorted ascending, e.g. [4, 5, 6, 7, 8].", default_factory=list)
+    device: Union[int, str] = _help("Torch device: 'cpu', 'cuda:0', or an int meaning cuda:<int> (EasyEdit's convention).", default="cpu")
+    layer_selection: Literal["all", "random"] = _help("EasyEdit compatibility; only 'all' is implemented.", default="all", runner=False)
+    fact_token: FactToken = _help("Token whose MLP input is the key: one of " + ", ".join(FACT_TOKENS) + ".", default="subject_last")
+
+    # target value optimisation (compute_z)
+    v_num_grad_steps: int = _help("Gradient steps of the target-value optimisation.", default=25)
+    v_lr: float = _help("Learning rate (Adam) of the target-value optimisation.", default=0.5)
+    v_loss_layer: int = _help("Layer whose output feeds the loss; -1 means the last layer.", default=-1)
+    v_weight_decay: float = _help("Weight decay on the value change, relative to the original value norm.", default=0.5)
+    clamp_norm_factor: float = _help("Value change is clamped to this factor times the original value norm.", default=0.75)
+    kl_factor: float = _help("Weight of the KL term on '{} is a' prompts that keeps the subject's essence.", default=0.0625)
+    v_early_stop_loss: float = _help("Stop the value optimisation once the NLL falls below this.", default=5e-2)
+    context_template_length_params: list = _help(
+        "Context templates as [[max_new_tokens, count], ...], generated once per editor.",
+        default_factory=lambda: [[5, 10], [10, 10]],
+    )
+
+    # covariance statistics
+    mom2_adjustment: bool = _help(
+        "EasyEdit's switch for using C0; these methods always use it, so only true is accepted.",
+        default=True, runner=False,
+    )
+    mom2_update_weight: Union[float, list] = _help(
+        "MEMIT's weight w on C0 in (K K^T + H + w C0); one float or one per layer.", default=15000.0
+    )
+    mom2_dataset: str = _help("Corpus for C0: 'wiki_vital' (bundled) or a path to a .txt/.txt.gz file, one text a line.", default="wiki_vital")
+    mom2_n_samples: int = _help("Number of corpus texts for C0.", default=1000)
+    mom2_max_length: int = _help("Tokens per corpus text for C0 (longer texts are truncated).", default=256)
+    mom2_dtype: str = _help("Precision of the forward pass for C0 statistics (accumulation is float64).", default="float32")
+    stats_dir: Optional[str] = _help("Directory for cached statistics; default $BETAEDIT_CACHE/stats.", default=None)
+
+    # module templates; None means: take them from the model layout
+    rewrite_module_tmp: Optional[str] = _help("Edited module, e.g. 'model.layers.{}.mlp.down_proj'.", default=None)
+    layer_module_tmp: Optional[str] = _help("Transformer block, e.g. 'model.layers.{}'.", default=None)
+    mlp_module_tmp: Optional[str] = _help("MLP of a block, e.g. 'model.layers.{}.mlp'.", default=None)
+    attn_module_tmp: Optional[str] = _help("Attention of a block, e.g. 'model.layers.{}.self_attn'.", default=None)
+    ln_f_module: Optional[str] = _help("Final norm, e.g. 'model.norm'.", default=None)
+    lm_head_module: Optional[str] = _help("Output head, e.g. 'lm_head'.", default=None)
+
+    # EasyEdit bookkeeping
+    max_length: int = _help("EasyEdit evaluation max length.", default=40, runner=False)
+    batch_size: int = _help("Edits written per step (EasyEdit's batch_edit chunk size).", default=1, runner=False)
+    model_parallel: bool = _help("EasyEdit compatibility; must be false.", default=False, runner=False)
+
+    # ------------------------------------------------------------------ checks
+    def __post_init__(self) -> None:
+        self._check_alg_name()
+        layers = self.layers
+        if not isinstance(layers, (list, tuple)) or not layers or not all(
+            isinstance(l, int) and not isinstance(l, bool) for l in layers
+        ):
+            raise ValueError(f"layers={layers!r}: expected a non-empty list of ints, e.g. [4, 5, 6, 7, 8]")
+        if list(layers) != sorted(set(layers)) or layers[0] < 0:
+            raise ValueError(f"layers={list(layers)!r}: expected distinct non-negative ints in ascending order")
+        self.layers = list(layers)
+        if self.fact_token not in FACT_TOKENS:
+            raise ValueError(f"fact_token={self.fact_token!r}: expected one of {list(FACT_TOKENS)}")
+        if self.mom2_adjustment is not True:
+            raise ValueError(
+                f"mom2_adjustment={self.mom2_adjustment!r}: MEMIT, AlphaEdit and BetaEdit here always use the key "
+                "second moment C0 (set mom2_update_weight to weigh it); remove the field or set it to true"
+            )
+        if self.layer_selection != "all":
+            raise ValueError(f"layer_selection={self.layer_selection!r}: only 'all' is implemented")
+        if self.model_parallel:
+            raise ValueError("model_parallel=True: not supported; put the model on one device")
+        for name in ("v_num_grad_steps", "mom2_n_samples", "mom2_max_length", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive int")
+        for name in ("v_lr", "clamp_norm_factor"):
+            self._check_float(name, positive=True)
+        for name in ("v_weight_decay", "kl_factor", "v_early_stop_loss"):
+            self._check_float(name, positive=False)
+        if not isinstance(self.v_loss_layer, int) or self.v_loss_layer < -1:
+            raise ValueError(f"v_loss_layer={self.v_loss_layer!r}: expected a layer index, or -1 for the last layer")
+        if self.v_loss_layer != -1 and self.v_loss_layer < self.layers[-1]:
+            raise ValueError(
+                f"v_loss_layer={self.v_loss_layer}: must be at or after the last edited layer {self.layers[-1]}"
+            )
+        weights = self.mom2_update_weight
+        if isinstance(weights, (list, tuple)):
+            if len(weights) != len(self.layers):
+                raise ValueError(
+                    f"mom2_update_weight has {len(weights)} entries but layers has {len(self.layers)}: "
+                    "give one float, or one per layer"
+                )
+            weights = [_as_float("mom2_update_weight", w) for w in weights]
+            self.mom2_update_weight = weights
+        else:
+            self.mom2_update_weight = _as_float("mom2_update_weight", weights)
+            weights = [self.mom2_update_weight]
+        if any(w < 0 for w in weights):
+            raise ValueError(f"mom2_update_weight={self.mom2_update_weight!r}: expected values >= 0")
+        if self.mom2_dtype not in ("float32", "float16", "bfloat16", "float64"):
+            raise ValueError(f"mom2_dtype={self.mom2_dtype!r}: expected float32, float16, bfloat16 or float64")
+        tpl = self.context_template_length_params
+        if not isinstance(tpl, (list, tuple)) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) and x >= 0 for x in p) for p in tpl
+        ):
+            raise ValueError(
+                f"context_template_length_params={tpl!r}: expected [[max_new_tokens, count], ...] of non-negative ints"
+            )
+        for name in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp"):
+            tmp = getattr(self, name)
+            if tmp is not None and "{}" not in tmp:
+                raise ValueError(f"{name}={tmp!r}: a module template must contain '{{}}' for the layer index")
+
+    def _check_float(self, name: str, positive: bool) -> None:
+        value = _as_float(name, getattr(self, name))
+        if value < 0 or (positive and value == 0):
+            raise ValueError(f"{name}={value!r}: expected a {'positive' if positive else 'non-negative'} number")
+        setattr(self, name, value)
+
+    def _check_alg_name(self) -> None:
+        from .registry import get_method, method_of
+
+        method = method_of(self)
+        if not self.alg_name:
+            self.alg_name = method.easyedit_name
+            return
+        try:
+            named = get_method(self.alg_name)
+        except KeyError:
+            raise ValueError(
+                f"alg_name={self.alg_name!r} is not a known method."
+                + did_you_mean(self.alg_name, method.names, available=False)
+                + f" {type(self).__name__} takes {list(method.names)}"
+            ) from None
+        if named is not method:
+            raise ValueError(
+                f"alg_name={self.alg_name!r} does not belong to {type(self).__name__} ({method.name}); use "
+                f"{named.hparams_class.__name__}, or betaedit_plugin.load_hparams(path) to pick the class from alg_name"
+            )
+        self.alg_name = method.easyedit_name
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "<dict>"):
+        """Build from a flat mapping; EasyEdit-only fields are dropped with a warning, unknown ones named."""
+        config = dict(config)
+        known = [f.name for f in dataclasses.fields(cls)]
+        for name in sorted(set(EASYEDIT_IGNORED_FIELDS) & set(config) - set(known)):
+            warnings.warn(f"{source}: field {name!r} is accepted for EasyEdit compatibility and ignored", stacklevel=3)
+            config.pop(name)
+        unknown = sorted(set(config) - set(known))
+        if unknown:
+            text = ", ".join(f"{u!r}" + did_you_mean(u, known, available=False) for u in unknown)
+            raise ValueError(f"{source}: unknown field(s) {text} for {cls.__name__}")
+        return cls(**config)
+
+    def fingerprint(self) -> dict:
+        """Settings that change the editor's state; stored with saved state and compared on load."""
+        skip = {"device", "max_length", "batch_size", "model_parallel", "stats_dir"}
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in skip:
+                continue
+            if f.name == "model_name" and not isinstance(value, str):
+                value = type(value).__name__  # EasyEdit also accepts a (model, tok) pair here
+            out[f.name] = _plain(value)
+        return out
+
+    def update_weight(self, layer: int) -> float:
+        """``mom2_update_weight`` for one edited layer."""
+        w = self.mom2_update_weight
+        return float(w[self.layers.index(layer)]) if isinstance(w, list) else float(w)
+
+
+def _plain(value: Any) -> Any:
+    """Lists/tuples/dicts of plain values, copied (no deep copy of arbitrary objects)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _as_float(name: str, value: Any) -> float:
+    """Strict float conversion (accepts '1e-1' strings that YAML 1.1 leaves as text)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}={value!r}: expected a number")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: expected a number") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name}={value!r}: expected a finite number")
+    return out
+
+
+class UpdateRule:
+    """How one method writes an edit, given the editor's per-layer state.
+
+    The editor (`betaedit_plugin.editor.BetaEditor`) owns the loop that is the same for every
+    method: z*, keys K and residuals R per layer, Delta from the layer's solver, writing,
+    rollback, and the commit (H += K K^T). A rule is built once per editor,
+    ``rule_class(hparams)``, and says what differs:
+
+    - `solver_lambdas`: (lambda1, lambda2) of the layer's `IncrementalSolver`, which carries
+      (U^T (H + lambda1 C0) U + lambda2 I)^-1;
+    - `initial_basis`: U of the projector P = U U^T at the start (None: no projection);
+    - ``uses_history``: whether each edit's keys enter the solver (H in the normal matrix);
+    - `after_commit`: what happens once a step is written (BetaEdit: the projector refresh).
+
+    `make_solver` is the one place a solver is built (new state, loaded state, refresh).
+    """
+
+    #: Each committed edit's K K^T enters the solver (sequential editing with history).
+    uses_history: bool = True
+
+    def __init__(self, hparams: EditHyperParams) -> None:
+        self.hparams = hparams
+
+    def solver_lambdas(self, layer: int) -> Tuple[float, float]:
+        """(lambda1, lambda2) of the solver of ``layer``."""
+        raise NotImplementedError(f"{type(self).__name__}.solver_lambdas")
+
+    def initial_basis(self, prior_cov):
+        """U (d_k, m) of the projector at the start, from C0 (d_k, d_k); None for no projection."""
+        return None
+
+    def make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None):
+        """The `IncrementalSolver` of ``layer`` for C0, a basis U (None: U = I) and a history H."""
+        from ..linalg import IncrementalSolver
+
+        lambda1, lambda2 = self.solver_lambdas(layer)
+        return IncrementalSolver(prior_cov, basis=basis, hist_cov=hist_cov, lambda1=lambda1, lambda2=lambda2)
+
+    def after_commit(self, state) -> bool:
+        """Called with the `EditorState` once a step is committed (``state.step`` counts it).
+
+        Returns:
+            whether the solvers were rebuilt (reported as ``refreshed`` by ``BetaEditor.apply``).
+        """
+        return False

@@ -1,0 +1,76 @@
+"""BetaEdit (IJCAI 2026), per edited layer l:
+
+    Delta = R K^T P ((K K^T + H + lambda1 C0) P + lambda2 I)^-1
+
+P starts from C0 like AlphaEdit's; every ``tau`` edits it is recomputed from the protected matrix
+S = (H / t + lambda1 C0) / (lambda1 + 1) (t = edits so far), and the solver is rebuilt on the
+new basis. lambda1 = 0 gives AlphaEdit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Tuple
+
+from .base import EditHyperParams, UpdateRule, _help
+from .registry import Method, register_method
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BetaEditHyperParams", "BetaEditRule"]
+
+
+@dataclass
+class BetaEditHyperParams(EditHyperParams):
+    """BetaEdit: leakage-penalised, history-aware null-space editing (``alg_name: BetaEdit``).
+
+    Delta = R K^T P ((K K^T + H + lambda1 C0) P + lambda2 I)^-1, with P refreshed
+    every ``tau`` edits from S = (H / t + lambda1 C0) / (lambda1 + 1).
+    """
+
+    nullspace_threshold: float = _help("Eigenvalues of the protected matrix below this span the projector.", default=2e-2)
+    lambda1: float = _help("Leakage penalty: weight of C0 inside the solve and in the protected matrix S.", default=3000.0)
+    lambda2: float = _help("Ridge term added to the projected normal matrix.", default=10.0)
+    tau: int = _help("Refresh the projector from pre-trained plus edited keys every tau edits.", default=1000)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_float("nullspace_threshold", positive=True)
+        self._check_float("lambda1", positive=False)
+        self._check_float("lambda2", positive=False)
+        if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 1:
+            raise ValueError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
+
+
+class BetaEditRule(UpdateRule):
+    """Solver on the null-space basis of C0 with lambda1, lambda2; projector refresh every tau edits."""
+
+    def solver_lambdas(self, layer: int) -> Tuple[float, float]:
+        return float(self.hparams.lambda1), float(self.hparams.lambda2)
+
+    def initial_basis(self, prior_cov):
+        from ..linalg import nullspace_basis
+
+        return nullspace_basis(prior_cov, self.hparams.nullspace_threshold)
+
+    def after_commit(self, state) -> bool:
+        """Every ``tau`` edits: P from S = (H / t + lambda1 C0) / (lambda1 + 1), solvers rebuilt."""
+        if state.step - state.last_refresh < self.hparams.tau:
+            return False
+        from ..linalg import nullspace_basis, protected_cov
+
+        hp = self.hparams
+        for l, s in state.layers.items():
+            S = protected_cov(s.hist_cov, state.step, s.prior_cov, hp.lambda1)
+            basis = nullspace_basis(S, hp.nullspace_threshold)
+            s.solver.refresh(basis, s.hist_cov)
+            logger.info("step %d, layer %d: projector refreshed, rank %d", state.step, l, basis.shape[1])
+        state.last_refresh = state.step
+        return True
+
+
+register_method(Method(
+    name="BetaEdit", hparams_class=BetaEditHyperParams, rule_class=BetaEditRule,
+    summary="R K^T P ((K K^T + H + lambda1 C0) P + lambda2 I)^-1, P refreshed from H and C0 every tau edits",
+))
