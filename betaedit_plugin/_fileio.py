@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Union
 
-__all__ = ["sha256_file", "atomic_write"]
+__all__ = ["sha256_file", "atomic_write", "atomic_write_text"]
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -54,3 +54,8 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
             tmp.unlink()
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """`atomic_write` of a UTF-8 text."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .checkpoint import atomic_write, atomic_write_text
+from .._fileio import atomic_write, atomic_write_text
 
 # (key, header, format) of the columns shown in the markdown tables
 TABLE_COLUMNS = (

@@ -1,23 +1,25 @@
-"""Atomic checkpoints of a sequential editing run.
+"""Atomic checkpoints of a sequential editing run, and resuming from them.
 
 A checkpoint is a directory ``<out_dir>/checkpoints/step-<t>/`` holding
 
-* ``weights.safetensors``: the current weights W_t of the edited modules (``layer.<l>``, nn.Linear
-  orientation), so that a resumed run continues from bit-equal weights;
-* ``deltas.safetensors``: W_t - W_0 per layer (for inspection and for users who only keep deltas);
-* ``editor_state.safetensors``: the editor's state (history, projector, step), written by the editor;
-* ``results.json``: the evaluation points so far;
-* ``manifest.json``, written last: step, the run's config hash and identity, and the sha256 of every file.
+* ``editor_state.safetensors``: what `BetaEditor.save_state` writes: the history, projector and
+  solver of every edited layer, W_0 and the current weights W_t (each tensor once);
+* ``results.json``: the results so far;
+* ``manifest.json``, written last: format, step, the run's identity and its hash, and the sha256
+  of every file.
 
 Every file is written to a temporary name, flushed, fsynced and moved into place with
 ``os.replace``; the directory is first built as ``step-<t>.tmp`` and renamed when complete. A
-checkpoint whose manifest is missing, whose files do not match their digests, or whose config hash
+checkpoint whose manifest is missing, whose files do not match their digests, or whose identity
 differs from the run's, is refused with :class:`CheckpointError` and never loaded.
+
+Format 1 checkpoints (written before this version) also hold ``weights.safetensors`` (W_t) and
+``deltas.safetensors`` (W_t - W_0), copies of what the editor state holds: they are verified like
+every file and otherwise not read, so format 1 checkpoints resume as before.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,42 +28,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-import torch
-
-from .._fileio import _fsync_dir, atomic_write, sha256_file
+from .._fileio import _fsync_dir, atomic_write, atomic_write_text, sha256_file
+from .config import config_hash, identity_difference
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "write_checkpoint",
+    "list_checkpoints",
+    "read_manifest",
+    "verify_checkpoint",
+    "latest_checkpoint",
+    "atomic_write_text",
+    "EDITOR_STATE",
+]
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+EDITOR_STATE = "editor_state.safetensors"
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 CHECKPOINT_DIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is truncated, corrupt, or belongs to a run with another configuration."""
-
-
-def config_hash(identity: Mapping) -> str:
-    """sha256 of the canonical JSON of a run's identity (the config keys that change its results)."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def save_tensors(path: Path, tensors: Mapping[int, torch.Tensor]) -> None:
-    """Per-layer tensors as safetensors with keys ``layer.<l>`` (contiguous CPU copies)."""
-    from safetensors.torch import save_file
-
-    payload = {f"layer.{l}": t.detach().to("cpu").contiguous().clone() for l, t in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(payload, str(tmp)))
-
-
-def load_tensors(path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return {int(k.split(".", 1)[1]): v for k, v in load_file(str(path)).items()}
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,6 @@ def write_checkpoint(
     step: int,
     *,
     identity: Mapping,
-    weights: Mapping[int, torch.Tensor],
-    deltas: Mapping[int, torch.Tensor],
     save_editor_state: Callable[[Path], None],
     results: Mapping,
     keep: int = 1,
@@ -94,8 +84,7 @@ def write_checkpoint(
     """Write the checkpoint of ``step`` and drop older ones beyond the ``keep`` newest.
 
     Args:
-        identity: the run's identity (config keys that change results); its hash goes in the manifest.
-        weights / deltas: per-layer W_t and W_t - W_0, (d_v, d_k).
+        identity: the run's identity (config keys that change results); stored with its hash.
         save_editor_state: writes the editor state to the given path (e.g. ``editor.save_state``).
         results: JSON-serialisable results so far.
     """
@@ -106,9 +95,7 @@ def write_checkpoint(
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    save_tensors(staging / "weights.safetensors", weights)
-    save_tensors(staging / "deltas.safetensors", deltas)
-    atomic_write(staging / "editor_state.safetensors", save_editor_state)
+    atomic_write(staging / EDITOR_STATE, save_editor_state)
     atomic_write_text(staging / "results.json", json.dumps(results, indent=1, default=_json_default))
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
     manifest = {
@@ -150,25 +137,31 @@ def read_manifest(path: Path) -> dict:
     for key in ("format", "step", "config_hash", "files"):
         if key not in manifest:
             raise CheckpointError(f"checkpoint {str(path)!r}: {MANIFEST} lacks {key!r}; delete it or start a new out_dir")
-    if manifest["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r}: format {manifest['format']!r}, this version reads {FORMAT_VERSION}")
+    if manifest["format"] not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: format {manifest['format']!r}, this version reads {list(READABLE_FORMATS)}"
+        )
+    if EDITOR_STATE not in manifest["files"]:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {MANIFEST} lists no {EDITOR_STATE}; delete it or start a new out_dir")
     return manifest
 
 
 def verify_checkpoint(path: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Checkpoint:
-    """Check a checkpoint's manifest, (optionally) config hash, and the sha256 of every file.
+    """Check a checkpoint's manifest, (optionally) its run identity, and the sha256 of every file.
 
     Raises:
-        CheckpointError: truncated/corrupt files, or a config hash that differs from ``identity``'s.
+        CheckpointError: truncated/corrupt files, or an identity that differs from ``identity``.
     """
     path = Path(path)
     manifest = read_manifest(path)
     if identity is not None and manifest["config_hash"] != config_hash(identity):
-        key, theirs, ours = first_difference(manifest.get("identity", {}), identity)
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} belongs to a run with another config ({key}={theirs!r} there, {ours!r} here); "
-            "use another out_dir, or the same settings to resume"
-        )
+        diff = identity_difference(manifest.get("identity", {}), identity)
+        if diff is not None:
+            key, theirs, ours = diff
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} belongs to a run with another config ({key}={theirs!r} there, {ours!r} here); "
+                "use another out_dir, or the same settings to resume"
+            )
     for name, digest in (manifest["files"].items() if verify_files else ()):
         file = path / name
         if not file.is_file():
@@ -190,22 +183,8 @@ def latest_checkpoint(out_dir: Path, identity: Optional[Mapping] = None, verify_
     return verify_checkpoint(dirs[-1], identity, verify_files) if dirs else None
 
 
-def first_difference(a: Mapping, b: Mapping, prefix: str = "") -> tuple:
-    """(dotted key, value in a, value in b) of the first differing key of two nested mappings."""
-    for key in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
-        name = f"{prefix}{key}"
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            found = first_difference(va, vb, name + ".")
-            if found[0] is not None:
-                return found
-        elif json.dumps(va, default=str, sort_keys=True) != json.dumps(vb, default=str, sort_keys=True):
-            return name, va, vb
-    return None, None, None
-
-
 def _json_default(value):
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "tolist"):  # tensors
         return value.tolist()
     if isinstance(value, Path):
         return str(value)

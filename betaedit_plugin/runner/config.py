@@ -1,0 +1,432 @@
+"""The runner's configuration: typed, validated, and generated from the method registry.
+
+`run_config_class()` builds the schema as dataclasses (OmegaConf structured configs):
+
+- `RunFields`: the run's own keys (``num_edits``, ``eval.*``, ``out_dir`` ...), each with its
+  default and help, checked in ``__post_init__``;
+- ``method``: the runner's method group; `register_configs` stores one option per registered
+  method (``method=betaedit``, ``method=alphaedit`` ...), so there is no ``conf/method/``;
+- ``hparams``: one optional override per hyperparameter field of every registered method,
+  generated from their dataclasses (``hparams.lambda1=1000``); ``null`` keeps the YAML's value.
+
+``conf/config.yaml`` holds only the defaults list and Hydra's own settings; ``conf/model/`` and
+``conf/data/`` hold the model and data options (checked against `ModelConfig` / `DataConfig`).
+
+User errors raise `ConfigError`, whose message names the key, the value and a fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from .._suggest import did_you_mean
+
+__all__ = [
+    "ConfigError",
+    "CONF_DIR",
+    "GROUPS",
+    "RUNTIME_KEYS",
+    "RunFields",
+    "EvalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "DataConfig",
+    "hparams_override_fields",
+    "run_config_class",
+    "register_configs",
+    "group_options",
+    "validate_config",
+    "run_identity",
+    "identity_difference",
+    "config_hash",
+    "hparams_file",
+    "build_hparams",
+    "load_requests",
+    "check_mmlu",
+]
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("method", "model", "data")
+#: config keys that do not change a run's results (left out of its identity)
+RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir")
+
+
+class ConfigError(ValueError):
+    """A user error in the run configuration; the message names the key, the value and a fix."""
+
+
+def _int(key: str, value: Any, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected an int >= {minimum}" + (" or null" if allow_none else ""))
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+# ============================================================================ schema
+@dataclass
+class MethodConfig:
+    """An option of the ``method`` group (generated from the method registry)."""
+
+    name: str = _help("The option's name, e.g. 'betaedit'; labels the run.")
+    alg: str = _help("The method's name, e.g. 'BetaEdit': hparams come from hparams/<alg>/<model.hparams_file>.yaml.")
+
+    def __post_init__(self) -> None:
+        from ..methods import get_method
+
+        try:
+            get_method(self.alg)
+        except KeyError as exc:
+            raise ConfigError(f"method.alg={self.alg!r}: {exc.args[0]}") from None
+
+
+@dataclass
+class ModelConfig:
+    """An option of the ``model`` group (``conf/model/<name>.yaml``)."""
+
+    name: str = _help("Labels the run, e.g. 'smollm2-135m'.")
+    path: Optional[str] = _help("Given to betaedit_plugin.models.load_model: a known name or a checkpoint directory.", default=None)
+    hparams_file: str = _help("Stem of hparams/<Alg>/<hparams_file>.yaml.", default="")
+    hparams_overrides: Dict[str, Any] = _help(
+        "Hyperparameters set for this model on top of the file; fields a method lacks are skipped.", default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError(
+                f"model.path={self.path!r}: model={self.name} needs a local checkpoint directory; "
+                "pass model.path=/path/to/checkpoint"
+            )
+
+
+@dataclass
+class DataConfig:
+    """An option of the ``data`` group (``conf/data/<name>.yaml``)."""
+
+    name: str = _help("Dataset: one of betaedit_plugin.data.DATASETS.")
+    split: Optional[str] = _help("A bundled split of the dataset (e.g. 'edit', 'eval').", default=None)
+    path: Optional[str] = _help("A file of the dataset's format, instead of the bundled split.", default=None)
+
+    def __post_init__(self) -> None:
+        from ..data import DATASETS
+
+        if self.name not in DATASETS:
+            raise ConfigError(f"data.name={self.name!r}: unknown dataset." + did_you_mean(self.name, sorted(DATASETS)))
+
+
+@dataclass
+class EvalConfig:
+    """What every evaluation point measures (``eval.*``)."""
+
+    batch_size: int = _help("Sequences per forward pass.", default=16)
+    max_cases: Optional[int] = _help(
+        "Intermediate points score a fixed seeded sample of this many edits so far (null: all); the point "
+        "before editing and the final point score every edit.", default=200,
+    )
+    fluency_prompts: int = _help("Greedy generations of this many edited prompts (0: skip fluency).", default=20)
+    fluency_tokens: int = _help("New tokens per generation.", default=30)
+    ppl_tokens: int = _help("First tokens of WikiText-2 test for perplexity (0: skip).", default=2048)
+    ppl_window: int = _help("Tokens per perplexity window.", default=256)
+    mmlu_n: int = _help("MMLU probe questions (0: skip); chance is 0.25.", default=40)
+
+    def __post_init__(self) -> None:
+        _int("eval.max_cases", self.max_cases, 1, allow_none=True)
+        for key, minimum in (("batch_size", 1), ("fluency_prompts", 0), ("fluency_tokens", 1), ("ppl_tokens", 0),
+                             ("ppl_window", 2), ("mmlu_n", 0)):
+            _int(f"eval.{key}", getattr(self, key), minimum)
+        if self.ppl_tokens == 1:
+            raise ConfigError("eval.ppl_tokens=1: expected 0 (skip) or at least 2 tokens")
+
+
+@dataclass
+class RunFields:
+    """The run's own settings (the groups and ``hparams`` are added by `run_config_class`)."""
+
+    method: MethodConfig = _help("Method group: method=betaedit | alphaedit | memit | ...", default=dataclasses.MISSING)
+    model: ModelConfig = _help("Model group: conf/model/<name>.yaml.", default=dataclasses.MISSING)
+    data: DataConfig = _help("Data group: conf/data/<name>.yaml.", default=dataclasses.MISSING)
+    num_edits: int = _help("Edits written one step after another (the first num_edits records of the data).", default=20)
+    batch_size: int = _help("Edits per step.", default=1)
+    eval_every: int = _help("Evaluate the edits so far every this many edits (and at 0 and at the end).", default=10)
+    checkpoint_every: int = _help("Save the editor state and results every this many edits (0: never).", default=10)
+    keep_checkpoints: int = _help("Checkpoints kept on disk (newest).", default=1)
+    resume: bool = _help("Continue from the last checkpoint in out_dir.", default=False)
+    stop_after: Optional[int] = _help(
+        "Stop (with a checkpoint) after this many edits; resume later with resume=true.", default=None
+    )
+    seed: int = _help("Seed of torch and random, and of the evaluation sample.", default=0)
+    progress: bool = _help("tqdm progress bar on stderr.", default=True)
+    hparams_dir: Optional[str] = _help(
+        "Where <Alg>/<model>.yaml live (default: the package's hparams, then ./hparams).", default=None
+    )
+    run_root: str = _help("A multirun writes comparison.md here.", default="runs/${model.name}_${data.name}_n${num_edits}")
+    out_dir: str = _help("Where this run writes.", default="${run_root}/${method.name}")
+    eval: EvalConfig = _help("Evaluation settings.", default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _int("num_edits", self.num_edits, 1)
+        _int("batch_size", self.batch_size, 1)
+        _int("eval_every", self.eval_every, 1)
+        _int("checkpoint_every", self.checkpoint_every, 0)
+        _int("keep_checkpoints", self.keep_checkpoints, 1)
+        _int("seed", self.seed, 0)
+        _int("stop_after", self.stop_after, 1, allow_none=True)
+        if self.stop_after is not None and self.stop_after >= self.num_edits:
+            raise ConfigError(
+                f"stop_after={self.stop_after}: must be below num_edits={self.num_edits} (or null to run to the end)"
+            )
+        if not self.out_dir:
+            raise ConfigError(f"out_dir={self.out_dir!r}: expected a directory path")
+
+
+def _override_type(annotation: Any) -> Any:
+    """OmegaConf type of a ``hparams.X`` override for a hyperparameter field's annotation (always Optional)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return _override_type(inner[0]) if len(inner) == 1 else Optional[Any]
+    if annotation in (int, float, str, bool):
+        return Optional[annotation]
+    if annotation is list or origin is list:
+        return Optional[List[Any]]
+    if origin is typing.Literal:
+        return Optional[str]  # the hparams class checks the choice and names the allowed values
+    return Optional[Any]
+
+
+def hparams_override_fields() -> Dict[str, Any]:
+    """{field: OmegaConf type} of every ``hparams.X`` override: the fields of every registered method's
+    hyperparameters, except those the runner sets itself (``alg_name``, ``model_name``, ``batch_size`` ...)."""
+    from ..methods import METHODS, get_method
+
+    get_method("BetaEdit")  # loads the shipped methods
+    out: Dict[str, Any] = {}
+    for method in METHODS:
+        hints = typing.get_type_hints(method.hparams_class)
+        for f in dataclasses.fields(method.hparams_class):
+            if f.metadata.get("runner", True) and f.name not in out:
+                out[f.name] = _override_type(hints[f.name])
+    return out
+
+
+def run_config_class() -> type:
+    """The structured config of a run: `RunFields` plus ``hparams`` (one optional override per
+    hyperparameter field of the registered methods; null keeps the YAML's value)."""
+    overrides = dataclasses.make_dataclass(
+        "HparamsOverrides",
+        [(name, typ, field(default=None)) for name, typ in hparams_override_fields().items()],
+    )
+    return dataclasses.make_dataclass(
+        "RunConfig",
+        [("hparams", overrides, field(default_factory=overrides, metadata={"help": "hparams.X=value overrides."}))],
+        bases=(RunFields,),
+    )
+
+
+def register_configs() -> None:
+    """Store the run schema and one ``method`` option per registered method in Hydra's ConfigStore.
+
+    Called by the command line before Hydra composes (not at import); storing again replaces.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    from ..methods import METHODS, get_method
+
+    get_method("BetaEdit")  # loads the shipped methods
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=run_config_class())
+    for method in METHODS:
+        store.store(group="method", name=method.cli_name, node=MethodConfig(name=method.cli_name, alg=method.name))
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group: registered methods for ``method``, YAML files for the others."""
+    if group == "method":
+        from ..methods import METHODS, get_method
+
+        get_method("BetaEdit")
+        return sorted(m.cli_name for m in METHODS)
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+# ============================================================================ validation
+def _as_dict(cfg: Any) -> dict:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return json.loads(json.dumps(dict(cfg), default=str))
+
+
+def validate_config(cfg: Any) -> dict:
+    """Check a composed configuration against the schema; returns it as a plain, resolved dict.
+
+    Args:
+        cfg: a Hydra ``DictConfig`` or a mapping with the keys of `run_config_class` (e.g. a
+            results.json's ``config``).
+    Raises:
+        ConfigError: a missing group, an unknown key, a value of the wrong type or out of range.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = _as_dict(cfg)
+    plain.pop("hydra", None)
+    for group in GROUPS:
+        node = plain.get(group)
+        if not isinstance(node, Mapping) or "name" not in node:
+            raise ConfigError(f"{group}={node!r}: expected a {group} config group." + did_you_mean("", group_options(group)))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(run_config_class()), plain)
+        OmegaConf.to_object(merged)  # runs the dataclasses' __post_init__ checks
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_omegaconf_message(exc)) from None
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def _omegaconf_message(exc: Exception) -> str:
+    """One line naming the key of an OmegaConf error (with "Did you mean" for an unknown key)."""
+    key = getattr(exc, "full_key", None) or ""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{key}: {first}" if key else first
+
+
+def run_identity(cfg: Mapping) -> dict:
+    """The config keys that change a run's results (everything but where/how it runs)."""
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and k != "hydra"}
+
+
+def _normalised(identity: Mapping) -> dict:
+    """An identity without the ``hparams`` overrides left at null (they change nothing), so that
+    adding a method (and with it override keys) does not change the identity of existing runs."""
+    out = dict(identity)
+    if isinstance(out.get("hparams"), Mapping):
+        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
+    return out
+
+
+def config_hash(identity: Mapping) -> str:
+    """sha256 of the canonical JSON of a run's (normalised) identity."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_normalised(identity), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identity_difference(saved: Mapping, here: Mapping) -> Optional[tuple]:
+    """(dotted key, saved value, value here) of the first difference between two run identities,
+    or None when they are the same run (null hparams overrides and 1000 vs 1000.0 do not count)."""
+    return _first_difference(_normalised(saved), _normalised(here))
+
+
+def _first_difference(a: Mapping, b: Mapping, prefix: str = "") -> Optional[tuple]:
+    for key in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        name = f"{prefix}{key}"
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            found = _first_difference(va, vb, name + ".")
+            if found is not None:
+                return found
+        elif va != vb and json.dumps(va, default=str, sort_keys=True) != json.dumps(vb, default=str, sort_keys=True):
+            return name, va, vb
+    return None
+
+
+# ============================================================================ what a config names
+def hparams_file(cfg: Mapping) -> Path:
+    """``<hparams dir>/<Alg>/<model.hparams_file>.yaml``: from ``hparams_dir`` if set, else the package's
+    YAMLs, then ``./hparams``."""
+    from ..hparams_files import hparams_dir
+    from ..methods import get_method
+
+    alg, stem = get_method(cfg["method"]["alg"]).name, cfg["model"]["hparams_file"]
+    if cfg.get("hparams_dir"):
+        roots = [Path(cfg["hparams_dir"])]
+    else:
+        roots = [Path.cwd() / "hparams"]
+        try:
+            roots.insert(0, hparams_dir())
+        except FileNotFoundError:
+            pass
+    for root in roots:
+        path = root / alg / f"{stem}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"model.hparams_file={stem!r}: no {alg}/{stem}.yaml under {', '.join(str(r) for r in roots)}; "
+        "add one or set hparams_dir=/dir/with/<Alg>/<model>.yaml"
+    )
+
+
+def build_hparams(cfg: Mapping):
+    """Hyperparameters: the YAML file, then ``model.hparams_overrides``, then the user's ``hparams.*``.
+
+    Model overrides for fields a method lacks (e.g. ``nullspace_threshold`` for MEMIT) are skipped;
+    a user override that the method lacks is an error.
+    """
+    from ..methods import get_method
+    from ..methods.base import read_hparams_file
+
+    path = hparams_file(cfg)
+    raw, _ = read_hparams_file(path)
+    cls = get_method(raw.get("alg_name", cfg["method"]["alg"])).hparams_class
+    fields = {f.name for f in dataclasses.fields(cls)}
+    merged = dict(raw)
+    for key, value in (cfg["model"].get("hparams_overrides") or {}).items():
+        if key in fields:
+            merged[key] = value
+    for key, value in (cfg.get("hparams") or {}).items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise ConfigError(
+                f"hparams.{key}={value!r}: method={cfg['method']['name']} ({cls.__name__}) has no field {key!r}; "
+                "drop it for this method"
+            )
+        merged[key] = value
+    merged["batch_size"] = cfg["batch_size"]
+    merged.setdefault("model_name", cfg["model"]["path"])
+    try:
+        return cls.from_dict(merged, source=str(path))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"hparams ({path.name} + overrides): {exc}") from None
+
+
+def load_requests(cfg: Mapping) -> list:
+    """The first ``num_edits`` requests of the configured dataset."""
+    import warnings
+
+    from ..data import DatasetError, load_dataset
+
+    data, n = cfg["data"], cfg["num_edits"]
+    source = data.get("path") or data.get("split")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # skipped invalid records are reported by n, below
+            requests = load_dataset(data["name"], n=None, split=source)
+    except DatasetError as exc:
+        key = "data.path" if data.get("path") else "data.split"
+        raise ConfigError(f"{key}={source!r}: {exc}") from None
+    except KeyError as exc:
+        raise ConfigError(f"data.split={source!r}: {exc.args[0]}") from None
+    if n > len(requests):
+        raise ConfigError(f"num_edits={n}: data={data['name']} ({source}) has only {len(requests)} edits; ask for at most {len(requests)}")
+    return requests[:n]
+
+
+def check_mmlu(cfg: Mapping) -> None:
+    """The MMLU probe set has ``eval.mmlu_n`` questions (ConfigError otherwise)."""
+    from ..eval.capability import load_mmlu
+
+    if cfg["eval"]["mmlu_n"]:
+        try:
+            load_mmlu(cfg["eval"]["mmlu_n"])
+        except ValueError as exc:
+            raise ConfigError(f"eval.mmlu_n={cfg['eval']['mmlu_n']}: {exc}") from None

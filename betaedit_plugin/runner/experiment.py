@@ -1,0 +1,295 @@
+"""One run: a method on a model and a dataset for ``num_edits`` sequential edits.
+
+`run_experiment(cfg)` validates the configuration (`betaedit_plugin.runner.config`), loads the
+model and the statistics, edits step by step with a `BetaEditor`, evaluates every ``eval_every``
+edits (`Evaluator`), checkpoints every ``checkpoint_every`` edits and resumes from the last
+checkpoint with ``resume=true`` (`betaedit_plugin.runner.checkpoint`). It writes into ``out_dir``:
+
+* ``results.json``: resolved config, hyperparameters, every evaluation point, per-edit log, timing;
+* ``metrics.csv``: one row per evaluation point;
+* ``*.png``: efficacy, specificity, capability, leakage and perturbation against the number of edits;
+* ``report.md``: a before/after table;
+* ``checkpoints/step-<t>/``: atomic checkpoints.
+
+Runs whose ``out_dir`` lies in ``run_root`` (the default; a multirun over methods shares it) update
+``<run_root>/comparison.md`` and comparison plots with one line per method (`compare`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
+from .compare import update_comparison
+from .config import (
+    ConfigError,
+    build_hparams,
+    check_mmlu,
+    config_hash,
+    identity_difference,
+    load_requests,
+    run_identity,
+    validate_config,
+)
+from .evaluation import Evaluator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_experiment", "check_run", "check_out_dir", "RESULTS_FORMAT"]
+
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class _Run:
+    """Everything one run holds while it edits and evaluates."""
+
+    cfg: dict
+    model: Any
+    editor: Any
+    evaluator: Evaluator
+    results: dict
+    timing: dict = field(default_factory=dict)
+
+    def evaluate(self, step: int) -> dict:
+        return self.evaluator.evaluate(step, self.editor.weight_deltas)
+
+
+# ============================================================================ checks before any work
+def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
+    """Verify what ``out_dir`` holds; returns the checkpoint to resume from (or None).
+
+    ``verify_files=False`` checks the manifest and identity only (the command line's pre-check).
+
+    Raises:
+        ConfigError: a checkpoint or results.json of a run with another config, or a corrupt checkpoint.
+    """
+    out_dir = Path(cfg["out_dir"])
+    try:
+        ckpt = latest_checkpoint(out_dir, identity, verify_files)
+    except CheckpointError as exc:
+        raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
+    results_file = out_dir / "results.json"
+    if results_file.is_file():
+        try:
+            previous = json.loads(results_file.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = {}
+        diff = identity_difference(previous.get("identity", {}), identity) if "identity" in previous else None
+        if diff is not None:
+            key, theirs, ours = diff
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} holds results of another run ({key}={theirs!r} there, {ours!r} here); "
+                "use another out_dir or delete it"
+            )
+    return ckpt if cfg["resume"] else None
+
+
+def check_run(cfg: Any, verify_files: bool = True) -> tuple:
+    """Every check that needs no model: config, hyperparameters, data, MMLU probe, what out_dir holds.
+
+    Returns:
+        (plain config dict, identity, hparams, requests, checkpoint to resume from or None).
+    Raises:
+        ConfigError: naming the key, the value and a fix.
+    """
+    cfg = validate_config(cfg)
+    identity = run_identity(cfg)
+    hparams = build_hparams(cfg)
+    requests = load_requests(cfg)
+    check_mmlu(cfg)
+    ckpt = check_out_dir(cfg, identity, verify_files=verify_files)
+    return cfg, identity, hparams, requests, ckpt
+
+
+@contextlib.contextmanager
+def _timed(timing: dict, key: str):
+    """Add the wall time of the block to ``timing[key]`` (seconds)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t0
+
+
+def _load_model(cfg: dict, hparams):
+    from ..editor import _torch_device
+    from ..models import load_model
+
+    try:
+        model, tok = load_model(cfg["model"]["path"])
+    except KeyError as exc:
+        raise ConfigError(f"model.path={cfg['model']['path']!r}: {exc.args[0]}") from None
+    return model.to(_torch_device(hparams.device)).eval(), tok
+
+
+# ============================================================================ the run
+def run_experiment(cfg: Any) -> dict:
+    """Run one method on one model and dataset for ``num_edits`` sequential edits.
+
+    Args:
+        cfg: the composed configuration (a Hydra ``DictConfig`` or a plain mapping with the keys of
+            `betaedit_plugin.runner.config.run_config_class` and the groups ``method``, ``model``, ``data``).
+
+    Returns:
+        the results dict also written to ``<out_dir>/results.json``: ``config``, ``identity``,
+        ``config_hash``, ``hparams``, ``evals`` (evaluation points at step 0, every ``eval_every``
+        edits and at the end), ``edits`` (per-edit log), ``timing`` (seconds per phase),
+        ``status`` ("complete" or "stopped"), ``edits_done``.
+
+    Raises:
+        ConfigError: bad configuration or data, or an out_dir that holds another run; raised before
+            anything is written.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..editor import BetaEditor
+    from ..plumbing.layout import ModelLayout
+    from ..plumbing.stats import stats_for_hparams
+
+    cfg, identity, hparams, requests, ckpt = check_run(cfg)
+    out_dir = Path(cfg["out_dir"])
+    random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+
+    timing: dict = {}
+    with _timed(timing, "load_model_s"):
+        model, tok = _load_model(cfg, hparams)
+    layout = ModelLayout.from_model(model, hparams)
+    try:
+        layout.check_layers(hparams.layers, hparams.v_loss_layer)
+    except ValueError as exc:
+        raise ConfigError(f"hparams.{exc} (model {cfg['model']['name']})") from None
+    with _timed(timing, "statistics_s"):
+        prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=cfg["progress"])
+    base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
+    evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights)
+
+    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False)
+    results = {
+        "format": RESULTS_FORMAT,
+        "method": cfg["method"]["name"],
+        "alg_name": hparams.alg_name,
+        "model": cfg["model"]["name"],
+        "data": cfg["data"]["name"],
+        "config": cfg,
+        "identity": identity,
+        "config_hash": config_hash(identity),
+        "hparams": hparams.to_dict(),
+        "evals": [],
+        "edits": [],
+        "status": "running",
+        "edits_done": 0,
+    }
+    run = _Run(cfg, model, editor, evaluator, results, timing)
+    if ckpt is not None:
+        start = _resume(run, ckpt)
+    else:
+        if list_checkpoints(out_dir):
+            logger.warning("out_dir %s holds checkpoints of this config; starting over (resume=false)", out_dir)
+            shutil.rmtree(out_dir / "checkpoints")
+        start = 0
+        with _timed(timing, "projector_s"):  # projector from C0 and the context templates
+            editor.prepare()
+    if start == 0:
+        with _timed(timing, "eval_total_s"):
+            results["evals"].append(run.evaluate(0))
+
+    n, bs, every = cfg["num_edits"], cfg["batch_size"], cfg["eval_every"]
+    stop = cfg["stop_after"] or n
+    bar = tqdm(total=n, initial=start, desc=cfg["method"]["name"], disable=not cfg["progress"], unit="edit")
+    if results["evals"]:
+        bar.set_postfix(_postfix(results["evals"][-1]))
+    step = start
+    try:
+        while step < min(n, stop):
+            batch = requests[step: min(step + bs, n, stop)]
+            t0 = time.perf_counter()
+            info = editor.apply(batch)
+            seconds = time.perf_counter() - t0
+            prev, step = step, step + len(batch)
+            results["edits"].append({"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
+                                     "delta_norm": {str(k): v for k, v in info["delta_norm"].items()},
+                                     "refreshed": bool(info.get("refreshed"))})
+            results["edits_done"] = step
+            if step // every > prev // every or step == n:
+                with _timed(timing, "eval_total_s"):
+                    results["evals"].append(run.evaluate(step))
+                bar.set_postfix(_postfix(results["evals"][-1]))
+                _finish_timing(run)
+                _save_outputs(run, final=False)  # results.json / metrics.csv readable while the run goes on
+            bar.update(len(batch))
+            ck = cfg["checkpoint_every"]
+            if (ck and step // ck > prev // ck) or (step >= stop and step < n):
+                _finish_timing(run)
+                write_checkpoint(out_dir, step, identity=identity, save_editor_state=editor.save_state,
+                                 results=results, keep=cfg["keep_checkpoints"])
+    finally:
+        bar.close()
+    results["status"] = "complete" if step >= n else "stopped"
+    results["edits_done"] = step
+    _finish_timing(run)
+    _save_outputs(run, final=True)
+    update_comparison(cfg)
+    return results
+
+
+def _resume(run: _Run, ckpt) -> int:
+    """Load a verified checkpoint into the editor (its weights included) and the results; returns its step."""
+    try:
+        run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True)
+    except ValueError as exc:
+        raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name} does not fit this run ({exc}); delete it") from None
+    previous = json.loads(ckpt.file("results.json").read_text(encoding="utf-8"))
+    run.results["evals"] = previous["evals"]
+    run.results["edits"] = previous["edits"]
+    run.results["resumed_from"] = ckpt.step
+    logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
+    return ckpt.step
+
+
+def _save_outputs(run: _Run, final: bool) -> None:
+    from ..eval.plots import plot_runs
+    from ..eval.report import before_after_table, write_metrics_csv
+
+    out_dir = Path(run.cfg["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
+    write_metrics_csv(run.results["evals"], out_dir / "metrics.csv")
+    if final:
+        label = run.cfg["method"]["name"]
+        run.results["plots"] = [p.name for p in plot_runs({label: run.results["evals"]}, out_dir)]
+        atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
+        atomic_write_text(
+            out_dir / "report.md",
+            f"# {label} on {run.cfg['model']['name']}, {run.cfg['data']['name']}, {run.results['edits_done']} edits\n\n"
+            + before_after_table(run.results["evals"]) + "\n",
+        )
+
+
+def _postfix(point: Mapping) -> dict:
+    keys = (("efficacy", "eff"), ("generality", "gen"), ("specificity", "spec"), ("ppl", "ppl"))
+    return {short: f"{point[k]:.3g}" for k, short in keys if isinstance(point.get(k), float) and math.isfinite(point[k])}
+
+
+def _finish_timing(run: _Run) -> None:
+    edits = run.results["edits"]
+    seconds = [e["seconds"] for e in edits]
+    per_edit = sum(seconds) / max(1, sum(len(e["case_ids"]) for e in edits)) if edits else float("nan")
+    run.results["timing"] = {
+        **run.timing,
+        "edit_total_s": sum(seconds),
+        "edit_mean_s": per_edit,
+        "eval_points_s": sum(p.get("eval_s", 0.0) for p in run.results["evals"]),
+    }
+    run.results["edits_done"] = edits[-1]["step"] if edits else 0
