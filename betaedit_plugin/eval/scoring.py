@@ -12,8 +12,10 @@ EasyEdit's ``rewrite_acc`` / ``rephrase_acc`` and locality ``<key>_output`` / ``
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -104,6 +106,31 @@ def _right_pad(seqs: Sequence[Sequence[int]], fill: int, device: torch.device) -
     return ids.to(device), mask.to(device)
 
 
+@contextlib.contextmanager
+def _head_at(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[bool]:
+    """Make the output head see only ``positions`` (B, P) of its input, so the model's logits are
+    (B, P, V) and the full-vocabulary product is paid at the scored positions only.
+
+    Exact for any head: whatever the model does after the head (scaling, soft-capping) acts on each
+    position alone. Yields False (and changes nothing) when the model has no output-embedding module.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield False
+        return
+
+    def pre_hook(module, args):
+        hidden = args[0]
+        index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
+        return (hidden.gather(1, index),) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def score_targets(
     model: torch.nn.Module,
@@ -139,12 +166,19 @@ def score_targets(
         chunk = pairs[start: start + batch_size]
         seqs = [p + t for p, t in chunk]
         ids, mask = _right_pad(seqs, pad_id(tok), device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        width = max(len(t) for _, t in chunk)
+        # the positions that predict each target token, padded by repeating the last one
+        at = torch.tensor(
+            [[len(p) - 1 + min(j, len(t) - 1) for j in range(width)] for p, t in chunk], device=device
+        )
+        with _head_at(model, at) as gathered:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        if not gathered:  # no output-embedding module to hook: full logits, then the same positions
+            logits = logits.gather(1, at[:, :, None].expand(-1, -1, logits.shape[-1]))
+        logprobs = torch.log_softmax(logits.double(), dim=-1)  # (B, width, V)
         for row, (p_ids, t_ids) in enumerate(chunk):
-            positions = torch.arange(len(p_ids) - 1, len(p_ids) + len(t_ids) - 1, device=device)
             target = torch.tensor(t_ids, device=device)
-            lp = logprobs[row, positions]
+            lp = logprobs[row, : len(t_ids)]
             out.append(
                 TargetScore(
                     sum_logprob=float(lp.gather(1, target[:, None]).sum()),
