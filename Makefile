@@ -26,8 +26,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m betaedit_plugin.run method=betaedit model=smollm2-135m data=counterfact num_edits=20 eval_every=10
 
+# every benchmark in turn (each prints JSON lines; the SmolLM2 ones take minutes on a CPU)
 bench: $(STAMP)
-	$(PY) benchmarks/bench_linalg.py
+	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

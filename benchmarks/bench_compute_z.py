@@ -26,6 +26,7 @@ import dataclasses
 import gzip
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -34,12 +35,13 @@ import torch
 from betaedit_plugin.hparams import load_hparams
 from betaedit_plugin.models.smollm2 import load_smollm2
 from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.reference import reference_compute_z
 from betaedit_plugin.plumbing.templates import generate_context_templates
 from betaedit_plugin.plumbing.values import optimise_value, resolve_loss_layer
 from betaedit_plugin.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the reference implementation is test support, not package code
+from support.reference import reference_compute_z  # noqa: E402
 COUNTERFACT = [
     ROOT / "betaedit_plugin" / "resources" / "counterfact" / "counterfact-edit.json.gz",
     ROOT.parent / "shared" / "data" / "counterfact" / "counterfact-edit.json.gz",

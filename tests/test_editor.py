@@ -1,62 +1,13 @@
-"""BetaEditor: sequential steps, exact resume, rollback on every failure, and a real edit on SmolLM2."""
+"""BetaEditor: sequential steps, compute/apply, exact resume, rollback on every failure, and a real edit on SmolLM2."""
 
 from __future__ import annotations
-
 
 import pytest
 import torch
 
-from betaedit_plugin import AlphaEditHyperParams, BetaEditHyperParams, EditRequest, MEMITHyperParams
-from betaedit_plugin.editor import BetaEditor, NonFiniteUpdateError
+from betaedit_plugin.editor import BetaEditor, EditStep, NonFiniteUpdateError, WeightsChangedError
 from betaedit_plugin.linalg import IncrementalSolver, betaedit_delta, memit_delta
-
-LAYERS = [1, 2]
-TEMPLATES = [["{}"], ["The. {}", "A. {}"]]
-REQS = [
-    EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English", case_id=0),
-    EditRequest("Michael Jordan plays the sport of", "Michael Jordan", "soccer", case_id=1),
-    EditRequest("The official language of Japan is", "Japan", "English", case_id=2),
-    EditRequest("Toyota was founded in", "Toyota", "Germany", case_id=3),
-    EditRequest("Lionel Messi is a professional", "Lionel Messi", "singer", case_id=4),
-]
-
-
-def spd(d: int, seed: int) -> torch.Tensor:
-    """Random SPD 'C0' with half its eigenvalues (1e-3) under the 0.02 null-space threshold."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    ev = torch.cat([torch.full((d // 2,), 1e-3, dtype=torch.float64),
-                    torch.rand(d - d // 2, generator=g, dtype=torch.float64) + 0.5])
-    return q @ torch.diag(ev) @ q.T
-
-
-def hp_for(method: str, **over):
-    common = dict(layers=LAYERS, v_num_grad_steps=4, v_loss_layer=-1)
-    if method == "BetaEdit":
-        return BetaEditHyperParams(**{**common, "lambda1": 5.0, "lambda2": 1.0, "tau": 2, **over})
-    if method == "AlphaEdit":
-        return AlphaEditHyperParams(**{**common, "L2": 1.0, **over})
-    return MEMITHyperParams(**{**common, "mom2_update_weight": 5.0, **over})
-
-
-def make_editor(tiny, method="BetaEdit", arch="llama", seed=0, **over):
-    model, tok = tiny(arch, seed=seed)
-    hp = hp_for(method, **over)
-    from betaedit_plugin.plumbing.layout import ModelLayout
-
-    d_k = ModelLayout.from_model(model).key_dim(model, LAYERS[0])
-    priors = {l: spd(d_k, 100 + l) for l in hp.layers}
-    return BetaEditor(model, tok, hp, prior_covs=priors, context_templates=TEMPLATES)
-
-
-def params(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_bit_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} changed"
+from support.editing import LAYERS, REQS, TEMPLATES, assert_bit_equal, hp_for, make_editor, params, spd
 
 
 # ---------------------------------------------------------------------------- stepping
@@ -232,34 +183,48 @@ def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
     assert ed.step == 0 and all(float(s.hist_cov.abs().sum()) == 0 for s in ed.state.layers.values())
 
 
-def test_undo_and_non_sequential_edit_restore_weights_and_state(tiny):
+def test_undo_restores_weights_and_state(tiny):
     ed = make_editor(tiny)
     before = params(ed.model)
     ed.apply([REQS[0]])
     ed.undo()
     assert_bit_equal(before, params(ed.model))
     assert ed.step == 0
-    metrics, model = ed.edit(
-        prompts=[REQS[1].prompt, REQS[2].prompt], target_new=["soccer", "English"],
-        subject=["Michael Jordan", "Japan"], rephrase_prompts=["Michael Jordan is good at", "In Japan people speak"],
-        locality_inputs={"neighborhood": {"prompt": ["Rome is the capital of", "Toyota produces"],
-                                          "ground_truth": ["Italy", "cars"]}},
-        sequential_edit=False,
-    )
-    assert model is ed.model and ed.step == 0
-    assert_bit_equal(before, params(ed.model))
-    assert [m["case_id"] for m in metrics] == [0, 1]
-    for m in metrics:
-        assert set(m["pre"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
-        assert 0.0 <= m["post"]["rewrite_acc"][0] <= 1.0
-        assert len(m["post"]["locality"]["neighborhood_acc"]) == 1
+    with pytest.raises(RuntimeError, match="nothing to undo"):
+        ed.undo()
 
 
-def test_edit_checks_lengths_before_editing(tiny):
+# ---------------------------------------------------------------------------- compute, then apply
+@pytest.mark.parametrize("method", ["BetaEdit", "MEMIT"])
+def test_apply_of_a_computed_step_equals_apply_of_the_requests(tiny, method):
+    direct, split = make_editor(tiny, method), make_editor(tiny, method)
+    for r in REQS[:3]:
+        direct.apply([r])
+        step = split.compute([r])
+        assert isinstance(step, EditStep) and step.step == split.step and step.requests == (r,)
+        info = split.apply(step)  # writes the computed deltas, no second z* / key pass
+        assert info["step"] == direct.step
+    assert_bit_equal(params(direct.model), params(split.model))
+    for l in LAYERS:
+        assert torch.equal(direct.state.layers[l].hist_cov, split.state.layers[l].hist_cov)
+
+
+def test_a_stale_computed_step_is_refused(tiny):
     ed = make_editor(tiny)
-    with pytest.raises(ValueError, match="target_new has 1 entries but prompts has 2"):
-        ed.edit(prompts=[REQS[0].prompt, REQS[1].prompt], target_new=["x"], subject=["a", "b"])
-    assert ed.step == 0
+    step = ed.compute([REQS[0]])
+    ed.apply([REQS[1]])  # the weights and the step moved on
+    before = params(ed.model)
+    with pytest.raises(WeightsChangedError, match="compute it again"):
+        ed.apply(step)
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == 1
+    other = make_editor(tiny)
+    step = other.compute([REQS[0]])
+    with torch.no_grad():
+        other.model.get_parameter(other.layout.rewrite_name(2) + ".weight").mul_(1.01)
+    with pytest.raises(WeightsChangedError, match="layer 1: the weights changed|layer 2: the weights changed"):
+        other.apply(step)
+    assert other.step == 0
 
 
 def test_padding_side_and_training_mode_are_restored(tiny):

@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from betaedit_plugin import AlphaEditHyperParams, BetaEditHyperParams, MEMITHyperParams, load_hparams
+from betaedit_plugin.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "hparams").glob("*/*.yaml"))
-CLASS_BY_DIR = {"BetaEdit": BetaEditHyperParams, "AlphaEdit": AlphaEditHyperParams, "MEMIT": MEMITHyperParams}
+CLASS_BY_DIR = {m.name: m.hparams_class for m in METHODS}  # hparams/<method name>/ for every registered method
 # number of layers of each paper model: v_loss_layer must be the last one
 N_LAYERS = {"gpt2-xl": 48, "gpt-j-6b": 28, "llama3-8b-instruct": 32, "qwen3-4b-instruct-2507": 36, "smollm2-135m": 30}
 PAPER_LAYERS = {
@@ -89,3 +90,9 @@ def test_negative_alphaedit_l2_and_memit_weight():
         AlphaEditHyperParams.from_dict({"alg_name": "AlphaEdit", "layers": [1], "L2": -1})
     with pytest.raises(ValueError, match="mom2_update_weight"):
         MEMITHyperParams.from_dict({"alg_name": "MEMIT", "layers": [1, 2], "mom2_update_weight": [1.0]})
+
+
+def test_mom2_adjustment_is_only_accepted_as_true():
+    assert _beta(mom2_adjustment=True).mom2_adjustment is True
+    with pytest.raises(ValueError, match="mom2_adjustment=False: .* always use the key second moment C0"):
+        _beta(mom2_adjustment=False)

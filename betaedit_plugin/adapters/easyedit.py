@@ -32,7 +32,7 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..editor import BetaEditor, WeightsChangedError
-from ..methods import METHODS, EditHyperParams, Method, get_method
+from ..methods import METHODS, EditHyperParams, Method, get_method, method_of
 from ..requests import as_requests
 from ..state import fingerprint_diff
 
@@ -134,7 +134,7 @@ class BetaEditExecutor:
             TypeError / ValueError: wrong hparams class or bad requests (nothing changed).
             WeightsChangedError: the edited weights changed outside the editor since the last call.
         """
-        if not isinstance(hparams, self.hparams_class):
+        if not isinstance(hparams, EditHyperParams) or method_of(hparams).easyedit_name != self.alg_name:
             raise TypeError(
                 f"hparams: {self.alg_name} needs {self.hparams_class.__name__}, got {type(hparams).__name__}"
             )

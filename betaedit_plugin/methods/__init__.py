@@ -14,6 +14,7 @@ from .registry import METHODS, Method, Registry, get_method, method_names, metho
 # the shipped methods, in the order comparisons list them
 from .memit import MEMITHyperParams, MEMITRule
 from .alphaedit import AlphaEditHyperParams, AlphaEditRule
+from .alphaedit_nohist import AlphaEditNoHistHyperParams, AlphaEditNoHistRule
 from .betaedit import BetaEditHyperParams, BetaEditRule
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "method_names",
     "MEMITHyperParams",
     "AlphaEditHyperParams",
+    "AlphaEditNoHistHyperParams",
     "BetaEditHyperParams",
     "MEMITRule",
     "AlphaEditRule",
+    "AlphaEditNoHistRule",
     "BetaEditRule",
 ]

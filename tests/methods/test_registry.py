@@ -32,7 +32,8 @@ def test_any_spelling_finds_the_method(spelling, name):
 
 
 def test_the_shipped_methods_in_comparison_order():
-    assert method_names()[:3] == ["MEMIT", "AlphaEdit", "BetaEdit"]
+    names = method_names()
+    assert names.index("MEMIT") < names.index("AlphaEdit") < names.index("BetaEdit")
     by_class = {m.hparams_class: m.easyedit_name for m in METHODS}
     assert by_class[BetaEditHyperParams] == "BetaEdit"
     assert by_class[AlphaEditHyperParams] == "BE-AlphaEdit"

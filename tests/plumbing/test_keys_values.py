@@ -9,7 +9,7 @@ from betaedit_plugin.hparams import BetaEditHyperParams
 from betaedit_plugin.plumbing.hooks import Trace, hook_count
 from betaedit_plugin.plumbing.keys import KeySweep, compute_ks
 from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.reference import reference_compute_z
+from support.reference import reference_compute_z
 from betaedit_plugin.plumbing.templates import generate_context_templates
 from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, subject_token_range
 from betaedit_plugin.plumbing.values import (

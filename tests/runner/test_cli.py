@@ -189,7 +189,7 @@ def test_out_dir_of_another_run_is_refused_and_left_alone(multirun):
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["method=nope"], "method='nope': unknown method. Available: alphaedit, betaedit, memit"),
+        (["method=nope"], "method='nope': unknown method. Available: alphaedit, alphaedit-nohist, betaedit, memit"),
         (["model=tiny-lama"], "Did you mean 'tiny-llama'?"),
         (["data=zsr"], "Did you mean 'zsre'?"),
         (["num_edits=0"], "num_edits=0: expected an int >= 1"),

@@ -197,3 +197,15 @@ def test_long_prompts_are_cut_to_the_context(llama):
     long_prompt = "The capital of France is Paris. " * 200
     (score,) = score_targets(model, tok, [long_prompt], ["Rome"])
     assert math.isfinite(score.sum_logprob)
+
+
+def test_one_tokenisation_for_every_token_accuracy(llama):
+    """The runner's scores and EasyEdit's token metrics read the same tokens, with or without a
+    leading space on the target (the space is added once, never twice)."""
+    model, tok = llama
+    prompt = "The mother tongue of Danielle Darrieux is"
+    assert encode_pair(tok, prompt, "French") == encode_pair(tok, prompt, " French")
+    for target in ("French", " French"):
+        (s,) = score_targets(model, tok, [prompt], [target])
+        assert predicted_target_tokens(model, tok, prompt, target) == (list(s.argmax), list(s.target_ids))
+        assert target_token_accuracy(model, tok, prompt, target) == s.token_accuracy

@@ -1,9 +1,10 @@
-"""A straightforward `compute_z`: one full forward pass per optimisation step.
+"""Test and benchmark support: a straightforward `compute_z`, one full forward pass per optimisation step.
 
 Slow on purpose. It is what MEMIT-style code does (full-vocabulary logits at every
 position, the frozen layers recomputed at every step) and serves as the reference
-that the fast path in `values.py` is checked against (tests) and timed against
-(`benchmarks/bench_compute_z.py`). Same objective, same Adam steps, same clamp.
+that the fast path in `betaedit_plugin/plumbing/values.py` is checked against (tests) and timed
+against (`benchmarks/`). Imported as ``support.reference``: the tests' conftest and the
+benchmarks put ``tests/`` on ``sys.path``. Same objective, same Adam steps, same clamp.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .hooks import Trace, first_tensor, replace_first_tensor
-from .tokens import model_device
-from .values import build_value_problem, resolve_loss_layer
+from betaedit_plugin.plumbing.hooks import Trace, first_tensor, replace_first_tensor
+from betaedit_plugin.plumbing.tokens import model_device
+from betaedit_plugin.plumbing.values import build_value_problem, resolve_loss_layer
 
 __all__ = ["reference_compute_z"]
 

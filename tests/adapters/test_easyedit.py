@@ -21,17 +21,10 @@ from betaedit_plugin.adapters.easyedit import (
 )
 from betaedit_plugin.editor import WeightsChangedError
 from betaedit_plugin.plumbing.layout import ModelLayout
+from support.editing import spd
 
 LAYERS = [1, 2]
 TEMPLATES = [["{}"], ["The. {}"]]
-
-
-def spd(d: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    ev = torch.cat([torch.full((d // 2,), 1e-3, dtype=torch.float64),
-                    torch.rand(d - d // 2, generator=g, dtype=torch.float64) + 0.5])
-    return q @ torch.diag(ev) @ q.T
 
 
 def easyedit_request(i: int) -> dict:

@@ -1,0 +1,45 @@
+"""EasyEdit's BaseEditor.edit shape without EasyEdit (adapters/front.py): metrics, modes, checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from betaedit_plugin.adapters.front import build_records
+from support.editing import REQS, assert_bit_equal, make_editor, params
+
+
+def test_non_sequential_edit_restores_weights_and_state(tiny):
+    ed = make_editor(tiny)
+    before = params(ed.model)
+    metrics, model = ed.edit(
+        prompts=[REQS[1].prompt, REQS[2].prompt], target_new=["soccer", "English"],
+        subject=["Michael Jordan", "Japan"], rephrase_prompts=["Michael Jordan is good at", "In Japan people speak"],
+        locality_inputs={"neighborhood": {"prompt": ["Rome is the capital of", "Toyota produces"],
+                                          "ground_truth": ["Italy", "cars"]}},
+        sequential_edit=False,
+    )
+    assert model is ed.model and ed.step == 0
+    assert_bit_equal(before, params(ed.model))
+    assert [m["case_id"] for m in metrics] == [0, 1]
+    for m in metrics:
+        assert set(m["pre"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
+        assert 0.0 <= m["post"]["rewrite_acc"][0] <= 1.0
+        assert len(m["post"]["locality"]["neighborhood_acc"]) == 1
+
+
+def test_edit_checks_lengths_before_editing(tiny):
+    ed = make_editor(tiny)
+    with pytest.raises(ValueError, match="target_new has 1 entries but prompts has 2"):
+        ed.edit(prompts=[REQS[0].prompt, REQS[1].prompt], target_new=["x"], subject=["a", "b"])
+    assert ed.step == 0
+
+
+def test_records_are_checked_before_any_edit():
+    records, reqs = build_records("Toyota was founded in", "Germany", "Toyota", ground_truth="Japan",
+                                  locality_inputs={"n": {"prompt": ["Rome is in"], "ground_truth": [["Italy"]]}})
+    assert records[0]["locality"] == {"n": {"prompt": "Rome is in", "ground_truth": "Italy"}}
+    assert reqs[0].locality_ground_truth == ("Italy",)
+    with pytest.raises(ValueError, match="request 0: subject='Honda'"):
+        build_records("Toyota was founded in", "Germany", "Honda")
+    with pytest.raises(ValueError, match=r"locality_inputs\['n'\]"):
+        build_records("Toyota was founded in", "Germany", "Toyota", locality_inputs={"n": {"prompt": ["x"]}})

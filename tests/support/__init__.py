@@ -1,0 +1,1 @@
+"""Code the tests and the benchmarks share; not part of the package."""
