@@ -11,9 +11,10 @@ built, as package data. So the same call works in both::
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Dict, List
+
+from ._suggest import did_you_mean
 
 __all__ = ["hparams_dir", "hparams_path", "available_hparams"]
 
@@ -67,9 +68,7 @@ def hparams_path(alg: str, model: str) -> Path:
     path = hparams_dir() / folder / f"{stem}.yaml"
     if path.is_file():
         return path
-    models = available_hparams().get(folder, [])
-    hint = difflib.get_close_matches(stem, models, n=1)
     raise KeyError(
-        f"No {folder} hyperparameters for model {model!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
-        + f" Available: {models}; or pass the path of a YAML of your own to from_hparams()"
+        f"No {folder} hyperparameters for model {model!r}." + did_you_mean(stem, available_hparams().get(folder, []))
+        + "; or pass the path of a YAML of your own to from_hparams()"
     )

@@ -7,7 +7,6 @@ A file's format is recognised by its content (`betaedit_plugin.data.formats.dete
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import json
 import logging
@@ -15,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from .._suggest import did_you_mean
 from ..requests import EditRequest
 from .formats import FORMATS, detect_format, memit_counterfact_request
 
@@ -67,10 +67,9 @@ def _split_path(split: Union[str, Path], splits: dict, dataset: str) -> Path:
     if isinstance(split, Path) or (isinstance(split, str) and split not in splits and ("/" in split or split.endswith((".json", ".gz")))):
         return Path(split)
     if split not in splits:
-        hint = difflib.get_close_matches(str(split), splits, n=1)
         raise KeyError(
-            f"Unknown {dataset} split {split!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
-            + f" Available: {sorted(splits)} (or a path to a .json/.json.gz file)"
+            f"Unknown {dataset} split {split!r}." + did_you_mean(split, sorted(splits))
+            + " (or a path to a .json/.json.gz file)"
         )
     return resource_path(splits[split])
 
@@ -241,9 +240,5 @@ def load_dataset(name: str, n: Optional[int] = None, split: Optional[str] = None
     """
     loader: Optional[Callable] = DATASETS.get(name)
     if loader is None:
-        hint = difflib.get_close_matches(str(name), DATASETS, n=1)
-        raise KeyError(
-            f"Unknown dataset {name!r}." + (f" Did you mean {hint[0]!r}?" if hint else "")
-            + f" Available: {available_datasets()}"
-        )
+        raise KeyError(f"Unknown dataset {name!r}." + did_you_mean(name, available_datasets()))
     return loader(n=n) if split is None else loader(split, n=n)
