@@ -21,8 +21,19 @@ An editor saves `editor_state_dict`: this state plus the edited weights W_t and 
 (method, model, layers, hparams) that `editor_state_from_dict` checks before anything is loaded.
 
 Tensors are never modified in place: every update builds new tensors
-(``add_keys`` returns H + K K^T, the solver replaces ``g_inv``), so a snapshot
-for undo (`EditorState.snapshot`) only keeps references.
+(``add_keys`` returns H + K K^T, the solver replaces or appends to its inverse,
+see `IncrementalSolver.snapshot`), so a snapshot for undo
+(`EditorState.snapshot`) only keeps references.
+
+Placement: C0 and H (and W_0) live wherever the caller put them, the float64
+*storage* side; the solver keeps what every edit reads (its inverse and, in
+the factored form, U) on its *compute* device in its compute dtype
+(`IncrementalSolver`'s ``compute_device``, ``compute_dtype``,
+``storage_device``). A saved state does not depend on either: tensors are
+written from the CPU, U in float64, the inverse in the precision it was carried
+in, and `EditorState.from_state_dict` hands each solver H so that it can
+recompute its inverse when the saved precision or form differs from its own.
+`LayerState.bytes_by_device` says what sits where.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ __all__ = [
     "editor_state_dict",
     "editor_state_from_dict",
     "fingerprint_diff",
+    "tensor_bytes_by_device",
 ]
 
 FORMAT = "betaedit-plugin/editor-state/1"
@@ -70,6 +82,13 @@ class LayerState:
         """U (d_k, m) with P = U U^T, or None when updates are not projected."""
         return self.solver.basis
 
+    def bytes_by_device(self) -> Dict[str, int]:
+        """{device: bytes} of this layer's tensors (C0, H, W_0 and the solver's), each storage counted once."""
+        tensors = [self.prior_cov, self.hist_cov, self.w0]
+        if hasattr(self.solver, "tensors"):
+            tensors += list(self.solver.tensors())
+        return tensor_bytes_by_device(tensors)
+
     def tensors(self, prefix: str) -> Dict[str, torch.Tensor]:
         """Flat tensors for safetensors, names prefixed with ``prefix``."""
         out = {
@@ -82,13 +101,31 @@ class LayerState:
         return out
 
 
+def tensor_bytes_by_device(tensors) -> Dict[str, int]:
+    """{str(device): bytes} over ``tensors``, counting each underlying storage once."""
+    seen, out = set(), {}
+    for t in tensors:
+        if t is None:
+            continue
+        st = t.untyped_storage()
+        key = (str(t.device), st.data_ptr())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[str(t.device)] = out.get(str(t.device), 0) + st.nbytes()
+    return out
+
+
 @dataclass
 class StateSnapshot:
-    """References to everything one step changes (cheap: tensors are never mutated in place)."""
+    """References to everything one step changes (cheap: tensors are never mutated in place).
+
+    ``layers``: {layer: (H, n_keys, solver snapshot from `IncrementalSolver.snapshot`)}.
+    """
 
     step: int
     last_refresh: int
-    layers: Dict[int, Tuple[torch.Tensor, int, Dict[str, torch.Tensor]]]
+    layers: Dict[int, Tuple[torch.Tensor, int, Dict[str, Any]]]
 
 
 @dataclass
@@ -116,7 +153,7 @@ class EditorState:
             step=self.step,
             last_refresh=self.last_refresh,
             layers={
-                l: (s.hist_cov, s.n_keys, dict(s.solver.state_dict())) for l, s in self.layers.items()
+                l: (s.hist_cov, s.n_keys, s.solver.snapshot()) for l, s in self.layers.items()
             },
         )
 
@@ -125,7 +162,7 @@ class EditorState:
         for l, (hist_cov, n_keys, solver_state) in snap.layers.items():
             s = self.layers[l]
             s.hist_cov, s.n_keys = hist_cov, n_keys
-            s.solver.load_state_dict(solver_state)
+            s.solver.restore(solver_state)
         self.step, self.last_refresh = snap.step, snap.last_refresh
 
     # ------------------------------------------------------------ (de)serialisation
@@ -157,9 +194,10 @@ class EditorState:
         Args:
             state: output of `state_dict` (or of `load_state_file`).
             layers: the edited layers the caller expects.
-            make_solver: ``(layer, prior_cov) -> IncrementalSolver`` with the caller's lambdas;
-                the saved solver tensors are then loaded into it.
-            device: where the float64 state lives.
+            make_solver: ``(layer, prior_cov) -> IncrementalSolver`` with the caller's lambdas
+                (and placement/precision); the saved solver tensors are then loaded into it,
+                with this layer's H (see `IncrementalSolver.load_state_dict`).
+            device: where the float64 C0 and H live (the solvers' storage device).
         """
         tensors, meta = state.get("tensors"), state.get("meta")
         if not isinstance(tensors, Mapping) or not isinstance(meta, Mapping):
@@ -178,14 +216,16 @@ class EditorState:
                 if not bool(torch.isfinite(tensors[n]).all()):
                     raise ValueError(f"state: tensor {n!r} has non-finite values (corrupt file?)")
             prior = tensors[prefix + "prior_cov"].to(device, torch.float64).clone()
+            hist = tensors[prefix + "hist_cov"].to(device, torch.float64).clone()
             solver = make_solver(l, prior)
             solver.load_state_dict(
-                {k[len(prefix + "solver."):]: v for k, v in tensors.items() if k.startswith(prefix + "solver.")}
+                {k[len(prefix + "solver."):]: v for k, v in tensors.items() if k.startswith(prefix + "solver.")},
+                hist_cov=hist,
             )
             built[l] = LayerState(
                 layer=l,
                 prior_cov=prior,
-                hist_cov=tensors[prefix + "hist_cov"].to(device, torch.float64).clone(),
+                hist_cov=hist,
                 w0=tensors[prefix + "w0"].clone(),
                 solver=solver,
                 n_keys=int(n_keys.get(str(l), 0)),

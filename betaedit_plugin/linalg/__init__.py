@@ -1,7 +1,7 @@
 """Pure-torch math of the three closed-form sequential editors (no models, no I/O)."""
 
 from .closed_form import alphaedit_delta, betaedit_delta, memit_delta
-from .incremental import IncrementalSolver, add_keys
+from .incremental import DEFAULT_REFRESH_EVERY_FLOAT32, IncrementalSolver, add_keys, solver_device_bytes
 from .nullspace import nullspace_basis, nullspace_projector, protected_cov
 
 __all__ = [
@@ -13,4 +13,6 @@ __all__ = [
     "protected_cov",
     "add_keys",
     "IncrementalSolver",
+    "solver_device_bytes",
+    "DEFAULT_REFRESH_EVERY_FLOAT32",
 ]
