@@ -20,10 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Tuple, Union
+from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
 
 from .._suggest import did_you_mean
 from ..requests import FACT_TOKENS, FactToken
@@ -90,6 +91,9 @@ class EditHyperParams(HyperParams):
     subclass adds its own fields and checks (``__post_init__`` calling ``super().__post_init__()``)
     and is registered with its `UpdateRule` (`betaedit_plugin.methods.register_method`).
     """
+
+    #: the `Method` this class was registered with (set by ``register_method``; not a field)
+    _method: ClassVar[Any] = None
 
     alg_name: str = _help(
         "The method, in any spelling of its registered names ('BetaEdit', 'AlphaEdit', 'MEMIT', ...); "
@@ -213,24 +217,16 @@ class EditHyperParams(HyperParams):
         setattr(self, name, value)
 
     def _check_alg_name(self) -> None:
-        from .registry import get_method, method_of
-
-        method = method_of(self)
+        """Any spelling of this class's method names is stored as the method's EasyEdit name."""
+        method = _method_of_class(type(self))
         if not self.alg_name:
             self.alg_name = method.easyedit_name
             return
-        try:
-            named = get_method(self.alg_name)
-        except KeyError:
+        if _spelling(self.alg_name) not in {_spelling(n) for n in method.names}:
             raise ValueError(
-                f"alg_name={self.alg_name!r} is not a known method."
-                + did_you_mean(self.alg_name, method.names, available=False)
-                + f" {type(self).__name__} takes {list(method.names)}"
-            ) from None
-        if named is not method:
-            raise ValueError(
-                f"alg_name={self.alg_name!r} does not belong to {type(self).__name__} ({method.name}); use "
-                f"{named.hparams_class.__name__}, or betaedit_plugin.load_hparams(path) to pick the class from alg_name"
+                f"alg_name={self.alg_name!r} is not {method.name}." + did_you_mean(self.alg_name, method.names, available=False)
+                + f" {type(self).__name__} takes {list(method.names)}; for another method use its class, or "
+                "betaedit_plugin.load_hparams(path), which picks the class from alg_name"
             )
         self.alg_name = method.easyedit_name
 
@@ -288,6 +284,23 @@ def _as_float(name: str, value: Any) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{name}={value!r}: expected a finite number")
     return out
+
+
+def _spelling(name: object) -> str:
+    """A name without case, '-', '_' and spaces (how the registry matches names)."""
+    return re.sub(r"[\s_\-]+", "", str(name).strip().lower())
+
+
+def _method_of_class(cls: type):
+    """The `Method` that `register_method` attached to ``cls`` or its nearest registered base."""
+    for klass in cls.__mro__:
+        method = klass.__dict__.get("_method")
+        if method is not None:
+            return method
+    raise TypeError(
+        f"{cls.__name__} belongs to no registered method; a new method registers its hyperparameter class "
+        "with betaedit_plugin.methods.register_method"
+    )
 
 
 class UpdateRule:

@@ -13,20 +13,18 @@ case, ``-``, ``_`` or spaces, so 'BetaEdit', 'betaedit', 'BE-AlphaEdit' and 'alp
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Dict, Generic, Iterator, List, Optional, Tuple, TypeVar
 
 from .._suggest import did_you_mean
+from .base import EditHyperParams, UpdateRule, _method_of_class, _spelling
 
 __all__ = ["Method", "Registry", "METHODS", "register_method", "get_method", "method_of", "method_names"]
 
 T = TypeVar("T")
 
 
-def _key(name: object) -> str:
-    """The spelling-free key of a name: lower case, without '-', '_' and spaces."""
-    return re.sub(r"[\s_\-]+", "", str(name).strip().lower())
+_key = _spelling  # the spelling-free key of a name: lower case, without '-', '_' and spaces
 
 
 class Registry(Generic[T]):
@@ -140,17 +138,17 @@ def register_method(method: Method) -> Method:
         TypeError: ``method`` is not a `Method`, or its classes are not an `EditHyperParams` /
             `UpdateRule` subclass.
     """
-    from .base import EditHyperParams, UpdateRule
-
     if not isinstance(method, Method):
         raise TypeError(f"register_method: expected a Method, got {type(method).__name__}")
     if not (isinstance(method.hparams_class, type) and issubclass(method.hparams_class, EditHyperParams)):
         raise TypeError(f"Method {method.name!r}: hparams_class must subclass EditHyperParams")
     if not (isinstance(method.rule_class, type) and issubclass(method.rule_class, UpdateRule)):
         raise TypeError(f"Method {method.name!r}: rule_class must subclass UpdateRule")
-    if any(m.hparams_class is method.hparams_class for m in METHODS):
+    if "_method" in method.hparams_class.__dict__:
         raise KeyError(f"{method.hparams_class.__name__} already belongs to a registered method; one class per method")
-    return METHODS.register(method.names, method)
+    METHODS.register(method.names, method)
+    method.hparams_class._method = method
+    return method
 
 
 def get_method(name: object) -> Method:
@@ -171,14 +169,7 @@ def method_of(hparams_or_class) -> Method:
     """
     _load_builtin()
     cls = hparams_or_class if isinstance(hparams_or_class, type) else type(hparams_or_class)
-    for klass in cls.__mro__:
-        for m in METHODS:
-            if m.hparams_class is klass:
-                return m
-    raise TypeError(
-        f"{cls.__name__} belongs to no registered method; available: {', '.join(METHODS.names())} "
-        "(a new method registers itself with betaedit_plugin.methods.register_method)"
-    )
+    return _method_of_class(cls)
 
 
 def method_names() -> List[str]:

@@ -81,7 +81,7 @@ def test_alg_name_in_any_spelling_is_stored_as_the_easyedit_name():
     assert BetaEditHyperParams(layers=[1], alg_name="betaedit").alg_name == "BetaEdit"
     assert AlphaEditHyperParams(layers=[1], alg_name="alphaedit").alg_name == "BE-AlphaEdit"
     assert MEMITHyperParams(layers=[1]).alg_name == "BE-MEMIT"
-    with pytest.raises(ValueError, match="does not belong to BetaEditHyperParams"):
+    with pytest.raises(ValueError, match="alg_name=.AlphaEdit. is not BetaEdit.*BetaEditHyperParams takes"):
         BetaEditHyperParams(layers=[1], alg_name="AlphaEdit")
 
 
