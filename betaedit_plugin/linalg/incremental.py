@@ -69,8 +69,9 @@ Cost of one recomputation (float64, storage device), for m = d_k = d: U^T A U
 is 4 d^3 flops, the Cholesky factor d^3 / 3, then either the inverse (about
 d^3; factored) or L^-1 U^T and its Gram product (3 d^3; dense): 5.3 d^3 to
 7.3 d^3 flops, 16 to 22 TFLOP at d = 14336, i.e. tens of seconds per layer on a
-many-core CPU (measured at d_k 1536 on this project's 2-core machine, one
-thread: 0.4 to 1.5 s, about 10 minutes per layer by d^3 scaling), with up to
+many-core CPU (measured at d_k 1536 on this project's shared 2-core machine,
+one thread: 0.4 to 3 s with the load, so 6 to 40 minutes per layer there by d^3
+scaling), with up to
 four d^2 float64 temporaries (6.6 GB at d = 14336). BetaEdit's projector
 refresh every ``tau`` edits (an eigendecomposition of S, about 9 d^3, plus
 this) restarts the ``refresh_every`` count.
