@@ -150,6 +150,7 @@ class BetaEditor:
         context_templates: Optional[List[List[str]]] = None,
         keep_undo: bool = True,
         weak_model: bool = False,
+        solver_options: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.hparams = self._check_hparams(hparams)
         self.rule = method_of(hparams).rule(hparams)
@@ -170,6 +171,9 @@ class BetaEditor:
         self._undo: Optional[tuple[StateSnapshot, Dict[int, torch.Tensor]]] = None
         self._digests: Optional[dict] = None  # {'before': {l: sha}, 'after': {l: sha}} of the last apply
         self._prefix_checked = False  # compute_z's cached prefix is checked against a forward pass once
+        self._solver_options = _check_solver_options(solver_options, self.device)
+        # C0, H and W_0 live where the solver keeps its float64 master copies
+        self._storage = torch.device(self._solver_options.get("storage_device", self.device))
 
     # ================================================================ construction
     @classmethod
@@ -270,6 +274,9 @@ class BetaEditor:
         return json.loads(json.dumps(fp))
 
     # ================================================================ state
+    def _make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None):
+        return self.rule.make_solver(layer, prior_cov, basis=basis, hist_cov=hist_cov, **self._solver_options)
+
     def prepare(self) -> EditorState:
         """The state, built at the first call: priors C0, the method's initial projector, zero history,
         context templates. Edits call it; call it first to pay these costs up front."""
@@ -286,7 +293,7 @@ class BetaEditor:
             }
         layers = {}
         for l in self.hparams.layers:
-            C0 = priors[l]
+            C0 = priors[l].to(self._storage, torch.float64)
             basis = self.rule.initial_basis(C0)
             if basis is not None:
                 logger.info("layer %d: projector rank %d of %d", l, basis.shape[1], basis.shape[0])
@@ -294,8 +301,8 @@ class BetaEditor:
                 layer=l,
                 prior_cov=C0,
                 hist_cov=torch.zeros_like(C0),
-                w0=self.layout.read_weight(self.model, l),
-                solver=self.rule.make_solver(l, C0, basis=basis),
+                w0=self.layout.read_weight(self.model, l).to(self._storage),
+                solver=self._make_solver(l, C0, basis=basis),
             )
         templates = self._init_templates
         if templates is None:
@@ -323,7 +330,7 @@ class BetaEditor:
         nothing is changed.
         """
         new_state, saved = editor_state_from_dict(
-            state_dict, self.fingerprint(), self.hparams.layers, self.rule.make_solver, device=self.device
+            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver, device=self._storage
         )
         to_write = {}
         for l, saved_w in saved.items():
@@ -537,10 +544,26 @@ class BetaEditor:
             K = K.to(self.device, torch.float64)
             s.hist_cov = add_keys(s.hist_cov, K)
             if self.rule.uses_history:
-                s.solver.add_keys(K)
+                s.solver.add_keys(K, hist_cov=s.hist_cov)  # H with K: the float32 mode recomputes from it
             s.n_keys += K.shape[1]
         state.step += n
         return bool(self.rule.after_commit(state))
+
+
+SOLVER_OPTIONS = ("compute_dtype", "storage_device", "refresh_every", "inverse_form")
+
+
+def _check_solver_options(options: Optional[Mapping[str, Any]], device: torch.device) -> Dict[str, Any]:
+    """`IncrementalSolver` placement options; the per-edit tensors go to the edited layer's device."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(SOLVER_OPTIONS))
+    if unknown:
+        from ._suggest import did_you_mean
+
+        raise ValueError(
+            f"solver_options: unknown key(s) {unknown}.{did_you_mean(unknown[0], SOLVER_OPTIONS)}"
+        )
+    return {"compute_device": device, **options}
 
 
 def _non_finite(what: str, layer: int, step_no: int, reqs: Sequence[EditRequest]) -> NonFiniteUpdateError:

@@ -334,12 +334,19 @@ class UpdateRule:
         """U (d_k, m) of the projector at the start, from C0 (d_k, d_k); None for no projection."""
         return None
 
-    def make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None):
-        """The `IncrementalSolver` of ``layer`` for C0, a basis U (None: U = I) and a history H."""
+    def make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None, **placement):
+        """The `IncrementalSolver` of ``layer`` for C0, a basis U (None: U = I) and a history H.
+
+        ``placement``: `IncrementalSolver`'s keyword options for where and in what precision the
+        per-edit tensors live (compute_device, compute_dtype, storage_device, refresh_every,
+        inverse_form); the editor passes them (``BetaEditor(solver_options=...)``).
+        """
         from ..linalg import IncrementalSolver
 
         lambda1, lambda2 = self.solver_lambdas(layer)
-        return IncrementalSolver(prior_cov, basis=basis, hist_cov=hist_cov, lambda1=lambda1, lambda2=lambda2)
+        return IncrementalSolver(
+            prior_cov, basis=basis, hist_cov=hist_cov, lambda1=lambda1, lambda2=lambda2, **placement
+        )
 
     def after_commit(self, state) -> bool:
         """Called with the `EditorState` once a step is committed (``state.step`` counts it).
