@@ -20,7 +20,7 @@ EE_PATH  := $(EE_BUILD)/easyedit-path
 # the adapter's tests first: one expects that nothing in the process has called register_easyedit()
 EE_TESTS := tests/adapters/test_easyedit.py $(EE_DIR)
 
-.PHONY: test demo bench setup clean test-easyedit easyedit-setup easyedit-source easyedit-example
+.PHONY: test demo bench reproduce setup clean test-easyedit easyedit-setup easyedit-source easyedit-example
 
 setup: $(STAMP)
 
@@ -43,6 +43,18 @@ demo: $(STAMP)
 # every benchmark in turn (each prints JSON lines; the SmolLM2 ones take minutes on a CPU)
 bench: $(STAMP)
 	set -e; for script in benchmarks/bench_*.py; do echo "== $$script"; $(PY) $$script; done
+
+# The long-horizon comparison (MEMIT, AlphaEdit, BetaEdit side by side on SmolLM2, batch size 1),
+# published into results/smollm2-<DATA>-n<N>/ without weights:
+#   make reproduce DATA=counterfact N=1000      (DATA=zsre for ZsRE; RESUME=true continues a stopped run)
+DATA   ?= counterfact
+N      ?= 1000
+RESUME ?= false
+reproduce: $(STAMP)
+	$(PY) -m betaedit_plugin.run -m method=memit,alphaedit,betaedit data=$(DATA) num_edits=$(N) \
+		eval_every=100 checkpoint_every=50 eval.mmlu_n=0 eval.max_cases=200 progress=false resume=$(RESUME) \
+		run_root=runs/smollm2-$(DATA)-n$(N)
+	results/publish.sh runs/smollm2-$(DATA)-n$(N) smollm2-$(DATA)-n$(N) "make reproduce DATA=$(DATA) N=$(N)"
 
 # --- EasyEdit integration ------------------------------------------------------------
 easyedit-setup: $(EE_STAMP)
