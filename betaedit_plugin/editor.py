@@ -98,9 +98,11 @@ def _digest(w: torch.Tensor) -> str:
 
 
 def _torch_device(device) -> torch.device:
-    """EasyEdit's convention: an int means cuda:<int>."""
+    """EasyEdit's convention: an int, or a string of digits (YAML ``device: "0"``), means cuda:<int>."""
     if isinstance(device, int) and not isinstance(device, bool):
         return torch.device(f"cuda:{device}")
+    if isinstance(device, str) and device.strip().isdigit():
+        return torch.device(f"cuda:{int(device)}")
     return torch.device(device)
 
 

@@ -169,13 +169,7 @@ def test_easyedits_alphaedit_and_ours_side_by_side(easyedit, tiny_checkpoint, tm
     assert easyedit.executors["BE-AlphaEdit"].editor_for(ours.model).step == 2
 
 
-_STRING_INDEX = pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="betaedit_plugin.editor._torch_device('0') raises 'Invalid device string'; EasyEdit reads '0' as cuda:0 "
-           "(only BetaEditor.from_hparams uses it; through BaseEditor EasyEdit places the model)")
-
-
-@pytest.mark.parametrize("device, expected", [(0, "cuda:0"), pytest.param("0", "cuda:0", marks=_STRING_INDEX),
+@pytest.mark.parametrize("device, expected", [(0, "cuda:0"), ("0", "cuda:0"),
                                               ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("cpu", "cpu")])
 def test_device_conventions_match_easyedits(easyedit, tmp_path, device, expected):
     import yaml
