@@ -8,16 +8,9 @@ import pytest
 from betaedit_plugin.linalg import IncrementalSolver, add_keys, betaedit_delta, nullspace_basis
 from betaedit_plugin.state import EditorState, LayerState, load_state_file, save_state_file
 
+from support.editing import spd
+
 D_K, D_V = 12, 6
-
-
-def _spd(d: int, seed: int) -> torch.Tensor:
-    """Random SPD matrix with half its spectrum below the 0.02 threshold."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    ev = torch.cat([torch.full((d // 2,), 1e-3, dtype=torch.float64),
-                    torch.rand(d - d // 2, generator=g, dtype=torch.float64) + 0.5])
-    return q @ torch.diag(ev) @ q.T
 
 
 def _solver(c0, basis=None, hist=None):
@@ -27,7 +20,7 @@ def _solver(c0, basis=None, hist=None):
 def _state(layers=(1, 2)) -> EditorState:
     out = {}
     for l in layers:
-        c0 = _spd(D_K, l)
+        c0 = spd(D_K, l)
         out[l] = LayerState(layer=l, prior_cov=c0, hist_cov=torch.zeros_like(c0),
                             w0=torch.randn(D_V, D_K, generator=torch.Generator().manual_seed(10 + l)),
                             solver=_solver(c0, basis=nullspace_basis(c0, 0.02)))
@@ -128,7 +121,7 @@ def _solver32(c0, basis=None, hist=None):
 def _state32(layers=(1, 2)) -> EditorState:
     out = {}
     for l in layers:
-        c0 = _spd(D_K, l)
+        c0 = spd(D_K, l)
         out[l] = LayerState(layer=l, prior_cov=c0, hist_cov=torch.zeros_like(c0), w0=torch.zeros(D_V, D_K),
                             solver=_solver32(c0, basis=nullspace_basis(c0, 0.02)))
     return EditorState(method="BetaEdit", layers=out)
