@@ -17,7 +17,6 @@ EE_STAMP := $(EE_VENV)/.installed
 EE_BUILD := build/easyedit
 EE_DIR   := tests/easyedit
 EE_PATH  := $(EE_BUILD)/easyedit-path
-# the adapter's tests first: one expects that nothing in the process has called register_easyedit()
 EE_TESTS := tests/adapters/test_easyedit.py $(EE_DIR)
 
 .PHONY: test demo bench reproduce setup clean test-easyedit easyedit-setup easyedit-source easyedit-example

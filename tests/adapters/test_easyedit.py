@@ -166,7 +166,9 @@ def test_other_hparams_for_the_same_model_raise(setup):
         call(ex, model, tok, easyedit_request(1), other)
 
 
-def test_module_function_without_executor_warns(setup):
+def test_module_function_without_executor_warns(setup, monkeypatch):
+    # hide an executor that an earlier register_easyedit() in this process put into ALG_DICT
+    monkeypatch.delitem(sys.modules, "easyeditor.util.alg_dict", raising=False)
     model, tok, hp, priors = setup()
     with pytest.warns(UserWarning, match="history is not kept"):
         edited, wc = apply_betaedit_to_model(model, tok, [easyedit_request(0)], hp, return_orig_weights=True,
