@@ -48,6 +48,7 @@ from torch import nn
 
 from .._fileio import atomic_write, sha256_file
 from .._suggest import did_you_mean
+from .devices import stored_weight
 from .hooks import TraceDict
 
 logger = logging.getLogger(__name__)
@@ -267,9 +268,10 @@ def weight_fingerprint(model: nn.Module, layout: Any, layer: int) -> str:
     h.update(f"{type(model).__name__}|{getattr(config, 'model_type', '')}|{layout.n_layers}|".encode())
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None:
-        _tensor_digest(h, "embed", emb.weight)
-    for l in range(layer + 1):
-        _tensor_digest(h, layout.rewrite_name(l), layout.rewrite_module(model, l).weight)
+        name = next(n for n, m in model.named_modules() if m is emb)
+        _tensor_digest(h, "embed", stored_weight(model, name))
+    for l in range(layer + 1):  # the real weight also when accelerate offloaded the layer
+        _tensor_digest(h, layout.rewrite_name(l), stored_weight(model, layout.rewrite_name(l)))
     return h.hexdigest()
 
 
@@ -395,17 +397,25 @@ def _pad_id(tok: Any) -> int:
 
 
 def _one_pass(
-    model: nn.Module, layout: Any, layers: List[int], seqs: List[List[int]], batch_size: int, pad_id: int, progress: bool
+    model: nn.Module, layout: Any, layers: List[int], seqs: List[List[int]], batch_size: int, pad_id: int, progress: bool,
+    rank: int = 0, world_size: int = 1,
 ) -> Dict[int, SecondMoment]:
-    """Accumulate the rewrite-module inputs of ``layers`` in one pass that stops after the last."""
+    """Accumulate the rewrite-module inputs of ``layers`` in one pass that stops after the last.
+
+    ``rank`` / ``world_size``: accumulate only batches rank, rank + world_size, ... (the batches
+    themselves are the same for every world size, so the ranks' sums add up to the one-process sums).
+    """
     from tqdm.auto import tqdm
 
-    device = _model_param(model).device
+    from .devices import input_device
+
+    device = input_device(model)
     names = {layout.rewrite_name(l): l for l in sorted(layers)}  # forward order: last name runs last
     stats = {l: SecondMoment() for l in layers}
-    n_batches = math.ceil(len(seqs) / batch_size)
+    n_batches = len(range(rank, math.ceil(len(seqs) / batch_size), world_size))
+    batches = (b for i, b in enumerate(_batches(seqs, batch_size, pad_id)) if i % world_size == rank)
     with torch.no_grad():
-        for ids, mask in tqdm(_batches(seqs, batch_size, pad_id), total=n_batches, disable=not progress,
+        for ids, mask in tqdm(batches, total=n_batches, disable=not progress,
                               desc=f"C0 statistics, layers {sorted(layers)}"):
             ids, mask = ids.to(device), mask.to(device)
             with TraceDict(model, list(names), retain_input=True, retain_output=False, stop=True) as td:
