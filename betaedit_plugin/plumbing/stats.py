@@ -61,6 +61,8 @@ __all__ = [
     "load_corpus",
     "corpus_path",
     "stats_cache_key",
+    "second_moment_sums",
+    "write_second_moments",
     "BUNDLED_CORPORA",
 ]
 
@@ -474,7 +476,7 @@ def layer_second_moments(
     dtype_name = _check_dtype(dtype, model)
     path = corpus_path(corpus)
     texts = load_corpus(corpus, n_samples)
-    corpus_name = corpus if isinstance(corpus, str) and corpus in BUNDLED_CORPORA else str(Path(corpus).expanduser().resolve())
+    corpus_name = _corpus_name(corpus)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
 
     result: Dict[int, torch.Tensor] = {}
@@ -509,6 +511,68 @@ def layer_second_moments(
             if use_cache:
                 _write_cached(_cache_file(cache_root, keys[layer]), keys[layer], moment, stats[layer].count)
     return {layer: result[layer] for layer in layers}
+
+
+def _corpus_name(corpus: Union[str, Path]) -> str:
+    """The corpus as the cache key names it: a bundled name, else the resolved path."""
+    return corpus if isinstance(corpus, str) and corpus in BUNDLED_CORPORA else str(Path(corpus).expanduser().resolve())
+
+
+def second_moment_sums(
+    model: nn.Module,
+    tok: Any,
+    layout: Any,
+    layers: Sequence[int],
+    *,
+    corpus: Union[str, Path] = "wiki_vital",
+    n_samples: int = 1000,
+    max_length: int = 256,
+    batch_size: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Dict[int, SecondMoment]:
+    """The float64 sums and token counts behind C0 (``SecondMoment`` per layer), no cache.
+
+    With ``world_size`` > 1 only the batches ``rank, rank + world_size, ...`` of the one-process
+    pass are run (same texts, order and batches), so the ranks' sums add up to the one-process sums
+    (`betaedit_plugin.plumbing.dist_stats`). A rank may get no batch: its sums stay empty.
+    """
+    layers = layout.check_layers(layers)
+    _check_positive_int("n_samples", n_samples)
+    max_length = _check_positive_int("max_length", max_length)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    seqs = _tokenize(tok, load_corpus(corpus, n_samples), max_length)
+    if not seqs:
+        raise ValueError(f"mom2_dataset={_corpus_name(corpus)!r}: the tokenizer produced no tokens")
+    return _one_pass(model, layout, layers, seqs, batch_size, _pad_id(tok), progress, rank, world_size)
+
+
+def write_second_moments(
+    model: nn.Module,
+    tok: Any,
+    layout: Any,
+    moments: Dict[int, Tuple[torch.Tensor, int]],
+    *,
+    corpus: Union[str, Path],
+    n_samples: int,
+    max_length: int,
+    dtype: Union[str, torch.dtype] = "float32",
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Dict[int, Path]:
+    """Cache ``{layer: (C0, token count)}`` under the key `layer_second_moments` looks up; returns the files."""
+    dtype_name = _check_dtype(dtype, model)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
+    sha = sha256_file(corpus_path(corpus))
+    written = {}
+    for layer, (moment, count) in moments.items():
+        key = stats_cache_key(
+            model, tok, layout, layer, corpus=_corpus_name(corpus), corpus_sha256=sha,
+            n_samples=n_samples, max_length=max_length, dtype=dtype_name,
+        )
+        written[layer] = _cache_file(cache_root, key)
+        _write_cached(written[layer], key, moment.cpu(), count)
+    return written
 
 
 def stats_for_hparams(model: nn.Module, tok: Any, hparams: Any, layout: Any, *, progress: bool = True) -> Dict[int, torch.Tensor]:
