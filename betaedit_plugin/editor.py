@@ -201,8 +201,10 @@ class BetaEditor:
         if model is None:
             from .models import load_model
 
+            from .plumbing.devices import place_model
+
             model, tok = load_model(hparams.model_name)
-            model.to(_torch_device(hparams.device))
+            place_model(model, hparams.device, device_map="auto" if hparams.model_parallel else None)
         return cls(model, tok, hparams, **kwargs)
 
     @staticmethod

@@ -131,3 +131,40 @@ def test_place_model_rejects_disk_and_unknown_strategies(tiny):
         place_model(model, device_map="everywhere")
     with pytest.raises(ValueError, match="on 'disk'"):
         place_model(model, device_map={"": "disk"})
+
+
+# ---------------------------------------------------------------------------- runner and EasyEdit hparams
+def _run_cfg(**model):
+    return {
+        "method": {"name": "betaedit", "alg": "BetaEdit"},
+        "model": {"name": "tiny-llama", "path": "tiny-llama", "hparams_file": "smollm2-135m", **model},
+        "data": {"name": "counterfact", "split": "edit", "path": None},
+        "num_edits": 3,
+    }
+
+
+def test_runner_accepts_model_parallel_and_device_map_without_changing_the_run_identity():
+    from betaedit_plugin.runner.config import ConfigError, config_hash, run_identity, validate_config
+
+    plain = validate_config(_run_cfg())
+    split_cfg = validate_config(_run_cfg(model_parallel=True))
+    assert split_cfg["model"]["model_parallel"] is True  # the runner loads it with device_map="auto"
+    assert validate_config(_run_cfg(device_map={"": "cpu"}))["model"]["device_map"] == {"": "cpu"}
+    assert config_hash(run_identity(plain)) == config_hash(run_identity(split_cfg))  # resumable either way
+    with pytest.raises(ConfigError, match=r"model.device_map='everywhere'.*'auto'"):
+        validate_config(_run_cfg(device_map="everywhere"))
+
+
+def test_easyedit_hparams_with_model_parallel_load_a_dispatched_model(tmp_path):
+    """EasyEdit's hparams say ``model_parallel: true``; from_hparams loads the model through
+    accelerate's device_map='auto' (on this CPU-only machine: all on 'cpu') and edits it."""
+    from betaedit_plugin import BetaEditHyperParams
+
+    hp = BetaEditHyperParams(**{**vars(hp_for("BetaEdit")), "model_name": "tiny-llama", "model_parallel": True})
+    from betaedit_plugin.models.tiny import build_tiny
+
+    model_probe, _ = build_tiny("llama")
+    d_k = ModelLayout.from_model(model_probe).key_dim(model_probe, LAYERS[0])
+    ed = BetaEditor.from_hparams(hp, prior_covs={l: spd(d_k, 100 + l) for l in LAYERS}, context_templates=TEMPLATES)
+    assert getattr(ed.model, "hf_device_map", None) == {"": "cpu"}
+    assert ed.apply([REQS[0]])["step"] == 1
