@@ -99,11 +99,9 @@ def _digest(w: torch.Tensor) -> str:
 
 def _torch_device(device) -> torch.device:
     """EasyEdit's convention: an int, or a string of digits (YAML ``device: "0"``), means cuda:<int>."""
-    if isinstance(device, int) and not isinstance(device, bool):
-        return torch.device(f"cuda:{device}")
-    if isinstance(device, str) and device.strip().isdigit():
-        return torch.device(f"cuda:{int(device)}")
-    return torch.device(device)
+    from .plumbing.devices import as_device
+
+    return as_device(device)
 
 
 @contextlib.contextmanager
@@ -165,7 +163,19 @@ class BetaEditor:
         self.tok = tok
         self.layout = ModelLayout.from_model(model, hparams)
         self.layout.check_layers(self.hparams.layers, self.hparams.v_loss_layer)
-        self.device = self.layout.rewrite_module(model, self.hparams.layers[0]).weight.device
+        # a model split across devices (accelerate's device_map) has one device per edited layer:
+        # its keys, residuals and solver live there; inputs go to the embedding's device
+        self.layer_devices: Dict[int, torch.device] = {
+            l: self.layout.rewrite_device(model, l) for l in self.hparams.layers
+        }
+        self.device = self.layer_devices[self.hparams.layers[0]]
+        self._solver_options = _check_solver_options(solver_options)
+        # C0, H and W_0 live where the solver keeps its float64 master copies: the layer's device
+        # unless solver_options' storage_device says otherwise
+        storage = self._solver_options.get("storage_device")
+        self._storage: Dict[int, torch.device] = {
+            l: _torch_device(storage) if storage is not None else d for l, d in self.layer_devices.items()
+        }
         self._prior_covs = self._check_prior_covs(prior_covs) if prior_covs is not None else None
         self._init_templates = check_context_templates(context_templates) if context_templates is not None else None
         self.keep_undo = bool(keep_undo)
@@ -173,9 +183,6 @@ class BetaEditor:
         self._undo: Optional[tuple[StateSnapshot, Dict[int, torch.Tensor]]] = None
         self._digests: Optional[dict] = None  # {'before': {l: sha}, 'after': {l: sha}} of the last apply
         self._prefix_checked = False  # compute_z's cached prefix is checked against a forward pass once
-        self._solver_options = _check_solver_options(solver_options, self.device)
-        # C0, H and W_0 live where the solver keeps its float64 master copies
-        self._storage = torch.device(self._solver_options.get("storage_device", self.device))
 
     # ================================================================ construction
     @classmethod
@@ -194,8 +201,10 @@ class BetaEditor:
         if model is None:
             from .models import load_model
 
+            from .plumbing.devices import place_model
+
             model, tok = load_model(hparams.model_name)
-            model.to(_torch_device(hparams.device))
+            place_model(model, hparams.device, device_map="auto" if hparams.model_parallel else None)
         return cls(model, tok, hparams, **kwargs)
 
     @staticmethod
@@ -229,7 +238,7 @@ class BetaEditor:
             if not isinstance(c, torch.Tensor) or tuple(c.shape) != (d_k, d_k):
                 shape = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
                 raise ValueError(f"prior_covs[{l}]: shape {shape}, expected ({d_k}, {d_k}) (d_k of layer {l})")
-            c = c.detach().to(self.device, torch.float64)
+            c = c.detach().to(self._storage[l], torch.float64)
             if not bool(torch.isfinite(c).all()):
                 raise ValueError(f"prior_covs[{l}] has non-finite values")
             if not torch.allclose(c, c.T, rtol=1e-6, atol=1e-8 * float(c.abs().max().clamp_min(1.0))):
@@ -277,7 +286,13 @@ class BetaEditor:
 
     # ================================================================ state
     def _make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None):
-        return self.rule.make_solver(layer, prior_cov, basis=basis, hist_cov=hist_cov, **self._solver_options)
+        placement = {"compute_device": self.layer_devices[layer], **self._solver_options}
+        prior_cov = prior_cov.to(self._storage[layer], torch.float64)
+        if basis is not None:
+            basis = basis.to(self._storage[layer])
+        if hist_cov is not None:
+            hist_cov = hist_cov.to(self._storage[layer])
+        return self.rule.make_solver(layer, prior_cov, basis=basis, hist_cov=hist_cov, **placement)
 
     def prepare(self) -> EditorState:
         """The state, built at the first call: priors C0, the method's initial projector, zero history,
@@ -289,13 +304,10 @@ class BetaEditor:
             from .plumbing.stats import stats_for_hparams
 
             logger.info("computing key second moments for layers %s", self.hparams.layers)
-            priors = {
-                l: c.to(self.device, torch.float64)
-                for l, c in stats_for_hparams(self.model, self.tok, self.hparams, self.layout).items()
-            }
+            priors = stats_for_hparams(self.model, self.tok, self.hparams, self.layout)
         layers = {}
         for l in self.hparams.layers:
-            C0 = priors[l].to(self._storage, torch.float64)
+            C0 = priors[l].to(self._storage[l], torch.float64)
             basis = self.rule.initial_basis(C0)
             if basis is not None:
                 logger.info("layer %d: projector rank %d of %d", l, basis.shape[1], basis.shape[0])
@@ -303,7 +315,7 @@ class BetaEditor:
                 layer=l,
                 prior_cov=C0,
                 hist_cov=torch.zeros_like(C0),
-                w0=self.layout.read_weight(self.model, l).to(self._storage),
+                w0=self.layout.read_weight(self.model, l).to(self._storage[l]),
                 solver=self._make_solver(l, C0, basis=basis),
             )
         templates = self._init_templates
@@ -331,9 +343,12 @@ class BetaEditor:
         fresh copy of the original model). Raises ValueError naming what differs; on error
         nothing is changed.
         """
+        first = self.hparams.layers[0]
         new_state, saved = editor_state_from_dict(
-            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver, device=self._storage
+            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver, device=self._storage[first]
         )
+        for l, s in new_state.layers.items():  # each layer's C0 and H beside its solver
+            s.prior_cov, s.hist_cov = s.prior_cov.to(self._storage[l]), s.hist_cov.to(self._storage[l])
         to_write = {}
         for l, saved_w in saved.items():
             current = self.layout.read_weight(self.model, l)
@@ -373,7 +388,7 @@ class BetaEditor:
         """{layer: W_t - W_0} (d_v, d_k), the cumulative update of each edited layer."""
         state = self.prepare()
         return {
-            l: self.layout.read_weight(self.model, l) - s.w0.to(self.device) for l, s in state.layers.items()
+            l: (w := self.layout.read_weight(self.model, l)) - s.w0.to(w.device) for l, s in state.layers.items()
         }
 
     # ================================================================ editing
@@ -490,9 +505,10 @@ class BetaEditor:
                 self._prefix_checked = True
                 sweep = KeySweep(self.model, self.tok, reqs, hp, self.layout, layers, templates)
                 for i, l in enumerate(layers):
-                    K = sweep.keys(l)
+                    dev = self.layer_devices[l]  # keys and residual go to the edited layer's device
+                    K = sweep.keys(l).to(dev)
                     cur = compute_current_z(self.model, self.tok, reqs, hp, self.layout, last)
-                    R = (z_star.to(cur.device, cur.dtype) - cur) / (len(layers) - i)
+                    R = ((z_star.to(cur.device, cur.dtype) - cur) / (len(layers) - i)).to(dev)
                     for what, t in (("keys K", K), ("residual R (z* - current z)", R)):
                         if not bool(torch.isfinite(t).all()):
                             raise _non_finite(what, l, step_no, reqs)
@@ -543,7 +559,7 @@ class BetaEditor:
 
         for l, K in keys.items():
             s = state.layers[l]
-            K = K.to(self.device, torch.float64)
+            K = K.to(self.layer_devices[l], torch.float64)
             s.hist_cov = add_keys(s.hist_cov, K)
             if self.rule.uses_history:
                 s.solver.add_keys(K, hist_cov=s.hist_cov)  # H with K: the float32 mode recomputes from it
@@ -555,8 +571,8 @@ class BetaEditor:
 SOLVER_OPTIONS = ("compute_dtype", "storage_device", "refresh_every", "inverse_form")
 
 
-def _check_solver_options(options: Optional[Mapping[str, Any]], device: torch.device) -> Dict[str, Any]:
-    """`IncrementalSolver` placement options; the per-edit tensors go to the edited layer's device."""
+def _check_solver_options(options: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`IncrementalSolver` placement options; by default the per-edit tensors go to the edited layer's device."""
     options = dict(options or {})
     unknown = sorted(set(options) - set(SOLVER_OPTIONS))
     if unknown:
@@ -565,7 +581,7 @@ def _check_solver_options(options: Optional[Mapping[str, Any]], device: torch.de
         raise ValueError(
             f"solver_options: unknown key(s) {unknown}.{did_you_mean(unknown[0], SOLVER_OPTIONS)}"
         )
-    return {"compute_device": device, **options}
+    return options
 
 
 def _non_finite(what: str, layer: int, step_no: int, reqs: Sequence[EditRequest]) -> NonFiniteUpdateError:

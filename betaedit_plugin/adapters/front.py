@@ -74,7 +74,8 @@ def edit(
 def _score(editor, rec: dict) -> dict:
     from ..eval.scoring import predicted_target_tokens, target_token_accuracy
 
-    model, tok, device = editor.model, editor.tok, editor.device
+    model, tok = editor.model, editor.tok
+    device = None  # the input embedding's device (see eval.scoring.model_device)
     out: Dict[str, Any] = {"rewrite_acc": [target_token_accuracy(model, tok, rec["prompt"], rec["target_new"], device)]}
     if rec.get("rephrase_prompt"):
         out["rephrase_acc"] = [target_token_accuracy(model, tok, rec["rephrase_prompt"], rec["target_new"], device)]

@@ -91,6 +91,7 @@ def perplexity(
             mask[i, : c.numel()] = 1
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits.double()
+        ids, mask = ids.to(logits.device), mask.to(logits.device)  # a split model's head may sit elsewhere
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         nll = -logprobs.gather(2, ids[:, 1:, None])[..., 0]
         valid = mask[:, 1:].bool()

@@ -47,8 +47,10 @@ class TargetScore:
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """Device of the model's first parameter."""
-    return next(model.parameters()).device
+    """Where the model's inputs go: the input embedding's device (the model may be split across devices)."""
+    from ..plumbing.devices import input_device
+
+    return input_device(model)
 
 
 def context_limit(model: torch.nn.Module) -> Optional[int]:
@@ -121,7 +123,7 @@ def _head_at(model: torch.nn.Module, positions: torch.Tensor) -> Iterator[bool]:
 
     def pre_hook(module, args):
         hidden = args[0]
-        index = positions[:, :, None].expand(-1, -1, hidden.shape[-1])
+        index = positions.to(hidden.device)[:, :, None].expand(-1, -1, hidden.shape[-1])
         return (hidden.gather(1, index),) + tuple(args[1:])
 
     handle = head.register_forward_pre_hook(pre_hook)
@@ -174,10 +176,10 @@ def score_targets(
         with _head_at(model, at) as gathered:
             logits = model(input_ids=ids, attention_mask=mask).logits
         if not gathered:  # no output-embedding module to hook: full logits, then the same positions
-            logits = logits.gather(1, at[:, :, None].expand(-1, -1, logits.shape[-1]))
+            logits = logits.gather(1, at.to(logits.device)[:, :, None].expand(-1, -1, logits.shape[-1]))
         logprobs = torch.log_softmax(logits.double(), dim=-1)  # (B, width, V)
         for row, (p_ids, t_ids) in enumerate(chunk):
-            target = torch.tensor(t_ids, device=device)
+            target = torch.tensor(t_ids, device=logprobs.device)
             lp = logprobs[row, : len(t_ids)]
             out.append(
                 TargetScore(
@@ -209,8 +211,8 @@ def next_token_logprobs(
         chunk = seqs[start: start + batch_size]
         ids, mask = _right_pad(chunk, pad_id(tok), device)
         logits = model(input_ids=ids, attention_mask=mask).logits
-        last = torch.tensor([len(s) - 1 for s in chunk], device=device)
-        lp = torch.log_softmax(logits[torch.arange(len(chunk), device=device), last].double(), dim=-1)
+        last = torch.tensor([len(s) - 1 for s in chunk], device=logits.device)  # the head's device
+        lp = torch.log_softmax(logits[torch.arange(len(chunk), device=logits.device), last].double(), dim=-1)
         rows.append(lp[:, list(token_ids)].cpu())
     return torch.cat(rows) if rows else torch.empty((0, len(token_ids)), dtype=torch.float64)
 

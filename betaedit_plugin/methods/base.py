@@ -144,7 +144,11 @@ class EditHyperParams(HyperParams):
     # EasyEdit bookkeeping
     max_length: int = _help("EasyEdit evaluation max length.", default=40, runner=False)
     batch_size: int = _help("Edits written per step (EasyEdit's batch_edit chunk size).", default=1, runner=False)
-    model_parallel: bool = _help("EasyEdit compatibility; must be false.", default=False, runner=False)
+    model_parallel: bool = _help(
+        "The model is split across devices (EasyEdit then loads it with device_map='auto'; "
+        "BetaEditor.from_hparams does the same through accelerate); the editor follows each layer's device.",
+        default=False, runner=False,
+    )
 
     # ------------------------------------------------------------------ checks
     def __post_init__(self) -> None:
@@ -166,8 +170,6 @@ class EditHyperParams(HyperParams):
             )
         if self.layer_selection != "all":
             raise ValueError(f"layer_selection={self.layer_selection!r}: only 'all' is implemented")
-        if self.model_parallel:
-            raise ValueError("model_parallel=True: not supported; put the model on one device")
         for name in ("v_num_grad_steps", "mom2_n_samples", "mom2_max_length", "batch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

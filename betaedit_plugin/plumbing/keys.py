@@ -41,8 +41,9 @@ def rewrite_inputs_at(
         batch = pad_batch(chunk, tok, device)
         with Trace(model, layout.rewrite_name(layer), retain_input=True, retain_output=False, stop=True) as tr:
             model(**batch.model_kwargs())
-        cols = torch.tensor([batch.padded_index(r, i) for r, i in enumerate(idx)], device=device)
-        out.append(tr.input[torch.arange(len(chunk), device=device), cols])
+        at = tr.input.device  # the rewrite module's device (a split model's layers differ)
+        cols = torch.tensor([batch.padded_index(r, i) for r, i in enumerate(idx)], device=at)
+        out.append(tr.input[torch.arange(len(chunk), device=at), cols])
     return torch.cat(out, 0)
 
 
@@ -133,7 +134,12 @@ class KeySweep:
                 h.remove()
         if tr.input is None:  # first == last: the pre-hook stopped the pass before the block ran
             return hidden[first], None
-        return hidden[first], tr.input[self._at]
+        return hidden[first], self._pick(tr.input)
+
+    def _pick(self, t: torch.Tensor) -> torch.Tensor:
+        """The fact-token rows of ``t`` (B, T, d), indexed on ``t``'s device (each layer's own on a split model)."""
+        rows, cols = self._at
+        return t[rows.to(t.device), cols.to(t.device)]
 
     @torch.no_grad()
     def _run_block(self, layer: int, capture_keys: bool):
@@ -141,7 +147,7 @@ class KeySweep:
         block = self.layout.layer_module(self.model, layer)
         with Trace(self.model, self.layout.rewrite_name(layer), retain_input=capture_keys, retain_output=False) as tr:
             out = block(hidden_states=self._hidden, **kwargs) if as_kwarg else block(self._hidden, *args, **kwargs)
-        return first_tensor(out), (tr.input[self._at] if capture_keys else None)
+        return first_tensor(out), (self._pick(tr.input) if capture_keys else None)
 
     def keys(self, layer: int) -> torch.Tensor:
         """Keys (d_k, n) of ``layer`` on the model's current weights (layers in ascending order)."""

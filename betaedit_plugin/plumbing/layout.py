@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .._suggest import did_you_mean
+from .devices import module_device, stored_weight
 from .hooks import get_module
 
 logger = logging.getLogger(__name__)
@@ -231,11 +232,24 @@ class ModelLayout:
         emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         return emb is not None and self.lm_head(model).weight is emb.weight
 
+    # ------------------------------------------------------------ devices
+    def rewrite_device(self, model: nn.Module, layer: int) -> torch.device:
+        """Where the rewrite module of ``layer`` computes: its keys and residuals belong there."""
+        return module_device(model, self.rewrite_name(layer))
+
+    def layer_device(self, model: nn.Module, layer: int) -> torch.device:
+        """Where block ``layer`` computes (its output, e.g. z*, is there)."""
+        return module_device(model, self.layer_name(layer))
+
     # ------------------------------------------------------------ weights
     def read_weight(self, model: nn.Module, layer: int) -> torch.Tensor:
-        """A clone of the rewrite weight of ``layer``, shape (d_v, d_k)."""
+        """A clone of the rewrite weight of ``layer``, shape (d_v, d_k).
+
+        With an accelerate-offloaded layer it is read from the offload hook's weights map
+        (``module.weight`` is ``meta`` there), so the clone is on the device that map keeps.
+        """
         module = self.rewrite_module(model, layer)
-        w = module.weight.detach()
+        w = stored_weight(model, self.rewrite_name(layer)).detach()
         return (w.t() if weight_is_transposed(module) else w).clone()
 
     def key_dim(self, model: nn.Module, layer: int) -> int:
@@ -248,8 +262,8 @@ class ModelLayout:
         module = self.rewrite_module(model, layer)
         return module.weight.shape[1] if weight_is_transposed(module) else module.weight.shape[0]
 
-    def _checked(self, model: nn.Module, layer: int, tensor: torch.Tensor, what: str) -> tuple[nn.Module, torch.Tensor]:
-        """Validate a (d_v, d_k) tensor and return it in the module's storage orientation."""
+    def _checked(self, model: nn.Module, layer: int, tensor: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate a (d_v, d_k) tensor; return the real weight and the tensor in its orientation, dtype, device."""
         module = self.rewrite_module(model, layer)
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{what} for layer {layer}: expected a torch.Tensor, got {type(tensor).__name__}")
@@ -261,21 +275,22 @@ class ModelLayout:
             )
         if not torch.isfinite(tensor).all():
             raise ValueError(f"{what} for layer {layer} holds NaN or inf values; nothing was written")
-        w = module.weight
+        w = stored_weight(model, self.rewrite_name(layer), for_write=True)
         tensor = tensor.detach().to(device=w.device, dtype=w.dtype)
-        return module, (tensor.t() if weight_is_transposed(module) else tensor)
+        return w, (tensor.t() if weight_is_transposed(module) else tensor)
 
     def add_delta(self, model: nn.Module, layer: int, delta: torch.Tensor) -> None:
-        """W += delta in place (delta (d_v, d_k), cast to the weight's dtype and device)."""
-        module, stored = self._checked(model, layer, delta, "delta")
+        """W += delta in place (delta (d_v, d_k), cast to the weight's dtype and device; an
+        offloaded layer's weights-map entry is what is written)."""
+        w, stored = self._checked(model, layer, delta, "delta")
         with torch.no_grad():
-            module.weight.add_(stored)
+            w.add_(stored)
 
     def write_weight(self, model: nn.Module, layer: int, weight: torch.Tensor) -> None:
         """W = weight in place (weight (d_v, d_k))."""
-        module, stored = self._checked(model, layer, weight, "weight")
+        w, stored = self._checked(model, layer, weight, "weight")
         with torch.no_grad():
-            module.weight.copy_(stored)
+            w.copy_(stored)
 
 
 def _n_layers(model: nn.Module, field: Optional[str]) -> int:

@@ -48,6 +48,7 @@ from torch import nn
 
 from .._fileio import atomic_write, sha256_file
 from .._suggest import did_you_mean
+from .devices import stored_weight
 from .hooks import TraceDict
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ __all__ = [
     "load_corpus",
     "corpus_path",
     "stats_cache_key",
+    "second_moment_sums",
+    "write_second_moments",
     "BUNDLED_CORPORA",
 ]
 
@@ -267,9 +270,10 @@ def weight_fingerprint(model: nn.Module, layout: Any, layer: int) -> str:
     h.update(f"{type(model).__name__}|{getattr(config, 'model_type', '')}|{layout.n_layers}|".encode())
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None:
-        _tensor_digest(h, "embed", emb.weight)
-    for l in range(layer + 1):
-        _tensor_digest(h, layout.rewrite_name(l), layout.rewrite_module(model, l).weight)
+        name = next(n for n, m in model.named_modules() if m is emb)
+        _tensor_digest(h, "embed", stored_weight(model, name))
+    for l in range(layer + 1):  # the real weight also when accelerate offloaded the layer
+        _tensor_digest(h, layout.rewrite_name(l), stored_weight(model, layout.rewrite_name(l)))
     return h.hexdigest()
 
 
@@ -395,17 +399,25 @@ def _pad_id(tok: Any) -> int:
 
 
 def _one_pass(
-    model: nn.Module, layout: Any, layers: List[int], seqs: List[List[int]], batch_size: int, pad_id: int, progress: bool
+    model: nn.Module, layout: Any, layers: List[int], seqs: List[List[int]], batch_size: int, pad_id: int, progress: bool,
+    rank: int = 0, world_size: int = 1,
 ) -> Dict[int, SecondMoment]:
-    """Accumulate the rewrite-module inputs of ``layers`` in one pass that stops after the last."""
+    """Accumulate the rewrite-module inputs of ``layers`` in one pass that stops after the last.
+
+    ``rank`` / ``world_size``: accumulate only batches rank, rank + world_size, ... (the batches
+    themselves are the same for every world size, so the ranks' sums add up to the one-process sums).
+    """
     from tqdm.auto import tqdm
 
-    device = _model_param(model).device
+    from .devices import input_device
+
+    device = input_device(model)
     names = {layout.rewrite_name(l): l for l in sorted(layers)}  # forward order: last name runs last
     stats = {l: SecondMoment() for l in layers}
-    n_batches = math.ceil(len(seqs) / batch_size)
+    n_batches = len(range(rank, math.ceil(len(seqs) / batch_size), world_size))
+    batches = (b for i, b in enumerate(_batches(seqs, batch_size, pad_id)) if i % world_size == rank)
     with torch.no_grad():
-        for ids, mask in tqdm(_batches(seqs, batch_size, pad_id), total=n_batches, disable=not progress,
+        for ids, mask in tqdm(batches, total=n_batches, disable=not progress,
                               desc=f"C0 statistics, layers {sorted(layers)}"):
             ids, mask = ids.to(device), mask.to(device)
             with TraceDict(model, list(names), retain_input=True, retain_output=False, stop=True) as td:
@@ -464,7 +476,7 @@ def layer_second_moments(
     dtype_name = _check_dtype(dtype, model)
     path = corpus_path(corpus)
     texts = load_corpus(corpus, n_samples)
-    corpus_name = corpus if isinstance(corpus, str) and corpus in BUNDLED_CORPORA else str(Path(corpus).expanduser().resolve())
+    corpus_name = _corpus_name(corpus)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
 
     result: Dict[int, torch.Tensor] = {}
@@ -499,6 +511,68 @@ def layer_second_moments(
             if use_cache:
                 _write_cached(_cache_file(cache_root, keys[layer]), keys[layer], moment, stats[layer].count)
     return {layer: result[layer] for layer in layers}
+
+
+def _corpus_name(corpus: Union[str, Path]) -> str:
+    """The corpus as the cache key names it: a bundled name, else the resolved path."""
+    return corpus if isinstance(corpus, str) and corpus in BUNDLED_CORPORA else str(Path(corpus).expanduser().resolve())
+
+
+def second_moment_sums(
+    model: nn.Module,
+    tok: Any,
+    layout: Any,
+    layers: Sequence[int],
+    *,
+    corpus: Union[str, Path] = "wiki_vital",
+    n_samples: int = 1000,
+    max_length: int = 256,
+    batch_size: int = 8,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+) -> Dict[int, SecondMoment]:
+    """The float64 sums and token counts behind C0 (``SecondMoment`` per layer), no cache.
+
+    With ``world_size`` > 1 only the batches ``rank, rank + world_size, ...`` of the one-process
+    pass are run (same texts, order and batches), so the ranks' sums add up to the one-process sums
+    (`betaedit_plugin.plumbing.dist_stats`). A rank may get no batch: its sums stay empty.
+    """
+    layers = layout.check_layers(layers)
+    _check_positive_int("n_samples", n_samples)
+    max_length = _check_positive_int("max_length", max_length)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    seqs = _tokenize(tok, load_corpus(corpus, n_samples), max_length)
+    if not seqs:
+        raise ValueError(f"mom2_dataset={_corpus_name(corpus)!r}: the tokenizer produced no tokens")
+    return _one_pass(model, layout, layers, seqs, batch_size, _pad_id(tok), progress, rank, world_size)
+
+
+def write_second_moments(
+    model: nn.Module,
+    tok: Any,
+    layout: Any,
+    moments: Dict[int, Tuple[torch.Tensor, int]],
+    *,
+    corpus: Union[str, Path],
+    n_samples: int,
+    max_length: int,
+    dtype: Union[str, torch.dtype] = "float32",
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Dict[int, Path]:
+    """Cache ``{layer: (C0, token count)}`` under the key `layer_second_moments` looks up; returns the files."""
+    dtype_name = _check_dtype(dtype, model)
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
+    sha = sha256_file(corpus_path(corpus))
+    written = {}
+    for layer, (moment, count) in moments.items():
+        key = stats_cache_key(
+            model, tok, layout, layer, corpus=_corpus_name(corpus), corpus_sha256=sha,
+            n_samples=n_samples, max_length=max_length, dtype=dtype_name,
+        )
+        written[layer] = _cache_file(cache_root, key)
+        _write_cached(written[layer], key, moment.cpu(), count)
+    return written
 
 
 def stats_for_hparams(model: nn.Module, tok: Any, hparams: Any, layout: Any, *, progress: bool = True) -> Dict[int, torch.Tensor]:

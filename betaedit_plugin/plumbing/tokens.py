@@ -174,5 +174,8 @@ def pad_aligned(seqs: Sequence[Sequence[int]], anchors: Sequence[int], tok, devi
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """Device of the model's first parameter (where its inputs must go)."""
-    return next(model.parameters()).device
+    """Where the model's inputs must go: the input embedding's device (also when the model is split
+    across devices, see `betaedit_plugin.plumbing.devices`)."""
+    from .devices import input_device
+
+    return input_device(model)

@@ -36,6 +36,7 @@ gets alone.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -88,6 +89,15 @@ class ValueProblem:
     n_rewrite: int
     n_requests: int
     per_request: int
+
+    def to(self, device: torch.device) -> "ValueProblem":
+        """The index tensors on ``device`` (a split model's blocks and head sit on different devices)."""
+        moved = {
+            f: getattr(self, f).to(device)
+            for f in ("fact_rows", "fact_cols", "row_request", "target_rows", "target_cols", "target_ids",
+                      "target_prompt", "target_len", "kl_rows", "kl_cols")
+        }
+        return dataclasses.replace(self, **moved)
 
     def z_rows(self) -> torch.Tensor:
         """(n,) row of each request's bare prompt (context template "{}"), where z_0 is read."""
@@ -303,7 +313,8 @@ def _reference_hidden(model, layout, batch: PaddedBatch, loss_layer: int, rows, 
     """Output of block ``loss_layer`` at (rows, cols) from a plain forward pass."""
     with Trace(model, layout.layer_name(loss_layer), retain_output=True, stop=True) as tr:
         model(**batch.model_kwargs())
-    return first_tensor(tr.output)[rows, cols]
+    hidden = first_tensor(tr.output)
+    return hidden[rows.to(hidden.device), cols.to(hidden.device)]
 
 
 def prepare_frozen_prefix(
@@ -323,8 +334,10 @@ def prepare_frozen_prefix(
             if not check:
                 return prefix
             with torch.no_grad():
-                got = run_suffix(prefix, prefix.hidden)[rows, cols - start]
+                got = run_suffix(prefix, prefix.hidden)
+                got = got[rows.to(got.device), (cols - start).to(got.device)]
             ref = _reference_hidden(model, layout, problem.batch, loss_layer, rows, cols)
+            ref = ref.to(got.device)
             if torch.allclose(got, ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max())):
                 return prefix
             logger.warning(
@@ -341,6 +354,7 @@ def _losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per request: (NLL of target_new averaged over its prompts, KL(init || now)), both (n,), and
     the KL log-probabilities now (n, V)."""
+    problem = problem.to(logits_t.device)  # the output head's device
     logp = torch.log_softmax(logits_t.float(), dim=-1).gather(1, problem.target_ids[:, None]).squeeze(1)
     per_prompt = torch.zeros(problem.n_rewrite, device=logp.device, dtype=logp.dtype).index_add(
         0, problem.target_prompt, -logp
@@ -357,15 +371,15 @@ def _losses(
 @contextlib.contextmanager
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """``requires_grad=False`` on every parameter (gradients w.r.t. delta only), restored afterwards."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     try:
-        for p in params:
+        for p in model.parameters():
             p.requires_grad_(False)
         yield
     finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
+        # by name: accelerate's offload hooks swap the parameter objects during a forward pass
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags.get(name, p.requires_grad))
 
 
 def optimise_values(
@@ -399,7 +413,8 @@ def optimise_values(
     cols = torch.cat([problem.target_cols, problem.kl_cols])
     with frozen_parameters(model):
         prefix = prepare_frozen_prefix(model, layout, problem, layer, loss_layer, rows, cols, check=check_prefix)
-        h0 = prefix.hidden
+        h0 = prefix.hidden  # on block `layer`'s device: delta and z* live there
+        problem = problem.to(h0.device)
         fact_cols = problem.fact_cols - prefix.start
         cols = cols - prefix.start
         z_rows = problem.z_rows()
@@ -411,7 +426,7 @@ def optimise_values(
         max_norm = hparams.clamp_norm_factor * z_norm
         base_at_fact = h0[problem.fact_rows, fact_cols]
         n_t = problem.target_rows.numel()
-        active = torch.ones(n, dtype=torch.bool, device=device)
+        active = torch.ones(n, dtype=torch.bool, device=h0.device)
         frozen = torch.zeros_like(z_init)
         results = [ZResult(z=z_init[i], z_init=z_init[i], delta=frozen[i]) for i in range(n)]
         kl_init = None
@@ -419,13 +434,13 @@ def optimise_values(
         for step in range(hparams.v_num_grad_steps):
             with torch.enable_grad():
                 hidden = h0.index_put((problem.fact_rows, fact_cols), base_at_fact + delta[problem.row_request])
-                hidden = run_suffix(prefix, hidden)
-                logits = head(ln_f(hidden[rows, cols]))
+                hidden = run_suffix(prefix, hidden)  # on block `loss_layer`'s device
+                logits = head(ln_f(hidden[rows.to(hidden.device), cols.to(hidden.device)]))
                 nll, kl, kl_logp = _losses(logits[:n_t], logits[n_t:], problem, kl_init)
                 if kl_init is None:
                     kl_init = kl_logp.detach()
                 decay = hparams.v_weight_decay * (delta.norm(dim=1) / z_norm**2)
-                loss = nll + hparams.kl_factor * kl + decay  # (n,)
+                loss = nll + hparams.kl_factor * kl + decay.to(nll.device)  # (n,), on the head's device
             nll_now, loss_now = nll.detach().tolist(), loss.detach().tolist()
             for i in active.nonzero().flatten().tolist():
                 res = results[i]
@@ -438,7 +453,7 @@ def optimise_values(
             logger.debug("compute_z step %d: loss %s (nll %s)", step, loss_now, nll_now)
             if not bool(active.any()):
                 break
-            (grad,) = torch.autograd.grad(loss[active].sum(), [delta])
+            (grad,) = torch.autograd.grad(loss[active.to(loss.device)].sum(), [delta])
             delta.grad = grad
             opt.step()
             with torch.no_grad():

@@ -98,6 +98,11 @@ class ModelConfig:
     hparams_overrides: Dict[str, Any] = _help(
         "Hyperparameters set for this model on top of the file; fields a method lacks are skipped.", default_factory=dict
     )
+    model_parallel: bool = _help("Split the model across the visible GPUs (then CPU RAM): device_map='auto'.", default=False)
+    device_map: Optional[Any] = _help(
+        "accelerate device map: 'auto', 'balanced', 'balanced_low_0', 'sequential' or {module: device}; "
+        "null: the whole model on hparams.device.", default=None,
+    )
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -105,6 +110,9 @@ class ModelConfig:
                 f"model.path={self.path!r}: model={self.name} needs a local checkpoint directory; "
                 "pass model.path=/path/to/checkpoint"
             )
+        strategies = ("auto", "balanced", "balanced_low_0", "sequential")
+        if isinstance(self.device_map, str) and self.device_map not in strategies:
+            raise ConfigError(f"model.device_map={self.device_map!r}: expected one of {list(strategies)}, a dict or null")
 
 
 @dataclass
@@ -308,6 +316,8 @@ def _normalised(identity: Mapping) -> dict:
     """An identity without the ``hparams`` overrides left at null (they change nothing), so that
     adding a method (and with it override keys) does not change the identity of existing runs."""
     out = dict(identity)
+    if isinstance(out.get("model"), Mapping):  # where the model runs does not change the results
+        out["model"] = {k: v for k, v in out["model"].items() if k not in ("model_parallel", "device_map")}
     if isinstance(out.get("hparams"), Mapping):
         out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
     return out

@@ -122,14 +122,17 @@ def _timed(timing: dict, key: str):
 
 
 def _load_model(cfg: dict, hparams):
-    from ..editor import _torch_device
     from ..models import load_model
+    from ..plumbing.devices import place_model
 
     try:
         model, tok = load_model(cfg["model"]["path"])
     except KeyError as exc:
         raise ConfigError(f"model.path={cfg['model']['path']!r}: {exc.args[0]}") from None
-    return model.to(_torch_device(hparams.device)).eval(), tok
+    device_map = cfg["model"].get("device_map")
+    if device_map is None and (cfg["model"].get("model_parallel") or hparams.model_parallel):
+        device_map = "auto"
+    return place_model(model, hparams.device, device_map=device_map).eval(), tok
 
 
 # ============================================================================ the run
