@@ -43,9 +43,12 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .devices import resolve_device, same_device
+from .devices import torch_device as _torch_device  # noqa: F401  (its former home)
+from .errors import BetaEditError, DeviceError, HyperParamsError
 from .hparams import EditHyperParams, load_hparams
 from .methods import method_of
-from .requests import EditRequest, as_requests, check_context_templates
+from .requests import EditRequest, as_requests, check_context_templates, naming_request
 from .state import (
     FORMAT,
     EditorState,
@@ -62,7 +65,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["BetaEditor", "EditStep", "NonFiniteUpdateError", "WeightsChangedError"]
 
 
-class NonFiniteUpdateError(ValueError):
+class NonFiniteUpdateError(BetaEditError):
     """An update (Delta) had NaN or Inf entries; the model and the state were left as they were."""
 
 
@@ -95,15 +98,6 @@ def _digest(w: torch.Tensor) -> str:
     h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _torch_device(device) -> torch.device:
-    """EasyEdit's convention: an int, or a string of digits (YAML ``device: "0"``), means cuda:<int>."""
-    if isinstance(device, int) and not isinstance(device, bool):
-        return torch.device(f"cuda:{device}")
-    if isinstance(device, str) and device.strip().isdigit():
-        return torch.device(f"cuda:{int(device)}")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -166,6 +160,12 @@ class BetaEditor:
         self.layout = ModelLayout.from_model(model, hparams)
         self.layout.check_layers(self.hparams.layers, self.hparams.v_loss_layer)
         self.device = self.layout.rewrite_module(model, self.hparams.layers[0]).weight.device
+        wanted = resolve_device(self.hparams.device, "hparams.device")
+        if not same_device(wanted, self.device):
+            raise DeviceError(
+                f"hparams.device={self.hparams.device!r}, but the model's layer {self.hparams.layers[0]} is on "
+                f"{self.device}; move the model there (model.to({str(wanted)!r})) or set device to {str(self.device)!r}"
+            )
         self._prior_covs = self._check_prior_covs(prior_covs) if prior_covs is not None else None
         self._init_templates = check_context_templates(context_templates) if context_templates is not None else None
         self.keep_undo = bool(keep_undo)
@@ -194,8 +194,9 @@ class BetaEditor:
         if model is None:
             from .models import load_model
 
+            device = resolve_device(hparams.device, "hparams.device")
             model, tok = load_model(hparams.model_name)
-            model.to(_torch_device(hparams.device))
+            model.to(device)
         return cls(model, tok, hparams, **kwargs)
 
     @staticmethod
@@ -296,7 +297,10 @@ class BetaEditor:
         layers = {}
         for l in self.hparams.layers:
             C0 = priors[l].to(self._storage, torch.float64)
-            basis = self.rule.initial_basis(C0)
+            try:
+                basis = self.rule.initial_basis(C0)
+            except HyperParamsError as exc:
+                raise HyperParamsError(f"{exc} (layer {l})") from None
             if basis is not None:
                 logger.info("layer %d: projector rank %d of %d", l, basis.shape[1], basis.shape[0])
             layers[l] = LayerState(
@@ -377,6 +381,37 @@ class BetaEditor:
         }
 
     # ================================================================ editing
+    def check_requests(self, requests) -> List[EditRequest]:
+        """The requests as a list, each checked against the model before anything changes.
+
+        Every sequence an edit step builds (the prompt inside each context template, followed by
+        ``target_new``) must fit the model's context (``n_positions`` / ``max_position_embeddings``).
+        `apply` and `compute` check their batch; the runner checks every request up front.
+
+        Raises:
+            RequestError: names the item (index in ``requests``, case_id), the lengths and the limit.
+        """
+        from .eval.scoring import context_limit
+        from .plumbing.tokens import build_prompt, encode
+        from .plumbing.values import target_token_ids
+
+        reqs = as_requests(requests)
+        limit = context_limit(self.model)
+        if limit is None:
+            return reqs
+        contexts = [c for group in self.context_templates for c in group]
+        for i, r in enumerate(reqs):
+            with naming_request(i, r):
+                target = len(target_token_ids(self.tok, r.target_new))
+                prompt = max(len(encode(self.tok, build_prompt(r, c))) for c in contexts)
+                if prompt + target > limit:
+                    raise ValueError(
+                        f"the prompt ({prompt} tokens in its longest context template) and target_new ({target} tokens) "
+                        f"take {prompt + target} tokens, more than the model's context of {limit} positions; "
+                        "shorten them or leave the case out"
+                    )
+        return reqs
+
     def compute(self, requests) -> EditStep:
         """Steps 1-2 for one batch of requests; the model and the state are unchanged afterwards.
 
@@ -384,8 +419,8 @@ class BetaEditor:
             an `EditStep` that `apply` writes as it is (no recomputation), as long as neither the
             edited weights nor the state changed in between.
         """
-        reqs = as_requests(requests)
         state = self.prepare()
+        reqs = self.check_requests(requests)
         deltas, keys, before = self._run_layers(reqs, state)
         self._restore_weights(before)
         return EditStep(requests=tuple(reqs), deltas=deltas, keys=keys, step=state.step, weights=before)
@@ -405,7 +440,8 @@ class BetaEditor:
             {'step': edits so far, 'n': requests in this step,
              'delta_norm': {layer: ||Delta||_F}, 'refreshed': whether the solvers were rebuilt}
         Raises:
-            ValueError / TypeError for bad requests, NonFiniteUpdateError for a NaN/Inf update,
+            RequestError (a ValueError naming the item: index in the batch, case_id) / TypeError for
+            bad requests, NonFiniteUpdateError for a NaN/Inf update,
             WeightsChangedError for an `EditStep` computed on other weights or at another step;
             in every case the weights and the state are left as they were.
         """
@@ -415,7 +451,7 @@ class BetaEditor:
             reqs = list(computed.requests)
             deltas, keys, before = computed.deltas, computed.keys, self._write_computed(computed, state)
         else:
-            reqs = as_requests(requests)
+            reqs = self.check_requests(requests)
             deltas, keys, before = self._run_layers(reqs, state)
         snap = state.snapshot()
         try:

@@ -27,9 +27,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
 
 from .._suggest import did_you_mean
+from ..errors import HyperParamsError
 from ..requests import FACT_TOKENS, FactToken
 
-__all__ = ["HyperParams", "EditHyperParams", "UpdateRule", "read_hparams_file", "EASYEDIT_IGNORED_FIELDS"]
+__all__ = [
+    "HyperParams",
+    "EditHyperParams",
+    "UpdateRule",
+    "read_hparams_file",
+    "checked_nullspace",
+    "EASYEDIT_IGNORED_FIELDS",
+]
 
 #: Fields of EasyEdit's YAMLs that these methods accept and ignore (with a warning).
 EASYEDIT_IGNORED_FIELDS = ("P_loc", "model_parallel_devices", "fp16")
@@ -301,6 +309,39 @@ def _method_of_class(cls: type):
         f"{cls.__name__} belongs to no registered method; a new method registers its hyperparameter class "
         "with betaedit_plugin.methods.register_method"
     )
+
+
+def checked_nullspace(cov, threshold: float, what: str):
+    """U (d_k, m) of `betaedit_plugin.linalg.nullspace_basis`, for a ``nullspace_threshold`` that works.
+
+    Args:
+        cov: the protected matrix (d_k, d_k): C0, or BetaEdit's S.
+        what: names ``cov`` in the messages, e.g. "C0 of layer 4".
+    Raises:
+        HyperParamsError: no eigenvalue is below the threshold, so the null space is empty and no
+            update can be written.
+    Warns:
+        when every eigenvalue is below it: no direction is protected, the projection does nothing.
+    """
+    from ..linalg.nullspace import nullspace_split
+
+    basis, eigvals = nullspace_split(cov, threshold)
+    d_k, m = basis.shape
+    if m == 0:
+        low = float(eigvals[0])
+        raise HyperParamsError(
+            f"nullspace_threshold={threshold!r}: no eigenvalue of {what} is below it (the smallest is {low:.3g}), "
+            f"so the null space is empty and no edit can be written; set nullspace_threshold above {low:.3g}"
+        )
+    if m == d_k:
+        high = float(eigvals[-1])
+        warnings.warn(
+            f"nullspace_threshold={threshold!r}: every eigenvalue of {what} is below it (the largest is {high:.3g}), "
+            f"so 0 of {d_k} directions are protected and the projection does nothing; set it below {high:.3g} "
+            "to protect pre-trained knowledge",
+            stacklevel=2,
+        )
+    return basis
 
 
 class UpdateRule:
