@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Tuple
 
+from ..errors import HyperParamsError
 from .base import EditHyperParams, UpdateRule, _help, checked_nullspace
 from .registry import Method, register_method
 
@@ -40,7 +41,7 @@ class BetaEditHyperParams(EditHyperParams):
         self._check_float("lambda1", positive=False)
         self._check_float("lambda2", positive=False)
         if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 1:
-            raise ValueError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
+            raise HyperParamsError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
 
 
 class BetaEditRule(UpdateRule):
