@@ -419,8 +419,9 @@ class BetaEditor:
             an `EditStep` that `apply` writes as it is (no recomputation), as long as neither the
             edited weights nor the state changed in between.
         """
+        reqs = as_requests(requests)
         state = self.prepare()
-        reqs = self.check_requests(requests)
+        reqs = self.check_requests(reqs)
         deltas, keys, before = self._run_layers(reqs, state)
         self._restore_weights(before)
         return EditStep(requests=tuple(reqs), deltas=deltas, keys=keys, step=state.step, weights=before)

@@ -142,9 +142,17 @@ class _OutDirBefore:
         missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.first_created = missing[-1] if missing else None  # the topmost directory Hydra will create
         self.logs = {p.name: p.stat().st_size for p in self.path.glob("*.log")} if self.path.is_dir() else {}
+        self.entries = set(os.listdir(self.path)) if self.path.is_dir() else set()
 
     def restore(self) -> None:
-        """Remove the log lines (files) written since, then the directories made since if they are empty."""
+        """Remove the log lines (files) written since, then the directories made since if they are empty.
+
+        Does nothing once the run itself wrote into out_dir (an error after the first results): its
+        log then belongs with them."""
+        if not self.path.is_dir() or any(
+            not name.endswith(".log") for name in set(os.listdir(self.path)) - self.entries
+        ):
+            return
         for log in self.path.glob("*.log"):
             if log.name not in self.logs:
                 log.unlink()
