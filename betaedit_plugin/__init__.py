@@ -4,6 +4,7 @@ Importing this package is cheap and has no side effects beyond its own method re
 imports neither torch nor transformers nor EasyEdit; the editor and the models load on first use.
 """
 
+from .errors import BetaEditError, DeviceError, HyperParamsError, RequestError
 from .hparams import AlphaEditHyperParams, BetaEditHyperParams, MEMITHyperParams, load_hparams
 from .hparams_files import available_hparams, hparams_path
 from .methods import get_method, method_names
@@ -19,6 +20,10 @@ __all__ = [
     "hparams_path",
     "available_hparams",
     "EditRequest",
+    "BetaEditError",
+    "HyperParamsError",
+    "RequestError",
+    "DeviceError",
     "BetaEditor",
     "register_easyedit",
 ]

@@ -43,9 +43,11 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .plumbing.devices import as_device as _torch_device, resolve_device, same_device
+from .errors import BetaEditError, DeviceError, HyperParamsError
 from .hparams import EditHyperParams, load_hparams
 from .methods import method_of
-from .requests import EditRequest, as_requests, check_context_templates
+from .requests import EditRequest, as_requests, check_context_templates, naming_request
 from .state import (
     FORMAT,
     EditorState,
@@ -62,7 +64,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["BetaEditor", "EditStep", "NonFiniteUpdateError", "WeightsChangedError"]
 
 
-class NonFiniteUpdateError(ValueError):
+class NonFiniteUpdateError(BetaEditError):
     """An update (Delta) had NaN or Inf entries; the model and the state were left as they were."""
 
 
@@ -95,13 +97,6 @@ def _digest(w: torch.Tensor) -> str:
     h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _torch_device(device) -> torch.device:
-    """EasyEdit's convention: an int, or a string of digits (YAML ``device: "0"``), means cuda:<int>."""
-    from .plumbing.devices import as_device
-
-    return as_device(device)
 
 
 @contextlib.contextmanager
@@ -169,6 +164,15 @@ class BetaEditor:
             l: self.layout.rewrite_device(model, l) for l in self.hparams.layers
         }
         self.device = self.layer_devices[self.hparams.layers[0]]
+        if not self.hparams.model_parallel:  # one device: the one hparams.device names
+            wanted = resolve_device(self.hparams.device, "hparams.device")
+            for l, dev in self.layer_devices.items():
+                if not same_device(wanted, dev):
+                    raise DeviceError(
+                        f"hparams.device={self.hparams.device!r}, but the model's layer {l} is on {dev}; move the "
+                        f"model there (model.to({str(wanted)!r})), set device to {str(dev)!r}, or set "
+                        "model_parallel: true for a model split across devices"
+                    )
         self._solver_options = _check_solver_options(solver_options)
         # C0, H and W_0 live where the solver keeps its float64 master copies: the layer's device
         # unless solver_options' storage_device says otherwise
@@ -203,6 +207,8 @@ class BetaEditor:
 
             from .plumbing.devices import place_model
 
+            if not hparams.model_parallel:
+                resolve_device(hparams.device, "hparams.device")
             model, tok = load_model(hparams.model_name)
             place_model(model, hparams.device, device_map="auto" if hparams.model_parallel else None)
         return cls(model, tok, hparams, **kwargs)
@@ -308,7 +314,10 @@ class BetaEditor:
         layers = {}
         for l in self.hparams.layers:
             C0 = priors[l].to(self._storage[l], torch.float64)
-            basis = self.rule.initial_basis(C0)
+            try:
+                basis = self.rule.initial_basis(C0)
+            except HyperParamsError as exc:
+                raise HyperParamsError(f"{exc} (layer {l})") from None
             if basis is not None:
                 logger.info("layer %d: projector rank %d of %d", l, basis.shape[1], basis.shape[0])
             layers[l] = LayerState(
@@ -392,6 +401,37 @@ class BetaEditor:
         }
 
     # ================================================================ editing
+    def check_requests(self, requests) -> List[EditRequest]:
+        """The requests as a list, each checked against the model before anything changes.
+
+        Every sequence an edit step builds (the prompt inside each context template, followed by
+        ``target_new``) must fit the model's context (``n_positions`` / ``max_position_embeddings``).
+        `apply` and `compute` check their batch; the runner checks every request up front.
+
+        Raises:
+            RequestError: names the item (index in ``requests``, case_id), the lengths and the limit.
+        """
+        from .eval.scoring import context_limit
+        from .plumbing.tokens import build_prompt, encode
+        from .plumbing.values import target_token_ids
+
+        reqs = as_requests(requests)
+        limit = context_limit(self.model)
+        if limit is None:
+            return reqs
+        contexts = [c for group in self.context_templates for c in group]
+        for i, r in enumerate(reqs):
+            with naming_request(i, r):
+                target = len(target_token_ids(self.tok, r.target_new))
+                prompt = max(len(encode(self.tok, build_prompt(r, c))) for c in contexts)
+                if prompt + target > limit:
+                    raise ValueError(
+                        f"the prompt ({prompt} tokens in its longest context template) and target_new ({target} tokens) "
+                        f"take {prompt + target} tokens, more than the model's context of {limit} positions; "
+                        "shorten them or leave the case out"
+                    )
+        return reqs
+
     def compute(self, requests) -> EditStep:
         """Steps 1-2 for one batch of requests; the model and the state are unchanged afterwards.
 
@@ -401,6 +441,7 @@ class BetaEditor:
         """
         reqs = as_requests(requests)
         state = self.prepare()
+        reqs = self.check_requests(reqs)
         deltas, keys, before = self._run_layers(reqs, state)
         self._restore_weights(before)
         return EditStep(requests=tuple(reqs), deltas=deltas, keys=keys, step=state.step, weights=before)
@@ -420,7 +461,8 @@ class BetaEditor:
             {'step': edits so far, 'n': requests in this step,
              'delta_norm': {layer: ||Delta||_F}, 'refreshed': whether the solvers were rebuilt}
         Raises:
-            ValueError / TypeError for bad requests, NonFiniteUpdateError for a NaN/Inf update,
+            RequestError (a ValueError naming the item: index in the batch, case_id) / TypeError for
+            bad requests, NonFiniteUpdateError for a NaN/Inf update,
             WeightsChangedError for an `EditStep` computed on other weights or at another step;
             in every case the weights and the state are left as they were.
         """
@@ -430,7 +472,7 @@ class BetaEditor:
             reqs = list(computed.requests)
             deltas, keys, before = computed.deltas, computed.keys, self._write_computed(computed, state)
         else:
-            reqs = as_requests(requests)
+            reqs = self.check_requests(requests)
             deltas, keys, before = self._run_layers(reqs, state)
         snap = state.snapshot()
         try:

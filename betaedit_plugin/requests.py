@@ -4,15 +4,54 @@ what an edit step is given: the requests (`as_requests`) and the context templat
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, List, Literal, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Literal, Mapping, Optional, Sequence
 
-__all__ = ["EditRequest", "as_requests", "check_context_templates", "FACT_TOKENS", "FactToken"]
+from .errors import RequestError
+
+__all__ = [
+    "EditRequest",
+    "as_requests",
+    "check_context_templates",
+    "fill_subject",
+    "naming_request",
+    "FACT_TOKENS",
+    "FactToken",
+]
 
 #: Where in the prompt the key is read (MEMIT's ``fact_token``): the last token of the prompt, or
 #: the first / last token of the subject, or the first token after the subject's last one.
 FactToken = Literal["last", "subject_first", "subject_last", "subject_first_after_last"]
 FACT_TOKENS = ("last", "subject_first", "subject_last", "subject_first_after_last")
+
+
+def fill_subject(template: str, subject: str) -> str:
+    """``template`` with its "{}" placeholder(s) replaced by ``subject``.
+
+    Only "{}" is special: other braces are literal text ("In the set {x}, {} is" keeps "{x}"),
+    unlike ``str.format``. Every prompt and template of the package is filled here.
+    """
+    return template.replace("{}", subject)
+
+
+@contextlib.contextmanager
+def naming_request(index: int, request: Any) -> Iterator[None]:
+    """A ValueError raised in the block becomes a `RequestError` that names the item:
+    "requests[<index>] (case_id <id>): <message>". Errors that already name their item pass as they are."""
+    try:
+        yield
+    except RequestError as exc:
+        if exc.index is not None:
+            raise
+        _raise_named(index, request, exc)
+    except ValueError as exc:
+        _raise_named(index, request, exc)
+
+
+def _raise_named(index: int, request: Any, exc: ValueError) -> None:
+    case_id = request.get("case_id") if isinstance(request, Mapping) else getattr(request, "case_id", None)
+    raise RequestError(f"requests[{index}] (case_id {case_id}): {exc}", index=index, case_id=case_id) from None
 
 
 @dataclass(frozen=True)
@@ -43,11 +82,11 @@ class EditRequest:
         for name in ("prompt", "subject", "target_new"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(
+                raise RequestError(
                     f"{name}={value!r} (case_id={self.case_id}): expected a non-empty string"
                 )
         if "{}" not in self.prompt and self.subject not in self.prompt:
-            raise ValueError(
+            raise RequestError(
                 f"subject={self.subject!r} does not occur in prompt={self.prompt!r} (case_id={self.case_id}): "
                 "the subject must appear verbatim in the prompt, or the prompt must hold '{}' in its place"
             )
@@ -58,7 +97,7 @@ class EditRequest:
             else:
                 object.__setattr__(self, name, tuple(value))
         if len(self.locality_ground_truth) not in (0, len(self.locality_prompts)):
-            raise ValueError(
+            raise RequestError(
                 f"locality_ground_truth has {len(self.locality_ground_truth)} entries but locality_prompts has "
                 f"{len(self.locality_prompts)} (case_id={self.case_id}): give one answer per prompt"
             )
@@ -73,7 +112,7 @@ class EditRequest:
 
     @property
     def filled_prompt(self) -> str:
-        return self.template.format(self.subject)
+        return fill_subject(self.template, self.subject)
 
     @classmethod
     def from_easyedit(cls, request: Mapping[str, Any]) -> "EditRequest":
@@ -115,7 +154,8 @@ def as_requests(requests: Any, allow_dicts: bool = True) -> List[EditRequest]:
         allow_dicts: False where only typed requests are taken (the plumbing functions).
     Raises:
         TypeError: an item is neither an EditRequest nor (with ``allow_dicts``) a mapping.
-        ValueError: the sequence is empty, or a request is invalid (subject missing, empty target...).
+        ValueError: the sequence is empty; `RequestError` (a ValueError): a request is invalid (subject
+            missing, empty target...), named by its index and case_id.
     """
     if isinstance(requests, EditRequest) or (allow_dicts and isinstance(requests, Mapping)):
         requests = [requests]
@@ -128,7 +168,8 @@ def as_requests(requests: Any, allow_dicts: bool = True) -> List[EditRequest]:
         if isinstance(r, EditRequest):
             out.append(r)
         elif allow_dicts and isinstance(r, Mapping):
-            out.append(EditRequest.from_easyedit(r))
+            with naming_request(i, r):
+                out.append(EditRequest.from_easyedit(r))
         else:
             raise TypeError(
                 f"requests[{i}] is a {type(r).__name__}: expected EditRequest "

@@ -12,17 +12,24 @@ the configuration of every job (each value of a comma sweep such as ``method=mem
 with Hydra's compose API and runs every check that needs no model; a user error prints one line
 naming the key and exits with status 2. Sweep functions (``range(...)``, ``choice(...)``,
 ``glob(...)``) are expanded by Hydra alone: such keys are checked when each job starts.
+
+A user error found once a job runs (one that needs the model: an empty null space, a prompt
+longer than the model's context ...) is reported the same way, and the job's ``out_dir`` is put
+back as it was: Hydra's log file and the directories it created are removed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import warnings
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ._suggest import did_you_mean
+from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, register_configs
 
@@ -85,8 +92,10 @@ def expand_overrides(args: Sequence[str], multirun: bool = True) -> List[List[st
     return out
 
 
-def precheck(args: Sequence[str], multirun: bool = True) -> None:
+def precheck(args: Sequence[str], multirun: bool = True) -> List[str]:
     """Compose every job's configuration as Hydra will and run `check_run` on it; raises `ConfigError`.
+
+    Returns the ``out_dir`` of every job checked.
 
     Unknown group options and unknown keys get "Did you mean"; other composition errors are
     reported with their key and first line.
@@ -100,6 +109,7 @@ def precheck(args: Sequence[str], multirun: bool = True) -> None:
 
     register_configs()
     combos = expand_overrides(args, multirun)
+    out_dirs = []
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         top = sorted(compose(config_name="config"))
         for overrides in combos:
@@ -117,7 +127,46 @@ def precheck(args: Sequence[str], multirun: bool = True) -> None:
                 _unknown_nested_key(compose(config_name="config", overrides=groups_only), overrides)
                 cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
                 raise ConfigError(_omegaconf_message(cause)) from None
-            check_run(cfg, verify_files=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the job itself warns when it runs
+                check_run(cfg, verify_files=False)
+            out_dirs.append(str(cfg.out_dir))
+    return out_dirs
+
+
+class _OutDirBefore:
+    """An out_dir as it was before Hydra made it and opened its log there, to put it back after a user error."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.path = Path(out_dir).absolute()
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.first_created = missing[-1] if missing else None  # the topmost directory Hydra will create
+        self.logs = {p.name: p.stat().st_size for p in self.path.glob("*.log")} if self.path.is_dir() else {}
+        self.entries = set(os.listdir(self.path)) if self.path.is_dir() else set()
+
+    def restore(self) -> None:
+        """Remove the log lines (files) written since, then the directories made since if they are empty.
+
+        Does nothing once the run itself wrote into out_dir (an error after the first results): its
+        log then belongs with them."""
+        if not self.path.is_dir() or any(
+            not name.endswith(".log") for name in set(os.listdir(self.path)) - self.entries
+        ):
+            return
+        for log in self.path.glob("*.log"):
+            if log.name not in self.logs:
+                log.unlink()
+            elif log.stat().st_size > self.logs[log.name]:
+                os.truncate(log, self.logs[log.name])
+        if self.first_created is None:
+            return
+        for d in (self.path, *self.path.parents):
+            try:
+                d.rmdir()  # only empty directories go
+            except OSError:
+                return
+            if d == self.first_created:
+                return
 
 
 def _unknown_nested_key(cfg, overrides: Sequence[str]) -> None:
@@ -151,14 +200,20 @@ def _compare_cli(args: Sequence[str]) -> int:
     return 0
 
 
-def _task(cfg) -> None:
-    """Hydra task: run, then print the before/after table and where the outputs are."""
+def _task(cfg, before: Optional[Dict[Path, _OutDirBefore]] = None) -> None:
+    """Hydra task: run, then print the before/after table and where the outputs are.
+
+    ``before``: the out_dirs as they were before Hydra started (`precheck`'s), put back after a user error.
+    """
     from .eval.report import before_after_table
 
     logging.getLogger("betaedit_plugin").setLevel(logging.INFO)
     try:
         results = run_experiment(cfg)
-    except ConfigError as exc:
+    except BetaEditError as exc:
+        state = (before or {}).get(Path(cfg.out_dir).absolute())
+        if state is not None:
+            state.restore()
         _fail(str(exc))
         return
     out_dir = Path(cfg.out_dir)
@@ -185,17 +240,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args and args[0] == "compare":
         return _compare_cli(args[1:])
     flags = [a for a in args if a.startswith("-")]
+    before: Dict[Path, _OutDirBefore] = {}
     if all(f in ("-m", "--multirun") for f in flags):
         try:
-            precheck([a for a in args if not a.startswith("-")], multirun=bool(flags))
+            out_dirs = precheck([a for a in args if not a.startswith("-")], multirun=bool(flags))
         except ConfigError as exc:
             _fail(str(exc))
+        before = {state.path: state for state in map(_OutDirBefore, out_dirs)}
     else:
         register_configs()  # --help, --cfg job, ...: Hydra reads the configuration itself
     import hydra
 
+    def task(cfg) -> None:
+        _task(cfg, before)
+
     sys.argv = [sys.argv[0]] + args
-    hydra.main(version_base=None, config_path="conf", config_name="config")(_task)()
+    hydra.main(version_base=None, config_path="conf", config_name="config")(task)()
     return 0
 
 

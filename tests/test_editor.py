@@ -7,6 +7,7 @@ import torch
 
 from betaedit_plugin.editor import BetaEditor, EditStep, NonFiniteUpdateError, WeightsChangedError
 from betaedit_plugin.linalg import IncrementalSolver, betaedit_delta, memit_delta
+from betaedit_plugin import EditRequest
 from support.editing import LAYERS, REQS, TEMPLATES, assert_bit_equal, hp_for, make_editor, params, spd
 
 
@@ -322,3 +323,63 @@ def test_unknown_solver_option_is_named(tiny):
     model, tok = tiny("llama")
     with pytest.raises(ValueError, match=r"solver_options: unknown key\(s\) \['compute_dtyp'\].*compute_dtype"):
         BetaEditor(model, tok, hp_for("BetaEdit"), solver_options={"compute_dtyp": "float32"})
+
+
+# ---------------------------------------------------------------------------- user errors (issue 13)
+def test_an_error_in_a_batch_names_the_item(tiny):
+    from betaedit_plugin import RequestError
+
+    ed = make_editor(tiny)
+    ed.apply([REQS[0]])
+    before, step = params(ed.model), ed.step
+    bad = {"prompt": "Toyota was founded in", "subject": "Honda", "target_new": "Japan", "case_id": 17}
+    with pytest.raises(RequestError, match=r"^requests\[2\] \(case_id 17\): subject='Honda' does not occur") as info:
+        ed.apply([REQS[1], REQS[2], bad])
+    assert (info.value.index, info.value.case_id) == (2, 17)
+    long = EditRequest("word " * 300 + "Toyota was founded in", "Toyota", "Germany", case_id=23)
+    with pytest.raises(RequestError, match=r"^requests\[1\] \(case_id 23\): the prompt \(\d+ tokens in its longest "
+                                           r"context template\) and target_new \(\d+ tokens\) take \d+ tokens, more than "
+                                           r"the model's context of 256 positions"):
+        ed.apply([REQS[1], long])
+    assert_bit_equal(before, params(ed.model))
+    assert ed.step == step
+
+
+def test_literal_braces_are_text_only_the_empty_pair_is_the_subject(tiny):
+    req = EditRequest("In the set {x}, the mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English", case_id=5)
+    assert req.template == "In the set {x}, the mother tongue of {} is"
+    assert req.filled_prompt == req.prompt
+    ed = make_editor(tiny, "AlphaEdit", arch="gpt2")
+    assert ed.apply([req])["step"] == 1
+
+
+def test_device_of_the_hparams_is_checked_not_ignored(tiny):
+    from betaedit_plugin import DeviceError
+
+    model, tok = tiny("llama")
+    before = params(model)
+    with pytest.raises(DeviceError, match=r"hparams.device='meta', but the model's layer 1 is on cpu; move the model "
+                                          r"there \(model.to\('meta'\)\), set device to 'cpu'"):
+        BetaEditor(model, tok, hp_for("BetaEdit", device="meta"))
+    if not torch.cuda.is_available():
+        for device in ("cuda:0", 0):
+            with pytest.raises(DeviceError, match=rf"hparams.device={device!r}: CUDA is not available on this machine; "
+                                                  r"set hparams.device to 'cpu'"):
+                BetaEditor(model, tok, hp_for("BetaEdit", device=device))
+    assert_bit_equal(before, params(model))
+
+
+def test_nullspace_threshold_with_an_empty_null_space_or_nothing_protected(tiny):
+    from betaedit_plugin import HyperParamsError
+
+    ed = make_editor(tiny, "BetaEdit", nullspace_threshold=1e-6)  # every eigenvalue of the priors is >= 1e-3
+    before = params(ed.model)
+    with pytest.raises(HyperParamsError, match=r"nullspace_threshold=1e-06: no eigenvalue of C0 is below it \(the smallest "
+                                               r"is 0.001\), so the null space is empty .* above 0.001 \(layer 1\)"):
+        ed.apply([REQS[0]])
+    assert ed.state is None and ed.step == 0
+    assert_bit_equal(before, params(ed.model))
+    ed = make_editor(tiny, "AlphaEdit", nullspace_threshold=100.0)
+    with pytest.warns(UserWarning, match=r"nullspace_threshold=100.0: every eigenvalue of C0 is below it .* so 0 of \d+ "
+                                         r"directions are protected"):
+        ed.prepare()

@@ -92,6 +92,17 @@ def test_negative_alphaedit_l2_and_memit_weight():
         MEMITHyperParams.from_dict({"alg_name": "MEMIT", "layers": [1, 2], "mom2_update_weight": [1.0]})
 
 
+@pytest.mark.parametrize("weight", [0, 0.0, [5.0, 0.0]])
+def test_memit_weight_zero_is_refused_naming_its_field(weight):
+    from betaedit_plugin import BetaEditError, HyperParamsError
+
+    with pytest.raises(HyperParamsError, match=r"^mom2_update_weight=.*: MEMIT needs w > 0 .* use e.g. 15000") as info:
+        MEMITHyperParams.from_dict({"alg_name": "MEMIT", "layers": [1, 2], "mom2_update_weight": weight})
+    assert "lambda" not in str(info.value) and isinstance(info.value, BetaEditError)
+    # the other methods do not use the weight: 0 is fine there
+    assert BetaEditHyperParams(layers=[1, 2], mom2_update_weight=weight).mom2_update_weight in (0.0, [5.0, 0.0])
+
+
 def test_mom2_adjustment_is_only_accepted_as_true():
     assert _beta(mom2_adjustment=True).mom2_adjustment is True
     with pytest.raises(ValueError, match="mom2_adjustment=False: .* always use the key second moment C0"):

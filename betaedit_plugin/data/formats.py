@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List
 
-from ..requests import EditRequest
+from ..requests import EditRequest, fill_subject
 
 __all__ = ["FORMATS", "detect_format", "memit_counterfact_request", "to_memit_counterfact"]
 
@@ -88,7 +88,7 @@ def memit_counterfact_request(record: Any, index: int, source: str) -> EditReque
 
     Raises:
         DatasetError: a field is missing or has the wrong type (names the record and the field).
-        ValueError: the values do not make a valid edit (empty target, subject not in the prompt).
+        RequestError: the values do not make a valid edit (empty target, subject not in the prompt).
     """
     where = f"{source}: record {index}"
     if not isinstance(record, dict) or not isinstance(record.get("requested_rewrite"), dict):
@@ -104,7 +104,7 @@ def memit_counterfact_request(record: Any, index: int, source: str) -> EditReque
     truth = _text(rewrite["target_true"], f"{where}, requested_rewrite.target_true")
     neighbours = _strings(record.get("neighborhood_prompts"), f"{where}, neighborhood_prompts")
     return EditRequest(
-        prompt=template.replace("{}", subject, 1),
+        prompt=fill_subject(template, subject),
         subject=subject,
         target_new=_text(rewrite["target_new"], f"{where}, requested_rewrite.target_new"),
         ground_truth=truth,

@@ -11,10 +11,12 @@ import gzip
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .._suggest import did_you_mean
+from ..errors import BetaEditError, RequestError
 from ..requests import EditRequest
 from .formats import FORMATS, detect_format, memit_counterfact_request
 
@@ -34,8 +36,37 @@ ZSRE_SPLITS = {
 NQ_PREFIX = "nq question: "
 
 
-class DatasetError(ValueError):
-    """A data file is missing, unreadable or malformed (the message names the file and the record)."""
+class DatasetError(BetaEditError):
+    """A data file is missing, unreadable or malformed, or holds invalid records (the message names
+    the file and the records)."""
+
+
+class TooFewRecords(DatasetError):
+    """``n`` asks for more records than the file holds; ``available`` is how many it has."""
+
+    def __init__(self, message: str, available: int) -> None:
+        super().__init__(message)
+        self.available = available
+
+
+@dataclass(frozen=True)
+class InvalidRecord:
+    """A record that is not a valid edit: its position in the file, its case_id and why."""
+
+    index: int
+    case_id: Any
+    reason: str
+
+
+class EditList(list):
+    """The loaded `EditRequest` list; ``skipped`` holds the `InvalidRecord` s left out (``skip_invalid=True``)."""
+
+    def __init__(self, requests=(), skipped=()) -> None:
+        super().__init__(requests)
+        self.skipped = list(skipped)
+
+#: invalid records listed in an error or warning (the count covers all)
+SHOWN_INVALID = 3
 
 
 def resource_path(relative: str) -> Path:
@@ -74,25 +105,50 @@ def _split_path(split: Union[str, Path], splits: dict, dataset: str) -> Path:
     return resource_path(splits[split])
 
 
-def _check_n(n: Optional[int], available: int, what: str) -> int:
-    if n is None:
-        return available
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n={n!r}: expected a positive int (number of {what} records), or None for all")
-    if n > available:
-        raise ValueError(f"n={n}: {what} has only {available} records; ask for at most {available}")
-    return n
+def _check_n(n: Optional[int]) -> None:
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n={n!r}: expected a positive int (number of records), or None for all")
 
 
-def _take(requests: list, bad: list, n: Optional[int], path: Path) -> list:
-    """First ``n`` valid requests; warn about skipped invalid records."""
+def _list_invalid(bad: list) -> str:
+    shown = "; ".join(f"record {b.index}: {b.reason}" for b in bad[:SHOWN_INVALID])
+    more = f"; and {len(bad) - SHOWN_INVALID} more" if len(bad) > SHOWN_INVALID else ""
+    return shown + more
+
+
+def _collect(records: list, build: Callable[[Any, int], EditRequest], n: Optional[int], skip_invalid: bool,
+             path: Path) -> EditList:
+    """The requests of the first ``n`` records (None: all), each built by ``build(record, index)``.
+
+    A record that is not a valid edit (``build`` raises `RequestError`) is an error that lists
+    the invalid records; with ``skip_invalid`` it is left out with a warning and the next valid
+    records fill its place (the result's ``skipped`` names them).
+    """
+    _check_n(n)
+    out, bad = [], []
+    for i, record in enumerate(records):
+        if n is not None and (len(out) if skip_invalid else i) >= n:
+            break
+        try:
+            out.append(build(record, i))
+        except RequestError as exc:
+            case_id = record.get("case_id", i) if isinstance(record, dict) else i
+            bad.append(InvalidRecord(i, case_id, str(exc)))
+    where = f"{path.name}" if n is None else f"{path.name} (first {n} {'valid ' if skip_invalid else ''}records)"
+    if bad and not skip_invalid:
+        raise DatasetError(
+            f"{where}: {len(bad)} invalid record(s): {_list_invalid(bad)}; fix or remove them, or skip them "
+            "with skip_invalid=True (runner: data.skip_invalid=true)"
+        )
+    if n is not None and len(out) < n:
+        valid = "valid " if bad else ""
+        raise TooFewRecords(f"n={n}: {path.name} has only {len(out)} {valid}records; ask for at most {len(out)}", len(out))
     if bad:
         warnings.warn(
-            f"{path.name}: skipped {len(bad)} invalid record(s) (first at index {bad[0]}); pass strict=True to raise",
+            f"{where}: skipped {len(bad)} invalid record(s) (case_ids {[b.case_id for b in bad]}): {_list_invalid(bad)}",
             stacklevel=3,
         )
-    n = _check_n(n, len(requests), f"{path.name} (valid records)")
-    return requests[:n]
+    return EditList(out, bad)
 
 
 def _field(record: Any, name: str, index: int, source: str) -> Any:
@@ -111,52 +167,49 @@ def _check_kind(fmt: str, wanted: str, path: Path) -> None:
         )
 
 
-def load_counterfact(split: Union[str, Path] = "edit", n: Optional[int] = None, strict: bool = False) -> list:
+def load_counterfact(split: Union[str, Path] = "edit", n: Optional[int] = None, skip_invalid: bool = False) -> EditList:
     """CounterFact cases (EasyEdit's or ROME/MEMIT's format, told apart by content) as :class:`EditRequest`.
 
     Args:
         split: ``"edit"``, ``"train"``, ``"val"``, or a path to a file in EasyEdit's format or in
             MEMIT's (``counterfact.json``, ``multi_counterfact.json``: ``requested_rewrite``, ...).
         n: number of cases from the start of the file (None: all).
-        strict: raise on a record that is not a valid edit (empty target, subject not in the prompt);
-            by default such records are skipped with a warning.
+        skip_invalid: leave out records that are not valid edits (empty target, subject not in the
+            prompt), with a warning; the next valid records take their place. By default they are
+            an error that lists them.
 
     Returns:
-        list of EditRequest with one rephrase prompt and one locality (neighbourhood) prompt each;
-        ``ground_truth`` is the true object.
+        `EditList` of EditRequest with one rephrase prompt and one locality (neighbourhood) prompt
+        each; ``ground_truth`` is the true object.
+    Raises:
+        DatasetError: unreadable file, missing fields, or invalid records (without ``skip_invalid``).
     """
     path = _split_path(split, COUNTERFACT_SPLITS, "counterfact")
     records = read_json_records(path)
     fmt = detect_format(records, str(path))
     _check_kind(fmt, "counterfact", path)
     if fmt == "counterfact-memit":
-        return _load_memit_counterfact(records, path, n, strict)
-    out, bad = [], []
-    for i, rec in enumerate(records):
+        return _collect(records, lambda rec, i: memit_counterfact_request(rec, i, str(path)), n, skip_invalid, path)
+
+    def build(rec: Any, i: int) -> EditRequest:
         fields = {k: _field(rec, k, i, str(path)) for k in ("prompt", "subject", "target_new", "ground_truth")}
-        try:
-            out.append(
-                EditRequest(
-                    prompt=fields["prompt"],
-                    subject=fields["subject"],
-                    target_new=fields["target_new"],
-                    ground_truth=fields["ground_truth"],
-                    rephrase_prompts=tuple(p for p in [rec.get("rephrase_prompt")] if p),
-                    locality_prompts=tuple(p for p in [rec.get("locality_prompt")] if p),
-                    locality_ground_truth=tuple(
-                        a for a, p in [(rec.get("locality_ground_truth"), rec.get("locality_prompt"))] if p
-                    ),
-                    case_id=rec.get("case_id", i),
-                )
-            )
-        except ValueError as exc:
-            if strict:
-                raise DatasetError(f"{path}: record {i}: {exc}") from None
-            bad.append(i)
-    return _take(out, bad, n, path)
+        return EditRequest(
+            prompt=fields["prompt"],
+            subject=fields["subject"],
+            target_new=fields["target_new"],
+            ground_truth=fields["ground_truth"],
+            rephrase_prompts=tuple(p for p in [rec.get("rephrase_prompt")] if p),
+            locality_prompts=tuple(p for p in [rec.get("locality_prompt")] if p),
+            locality_ground_truth=tuple(
+                a for a, p in [(rec.get("locality_ground_truth"), rec.get("locality_prompt"))] if p
+            ),
+            case_id=rec.get("case_id", i),
+        )
+
+    return _collect(records, build, n, skip_invalid, path)
 
 
-def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, strict: bool = False) -> list:
+def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, skip_invalid: bool = False) -> EditList:
     """ZsRE question-answering edits (MEND schema) as :class:`EditRequest`.
 
     prompt = ``src``, target_new = ``alt``, ground_truth = ``answers[0]``, rephrase = ``rephrase``,
@@ -165,54 +218,34 @@ def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, strict:
     Args:
         split: ``"eval"``, ``"train"``, or a path to a file of the same schema.
         n: number of records from the start of the file (None: all).
-        strict: raise on an invalid record instead of skipping it with a warning
-            (the bundled train split has one record with an empty ``alt``).
+        skip_invalid: leave out invalid records with a warning instead of raising `DatasetError`
+            (the bundled train split has two, e.g. record 534 with an empty ``alt``).
     """
     path = _split_path(split, ZSRE_SPLITS, "zsre")
     records = read_json_records(path)
     _check_kind(detect_format(records, str(path)), "zsre", path)
-    out, bad = [], []
-    for i, rec in enumerate(records):
+
+    def build(rec: Any, i: int) -> EditRequest:
         src, subject, alt = (_field(rec, k, i, str(path)) for k in ("src", "subject", "alt"))
         answers = rec.get("answers") or []
         loc, loc_ans = rec.get("loc"), rec.get("loc_ans")
         if isinstance(loc, str) and loc.startswith(NQ_PREFIX):
             loc = loc[len(NQ_PREFIX):]
-        try:
-            out.append(
-                EditRequest(
-                    prompt=src,
-                    subject=subject,
-                    target_new=alt,
-                    ground_truth=answers[0] if answers else None,
-                    rephrase_prompts=tuple(p for p in [rec.get("rephrase")] if p),
-                    locality_prompts=(loc,) if loc and loc_ans else (),
-                    locality_ground_truth=(loc_ans,) if loc and loc_ans else (),
-                    case_id=rec.get("case_id", i),
-                )
-            )
-        except ValueError as exc:
-            if strict:
-                raise DatasetError(f"{path}: record {i}: {exc}") from None
-            bad.append(i)
-    return _take(out, bad, n, path)
+        return EditRequest(
+            prompt=src,
+            subject=subject,
+            target_new=alt,
+            ground_truth=answers[0] if answers else None,
+            rephrase_prompts=tuple(p for p in [rec.get("rephrase")] if p),
+            locality_prompts=(loc,) if loc and loc_ans else (),
+            locality_ground_truth=(loc_ans,) if loc and loc_ans else (),
+            case_id=rec.get("case_id", i),
+        )
+
+    return _collect(records, build, n, skip_invalid, path)
 
 
-def _load_memit_counterfact(records: list, path: Path, n: Optional[int], strict: bool) -> list:
-    out, bad = [], []
-    for i, rec in enumerate(records):
-        try:
-            out.append(memit_counterfact_request(rec, i, str(path)))
-        except DatasetError:
-            raise
-        except ValueError as exc:
-            if strict:
-                raise DatasetError(f"{path}: record {i}: {exc}") from None
-            bad.append(i)
-    return _take(out, bad, n, path)
-
-
-def load_edit_file(path: Union[str, Path], n: Optional[int] = None, strict: bool = False) -> list:
+def load_edit_file(path: Union[str, Path], n: Optional[int] = None, skip_invalid: bool = False) -> EditList:
     """Edits from any file the loaders read (CounterFact in EasyEdit's or MEMIT's format, ZsRE), by content.
 
     Raises:
@@ -222,7 +255,7 @@ def load_edit_file(path: Union[str, Path], n: Optional[int] = None, strict: bool
     path = Path(path)
     fmt = detect_format(read_json_records(path), str(path))
     loader = load_zsre if fmt == "zsre" else load_counterfact
-    return loader(path, n=n, strict=strict)
+    return loader(path, n=n, skip_invalid=skip_invalid)
 
 
 DATASETS: dict = {"counterfact": load_counterfact, "zsre": load_zsre}
@@ -232,8 +265,8 @@ def available_datasets() -> list:
     return sorted(DATASETS)
 
 
-def load_dataset(name: str, n: Optional[int] = None, split: Optional[str] = None) -> list:
-    """Load a registered dataset by name (``"counterfact"`` or ``"zsre"``).
+def load_dataset(name: str, n: Optional[int] = None, split: Optional[str] = None, skip_invalid: bool = False) -> EditList:
+    """Load a registered dataset by name (``"counterfact"`` or ``"zsre"``); see its loader for the arguments.
 
     Raises:
         KeyError: unknown name, with "Did you mean" and the available names.
@@ -241,4 +274,6 @@ def load_dataset(name: str, n: Optional[int] = None, split: Optional[str] = None
     loader: Optional[Callable] = DATASETS.get(name)
     if loader is None:
         raise KeyError(f"Unknown dataset {name!r}." + did_you_mean(name, available_datasets()))
-    return loader(n=n) if split is None else loader(split, n=n)
+    if split is None:
+        return loader(n=n, skip_invalid=skip_invalid)
+    return loader(split, n=n, skip_invalid=skip_invalid)

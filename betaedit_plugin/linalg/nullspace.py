@@ -6,7 +6,15 @@ import torch
 
 from ._checks import check_cov, check_scalar
 
-__all__ = ["nullspace_basis", "nullspace_projector", "protected_cov"]
+__all__ = ["nullspace_basis", "nullspace_split", "nullspace_projector", "protected_cov"]
+
+
+def nullspace_split(cov, threshold: float = 0.02) -> tuple:
+    """(U, eigvals): `nullspace_basis` and every eigenvalue of ``cov`` (d_k,), ascending, float64."""
+    check_cov("cov", cov)
+    threshold = check_scalar("threshold", threshold, positive=True)
+    eigvals, eigvecs = torch.linalg.eigh(cov.double())
+    return eigvecs[:, eigvals < threshold].to(dtype=cov.dtype), eigvals
 
 
 def nullspace_basis(cov, threshold: float = 0.02) -> torch.Tensor:
@@ -16,10 +24,7 @@ def nullspace_basis(cov, threshold: float = 0.02) -> torch.Tensor:
     projector onto the (approximate) null space of ``cov``; m may be 0.
     Returned in ``cov``'s dtype, on its device.
     """
-    check_cov("cov", cov)
-    threshold = check_scalar("threshold", threshold, positive=True)
-    eigvals, eigvecs = torch.linalg.eigh(cov.double())
-    return eigvecs[:, eigvals < threshold].to(dtype=cov.dtype)
+    return nullspace_split(cov, threshold)[0]
 
 
 def nullspace_projector(cov, threshold: float = 0.02) -> torch.Tensor:

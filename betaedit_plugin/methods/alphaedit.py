@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
-from .base import EditHyperParams, UpdateRule, _help
+from .base import EditHyperParams, UpdateRule, _help, checked_nullspace
 from .registry import Method, register_method
 
 __all__ = ["AlphaEditHyperParams", "AlphaEditRule"]
@@ -37,9 +37,7 @@ class AlphaEditRule(UpdateRule):
         return 0.0, float(self.hparams.L2)
 
     def initial_basis(self, prior_cov):
-        from ..linalg import nullspace_basis
-
-        return nullspace_basis(prior_cov, self.hparams.nullspace_threshold)
+        return checked_nullspace(prior_cov, self.hparams.nullspace_threshold, "C0")
 
 
 register_method(Method(

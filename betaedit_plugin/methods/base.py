@@ -27,9 +27,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, Literal, Optional, Tuple, Union
 
 from .._suggest import did_you_mean
+from ..errors import HyperParamsError
 from ..requests import FACT_TOKENS, FactToken
 
-__all__ = ["HyperParams", "EditHyperParams", "UpdateRule", "read_hparams_file", "EASYEDIT_IGNORED_FIELDS"]
+__all__ = [
+    "HyperParams",
+    "EditHyperParams",
+    "UpdateRule",
+    "read_hparams_file",
+    "checked_nullspace",
+    "EASYEDIT_IGNORED_FIELDS",
+]
 
 #: Fields of EasyEdit's YAMLs that these methods accept and ignore (with a warning).
 EASYEDIT_IGNORED_FIELDS = ("P_loc", "model_parallel_devices", "fp16")
@@ -56,7 +64,7 @@ def read_hparams_file(path: Union[str, Path]) -> Tuple[Dict[str, Any], Path]:
     with open(path, "r") as stream:
         config = json.load(stream) if path.suffix == ".json" else yaml.safe_load(stream)
     if not isinstance(config, dict):
-        raise ValueError(f"hparams file {str(path)!r} must hold a mapping of field: value")
+        raise HyperParamsError(f"hparams file {str(path)!r} must hold a mapping of field: value")
     return config, path
 
 
@@ -157,37 +165,37 @@ class EditHyperParams(HyperParams):
         if not isinstance(layers, (list, tuple)) or not layers or not all(
             isinstance(l, int) and not isinstance(l, bool) for l in layers
         ):
-            raise ValueError(f"layers={layers!r}: expected a non-empty list of ints, e.g. [4, 5, 6, 7, 8]")
+            raise HyperParamsError(f"layers={layers!r}: expected a non-empty list of ints, e.g. [4, 5, 6, 7, 8]")
         if list(layers) != sorted(set(layers)) or layers[0] < 0:
-            raise ValueError(f"layers={list(layers)!r}: expected distinct non-negative ints in ascending order")
+            raise HyperParamsError(f"layers={list(layers)!r}: expected distinct non-negative ints in ascending order")
         self.layers = list(layers)
         if self.fact_token not in FACT_TOKENS:
-            raise ValueError(f"fact_token={self.fact_token!r}: expected one of {list(FACT_TOKENS)}")
+            raise HyperParamsError(f"fact_token={self.fact_token!r}: expected one of {list(FACT_TOKENS)}")
         if self.mom2_adjustment is not True:
-            raise ValueError(
+            raise HyperParamsError(
                 f"mom2_adjustment={self.mom2_adjustment!r}: MEMIT, AlphaEdit and BetaEdit here always use the key "
                 "second moment C0 (set mom2_update_weight to weigh it); remove the field or set it to true"
             )
         if self.layer_selection != "all":
-            raise ValueError(f"layer_selection={self.layer_selection!r}: only 'all' is implemented")
+            raise HyperParamsError(f"layer_selection={self.layer_selection!r}: only 'all' is implemented")
         for name in ("v_num_grad_steps", "mom2_n_samples", "mom2_max_length", "batch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive int")
+                raise HyperParamsError(f"{name}={value!r}: expected a positive int")
         for name in ("v_lr", "clamp_norm_factor"):
             self._check_float(name, positive=True)
         for name in ("v_weight_decay", "kl_factor", "v_early_stop_loss"):
             self._check_float(name, positive=False)
         if not isinstance(self.v_loss_layer, int) or self.v_loss_layer < -1:
-            raise ValueError(f"v_loss_layer={self.v_loss_layer!r}: expected a layer index, or -1 for the last layer")
+            raise HyperParamsError(f"v_loss_layer={self.v_loss_layer!r}: expected a layer index, or -1 for the last layer")
         if self.v_loss_layer != -1 and self.v_loss_layer < self.layers[-1]:
-            raise ValueError(
+            raise HyperParamsError(
                 f"v_loss_layer={self.v_loss_layer}: must be at or after the last edited layer {self.layers[-1]}"
             )
         weights = self.mom2_update_weight
         if isinstance(weights, (list, tuple)):
             if len(weights) != len(self.layers):
-                raise ValueError(
+                raise HyperParamsError(
                     f"mom2_update_weight has {len(weights)} entries but layers has {len(self.layers)}: "
                     "give one float, or one per layer"
                 )
@@ -197,25 +205,25 @@ class EditHyperParams(HyperParams):
             self.mom2_update_weight = _as_float("mom2_update_weight", weights)
             weights = [self.mom2_update_weight]
         if any(w < 0 for w in weights):
-            raise ValueError(f"mom2_update_weight={self.mom2_update_weight!r}: expected values >= 0")
+            raise HyperParamsError(f"mom2_update_weight={self.mom2_update_weight!r}: expected values >= 0")
         if self.mom2_dtype not in ("float32", "float16", "bfloat16", "float64"):
-            raise ValueError(f"mom2_dtype={self.mom2_dtype!r}: expected float32, float16, bfloat16 or float64")
+            raise HyperParamsError(f"mom2_dtype={self.mom2_dtype!r}: expected float32, float16, bfloat16 or float64")
         tpl = self.context_template_length_params
         if not isinstance(tpl, (list, tuple)) or not all(
             isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, int) and x >= 0 for x in p) for p in tpl
         ):
-            raise ValueError(
+            raise HyperParamsError(
                 f"context_template_length_params={tpl!r}: expected [[max_new_tokens, count], ...] of non-negative ints"
             )
         for name in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp"):
             tmp = getattr(self, name)
             if tmp is not None and "{}" not in tmp:
-                raise ValueError(f"{name}={tmp!r}: a module template must contain '{{}}' for the layer index")
+                raise HyperParamsError(f"{name}={tmp!r}: a module template must contain '{{}}' for the layer index")
 
     def _check_float(self, name: str, positive: bool) -> None:
         value = _as_float(name, getattr(self, name))
         if value < 0 or (positive and value == 0):
-            raise ValueError(f"{name}={value!r}: expected a {'positive' if positive else 'non-negative'} number")
+            raise HyperParamsError(f"{name}={value!r}: expected a {'positive' if positive else 'non-negative'} number")
         setattr(self, name, value)
 
     def _check_alg_name(self) -> None:
@@ -225,7 +233,7 @@ class EditHyperParams(HyperParams):
             self.alg_name = method.easyedit_name
             return
         if _spelling(self.alg_name) not in {_spelling(n) for n in method.names}:
-            raise ValueError(
+            raise HyperParamsError(
                 f"alg_name={self.alg_name!r} is not {method.name}." + did_you_mean(self.alg_name, method.names, available=False)
                 + f" {type(self).__name__} takes {list(method.names)}; for another method use its class, or "
                 "betaedit_plugin.load_hparams(path), which picks the class from alg_name"
@@ -244,7 +252,7 @@ class EditHyperParams(HyperParams):
         unknown = sorted(set(config) - set(known))
         if unknown:
             text = ", ".join(f"{u!r}" + did_you_mean(u, known, available=False) for u in unknown)
-            raise ValueError(f"{source}: unknown field(s) {text} for {cls.__name__}")
+            raise HyperParamsError(f"{source}: unknown field(s) {text} for {cls.__name__}")
         return cls(**config)
 
     def fingerprint(self) -> dict:
@@ -278,13 +286,13 @@ def _plain(value: Any) -> Any:
 def _as_float(name: str, value: Any) -> float:
     """Strict float conversion (accepts '1e-1' strings that YAML 1.1 leaves as text)."""
     if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r}: expected a number")
+        raise HyperParamsError(f"{name}={value!r}: expected a number")
     try:
         out = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r}: expected a number") from None
+        raise HyperParamsError(f"{name}={value!r}: expected a number") from None
     if not math.isfinite(out):
-        raise ValueError(f"{name}={value!r}: expected a finite number")
+        raise HyperParamsError(f"{name}={value!r}: expected a finite number")
     return out
 
 
@@ -303,6 +311,39 @@ def _method_of_class(cls: type):
         f"{cls.__name__} belongs to no registered method; a new method registers its hyperparameter class "
         "with betaedit_plugin.methods.register_method"
     )
+
+
+def checked_nullspace(cov, threshold: float, what: str):
+    """U (d_k, m) of `betaedit_plugin.linalg.nullspace_basis`, for a ``nullspace_threshold`` that works.
+
+    Args:
+        cov: the protected matrix (d_k, d_k): C0, or BetaEdit's S.
+        what: names ``cov`` in the messages, e.g. "C0 of layer 4".
+    Raises:
+        HyperParamsError: no eigenvalue is below the threshold, so the null space is empty and no
+            update can be written.
+    Warns:
+        when every eigenvalue is below it: no direction is protected, the projection does nothing.
+    """
+    from ..linalg.nullspace import nullspace_split
+
+    basis, eigvals = nullspace_split(cov, threshold)
+    d_k, m = basis.shape
+    if m == 0:
+        low = float(eigvals[0])
+        raise HyperParamsError(
+            f"nullspace_threshold={threshold!r}: no eigenvalue of {what} is below it (the smallest is {low:.3g}), "
+            f"so the null space is empty and no edit can be written; set nullspace_threshold above {low:.3g}"
+        )
+    if m == d_k:
+        high = float(eigvals[-1])
+        warnings.warn(
+            f"nullspace_threshold={threshold!r}: every eigenvalue of {what} is below it (the largest is {high:.3g}), "
+            f"so 0 of {d_k} directions are protected and the projection does nothing; set it below {high:.3g} "
+            "to protect pre-trained knowledge",
+            stacklevel=2,
+        )
+    return basis
 
 
 class UpdateRule:

@@ -13,7 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Tuple
 
-from .base import EditHyperParams, UpdateRule, _help
+from ..errors import HyperParamsError
+from .base import EditHyperParams, UpdateRule, _help, checked_nullspace
 from .registry import Method, register_method
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class BetaEditHyperParams(EditHyperParams):
         self._check_float("lambda1", positive=False)
         self._check_float("lambda2", positive=False)
         if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 1:
-            raise ValueError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
+            raise HyperParamsError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
 
 
 class BetaEditRule(UpdateRule):
@@ -50,20 +51,18 @@ class BetaEditRule(UpdateRule):
         return float(self.hparams.lambda1), float(self.hparams.lambda2)
 
     def initial_basis(self, prior_cov):
-        from ..linalg import nullspace_basis
-
-        return nullspace_basis(prior_cov, self.hparams.nullspace_threshold)
+        return checked_nullspace(prior_cov, self.hparams.nullspace_threshold, "C0")
 
     def after_commit(self, state) -> bool:
         """Every ``tau`` edits: P from S = (H / t + lambda1 C0) / (lambda1 + 1), solvers rebuilt."""
         if state.step - state.last_refresh < self.hparams.tau:
             return False
-        from ..linalg import nullspace_basis, protected_cov
+        from ..linalg import protected_cov
 
         hp = self.hparams
         for l, s in state.layers.items():
             S = protected_cov(s.hist_cov, state.step, s.prior_cov, hp.lambda1)
-            basis = nullspace_basis(S, hp.nullspace_threshold)
+            basis = checked_nullspace(S, hp.nullspace_threshold, f"the protected matrix S of layer {l} at step {state.step}")
             s.solver.refresh(basis, s.hist_cov)
             logger.info("step %d, layer %d: projector refreshed, rank %d", state.step, l, basis.shape[1])
         state.last_refresh = state.step

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+from ..errors import HyperParamsError
 from .base import EditHyperParams, UpdateRule
 from .registry import Method, register_method
 
@@ -20,8 +21,18 @@ __all__ = ["MEMITHyperParams", "MEMITRule"]
 class MEMITHyperParams(EditHyperParams):
     """MEMIT with history: ``alg_name: MEMIT`` in a YAML, stored as 'BE-MEMIT' (this package's ALG_DICT key).
 
-    Uses the shared fields only; ``mom2_update_weight`` is w.
+    Uses the shared fields only; ``mom2_update_weight`` is w, which must be positive: before the
+    first edit H is 0, so with w = 0 the normal matrix K K^T + H + w C0 is singular.
     """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        weights = self.mom2_update_weight if isinstance(self.mom2_update_weight, list) else [self.mom2_update_weight]
+        if any(w <= 0 for w in weights):
+            raise HyperParamsError(
+                f"mom2_update_weight={self.mom2_update_weight!r}: MEMIT needs w > 0 (every layer): the weight of C0 in "
+                "K K^T + H + w C0 keeps the first edits' solve well posed; use e.g. 15000 (the model files' value)"
+            )
 
 
 class MEMITRule(UpdateRule):

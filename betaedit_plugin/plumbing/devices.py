@@ -25,9 +25,10 @@ from typing import Iterator, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..errors import DeviceError
 from .hooks import get_module
 
-__all__ = ["as_device", "module_device", "input_device", "output_device", "stored_weight", "place_model"]
+__all__ = ["as_device", "resolve_device", "same_device", "module_device", "input_device", "output_device", "stored_weight", "place_model"]
 
 
 def as_device(value: Union[int, str, torch.device]) -> torch.device:
@@ -37,6 +38,38 @@ def as_device(value: Union[int, str, torch.device]) -> torch.device:
     if isinstance(value, str) and value.strip().isdigit():
         return torch.device(f"cuda:{int(value)}")
     return torch.device(value)
+
+
+def resolve_device(device: Any, key: str = "device") -> torch.device:
+    """``device`` as a `torch.device` that this machine has.
+
+    Raises:
+        DeviceError: not a device name, CUDA (or MPS) requested where it is not available, or a
+            CUDA index beyond the devices present; the message names ``key`` and the value.
+    """
+    try:
+        dev = as_device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DeviceError(f"{key}={device!r}: not a torch device; use 'cpu', 'cuda', 'cuda:<n>' or an int n") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{key}={device!r}: CUDA is not available on this machine; set {key} to 'cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{key}={device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}; pick one of them")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{key}={device!r}: MPS is not available on this machine; set {key} to 'cpu'")
+    return dev
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same; "cuda" without an index is the current CUDA device."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    index = [torch.cuda.current_device() if d.index is None else d.index for d in (a, b)]
+    return index[0] == index[1]
 
 
 def _hooks(module: nn.Module) -> List[object]:

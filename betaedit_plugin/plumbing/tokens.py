@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..requests import FACT_TOKENS, EditRequest
+from ..requests import FACT_TOKENS, EditRequest, fill_subject
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def split_template(template: str, subject: str) -> tuple[str, str]:
     if "{}" not in template:
         raise ValueError(f"template={template!r}: expected '{{}}' in place of the subject")
     prefix, suffix = template.split("{}", 1)
-    return prefix, suffix.replace("{}", subject)
+    return prefix, fill_subject(suffix, subject)
 
 
 def build_prompt(request: EditRequest, context: str = "{}", template: Optional[str] = None) -> PromptText:

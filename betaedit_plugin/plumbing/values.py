@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..requests import EditRequest, as_requests, check_context_templates
+from ..requests import EditRequest, as_requests, check_context_templates, naming_request
 from .hooks import StopForward, Trace, first_tensor
 from .layout import ModelLayout
 from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
@@ -148,24 +148,26 @@ def build_value_problem(
     seqs, fact_idx, row_request = [], [], []
     t_rows, t_idx, t_ids, t_len = [], [], [], []
     for q, request in enumerate(requests):
-        target = target_token_ids(tok, request.target_new)
-        for ctx in templates:
-            prompt = build_prompt(request, ctx)
-            ids = encode(tok, prompt)
-            row = len(seqs)
-            fact_idx.append(fact_token_index(tok, prompt, fact_token, len(ids)))
-            seqs.append(ids + target[:-1])
-            row_request.append(q)
-            t_len.append(len(target))
-            for j, tid in enumerate(target):
-                t_rows.append(row)
-                t_idx.append(len(ids) - 1 + j)
-                t_ids.append(tid)
+        with naming_request(q, request):
+            target = target_token_ids(tok, request.target_new)
+            for ctx in templates:
+                prompt = build_prompt(request, ctx)
+                ids = encode(tok, prompt)
+                row = len(seqs)
+                fact_idx.append(fact_token_index(tok, prompt, fact_token, len(ids)))
+                seqs.append(ids + target[:-1])
+                row_request.append(q)
+                t_len.append(len(target))
+                for j, tid in enumerate(target):
+                    t_rows.append(row)
+                    t_idx.append(len(ids) - 1 + j)
+                    t_ids.append(tid)
     n_rewrite = len(seqs)
     for q, request in enumerate(requests):
-        kl_prompt = build_prompt(request, "{}", template=KL_TEMPLATE)
-        kl_ids = encode(tok, kl_prompt)
-        fact_idx.append(fact_token_index(tok, kl_prompt, fact_token, len(kl_ids)))
+        with naming_request(q, request):
+            kl_prompt = build_prompt(request, "{}", template=KL_TEMPLATE)
+            kl_ids = encode(tok, kl_prompt)
+            fact_idx.append(fact_token_index(tok, kl_prompt, fact_token, len(kl_ids)))
         seqs.append(kl_ids)
         row_request.append(q)
     batch = pad_aligned(seqs, fact_idx, tok, device)  # every fact token in one column

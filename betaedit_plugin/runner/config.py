@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .._suggest import did_you_mean
+from ..errors import BetaEditError
 
 __all__ = [
     "ConfigError",
@@ -56,7 +57,7 @@ GROUPS = ("method", "model", "data")
 RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir")
 
 
-class ConfigError(ValueError):
+class ConfigError(BetaEditError):
     """A user error in the run configuration; the message names the key, the value and a fix."""
 
 
@@ -122,6 +123,11 @@ class DataConfig:
     name: str = _help("Dataset: one of betaedit_plugin.data.DATASETS.")
     split: Optional[str] = _help("A bundled split of the dataset (e.g. 'edit', 'eval').", default=None)
     path: Optional[str] = _help("A file of the dataset's format, instead of the bundled split.", default=None)
+    skip_invalid: bool = _help(
+        "Leave out records that are not valid edits (subject not in its prompt, empty target ...) with a "
+        "warning; the next records take their place and results.json lists the skipped ones. "
+        "false: such a record among the first num_edits is an error that lists them.", default=False,
+    )
 
     def __post_init__(self) -> None:
         from ..data import DATASETS
@@ -312,14 +318,23 @@ def run_identity(cfg: Mapping) -> dict:
     return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and k != "hydra"}
 
 
+#: (group, key) added to the configuration after runs were written, with the value that leaves
+#: results as before: left out of the identity at that value, so existing out_dirs still match
+_ADDED_KEYS = {("data", "skip_invalid"): False}
+
+
 def _normalised(identity: Mapping) -> dict:
     """An identity without the ``hparams`` overrides left at null (they change nothing), so that
-    adding a method (and with it override keys) does not change the identity of existing runs."""
+    adding a method (and with it override keys) does not change the identity of existing runs;
+    likewise without the `_ADDED_KEYS` at their neutral value."""
     out = dict(identity)
     if isinstance(out.get("model"), Mapping):  # where the model runs does not change the results
         out["model"] = {k: v for k, v in out["model"].items() if k not in ("model_parallel", "device_map")}
     if isinstance(out.get("hparams"), Mapping):
         out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
+    for (group, key), neutral in _ADDED_KEYS.items():
+        if isinstance(out.get(group), Mapping) and out[group].get(key, neutral) == neutral:
+            out[group] = {k: v for k, v in out[group].items() if k != key}
     return out
 
 
@@ -410,25 +425,25 @@ def build_hparams(cfg: Mapping):
 
 
 def load_requests(cfg: Mapping) -> list:
-    """The first ``num_edits`` requests of the configured dataset."""
-    import warnings
-
-    from ..data import DatasetError, load_dataset
+    """The first ``num_edits`` requests of the configured dataset, an `EditList` whose ``skipped``
+    names the invalid records left out (``data.skip_invalid=true``; otherwise they are an error)."""
+    from ..data import DatasetError, TooFewRecords, load_dataset
 
     data, n = cfg["data"], cfg["num_edits"]
     source = data.get("path") or data.get("split")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skipped invalid records are reported by n, below
-            requests = load_dataset(data["name"], n=None, split=source)
+        return load_dataset(data["name"], n=n, split=source, skip_invalid=bool(data.get("skip_invalid")))
+    except TooFewRecords as exc:
+        valid = "valid " if data.get("skip_invalid") else ""
+        raise ConfigError(
+            f"num_edits={n}: data={data['name']} ({source}) has only {exc.available} {valid}edits; "
+            f"ask for at most {exc.available}"
+        ) from None
     except DatasetError as exc:
         key = "data.path" if data.get("path") else "data.split"
         raise ConfigError(f"{key}={source!r}: {exc}") from None
     except KeyError as exc:
         raise ConfigError(f"data.split={source!r}: {exc.args[0]}") from None
-    if n > len(requests):
-        raise ConfigError(f"num_edits={n}: data={data['name']} ({source}) has only {len(requests)} edits; ask for at most {len(requests)}")
-    return requests[:n]
 
 
 def check_mmlu(cfg: Mapping) -> None:

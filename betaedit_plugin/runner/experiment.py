@@ -24,7 +24,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -71,19 +71,19 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
     ``verify_files=False`` checks the manifest and identity only (the command line's pre-check).
 
     Raises:
-        ConfigError: a checkpoint or results.json of a run with another config, or a corrupt checkpoint.
+        ConfigError: out_dir is not a directory, a checkpoint or results.json of a run with another
+            config, an unreadable results.json, or a corrupt checkpoint.
     """
     out_dir = Path(cfg["out_dir"])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir={str(out_dir)!r} is a file, not a directory; give a directory path")
     try:
         ckpt = latest_checkpoint(out_dir, identity, verify_files)
     except CheckpointError as exc:
         raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
     results_file = out_dir / "results.json"
     if results_file.is_file():
-        try:
-            previous = json.loads(results_file.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = {}
+        previous = _read_results(results_file)
         diff = identity_difference(previous.get("identity", {}), identity) if "identity" in previous else None
         if diff is not None:
             key, theirs, ours = diff
@@ -92,6 +92,20 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
                 "use another out_dir or delete it"
             )
     return ckpt if cfg["resume"] else None
+
+
+def _read_results(path: Path) -> dict:
+    """A results.json as a dict; ConfigError naming the file when it is not one (truncated, edited)."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(
+            f"{str(path)!r} is unreadable ({type(exc).__name__}: {exc}); it is not results.json of a run this "
+            "can continue: delete it (a checkpoint holds the results up to its step) or use another out_dir"
+        ) from None
+    if not isinstance(results, dict):
+        raise ConfigError(f"{str(path)!r} holds a {type(results).__name__}, not a run's results; delete it or use another out_dir")
+    return results
 
 
 def check_run(cfg: Any, verify_files: bool = True) -> tuple:
@@ -105,10 +119,22 @@ def check_run(cfg: Any, verify_files: bool = True) -> tuple:
     cfg = validate_config(cfg)
     identity = run_identity(cfg)
     hparams = build_hparams(cfg)
+    _check_device(hparams)
     requests = load_requests(cfg)
     check_mmlu(cfg)
     ckpt = check_out_dir(cfg, identity, verify_files=verify_files)
     return cfg, identity, hparams, requests, ckpt
+
+
+def _check_device(hparams) -> None:
+    """The device of ``hparams.device`` exists here (ConfigError otherwise)."""
+    from ..plumbing.devices import resolve_device
+    from ..errors import DeviceError
+
+    try:
+        resolve_device(hparams.device, "hparams.device")
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -132,6 +158,8 @@ def _load_model(cfg: dict, hparams):
     device_map = cfg["model"].get("device_map")
     if device_map is None and (cfg["model"].get("model_parallel") or hparams.model_parallel):
         device_map = "auto"
+    if device_map is None:
+        _check_device(hparams)
     return place_model(model, hparams.device, device_map=device_map).eval(), tok
 
 
@@ -191,6 +219,7 @@ def run_experiment(cfg: Any) -> dict:
         "hparams": hparams.to_dict(),
         "evals": [],
         "edits": [],
+        "skipped_invalid": [asdict(b) for b in getattr(requests, "skipped", [])],
         "status": "running",
         "edits_done": 0,
     }
@@ -198,12 +227,16 @@ def run_experiment(cfg: Any) -> dict:
     if ckpt is not None:
         start = _resume(run, ckpt)
     else:
+        if cfg["resume"]:
+            logger.warning("resume=true but no checkpoint in %s: starting from edit 0", out_dir)
         if list_checkpoints(out_dir):
             logger.warning("out_dir %s holds checkpoints of this config; starting over (resume=false)", out_dir)
             shutil.rmtree(out_dir / "checkpoints")
         start = 0
-        with _timed(timing, "projector_s"):  # projector from C0 and the context templates
+        with _timed(timing, "projector_s"), _user_errors(cfg):  # projector from C0 and the context templates
             editor.prepare()
+    with _user_errors(cfg):
+        editor.check_requests(requests)  # before any weight changes: every case fits the model
     if start == 0:
         with _timed(timing, "eval_total_s"):
             results["evals"].append(run.evaluate(0))
@@ -218,7 +251,8 @@ def run_experiment(cfg: Any) -> dict:
         while step < min(n, stop):
             batch = requests[step: min(step + bs, n, stop)]
             t0 = time.perf_counter()
-            info = editor.apply(batch)
+            with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
+                info = editor.apply(batch)
             seconds = time.perf_counter() - t0
             prev, step = step, step + len(batch)
             results["edits"].append({"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
@@ -247,13 +281,31 @@ def run_experiment(cfg: Any) -> dict:
     return results
 
 
+@contextlib.contextmanager
+def _user_errors(cfg: Mapping, where: str = ""):
+    """Hyperparameters that do not work on this model, and requests it cannot take, as ConfigError
+    naming the key (``hparams.<field>``, ``data.<path|split>``)."""
+    from ..errors import HyperParamsError, RequestError
+
+    try:
+        yield
+    except HyperParamsError as exc:
+        raise ConfigError(f"hparams.{exc}") from None
+    except RequestError as exc:
+        data = cfg["data"]
+        key = "data.path" if data.get("path") else "data.split"
+        raise ConfigError(f"{key}={data.get('path') or data.get('split')!r}, {where}{exc}") from None
+
+
 def _resume(run: _Run, ckpt) -> int:
     """Load a verified checkpoint into the editor (its weights included) and the results; returns its step."""
+    previous = _read_results(ckpt.file("results.json"))
+    if not isinstance(previous.get("evals"), list) or not isinstance(previous.get("edits"), list):
+        raise ConfigError(f"{str(ckpt.file('results.json'))!r} lacks 'evals' or 'edits'; delete checkpoint {ckpt.path.name}")
     try:
         run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True)
     except ValueError as exc:
         raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name} does not fit this run ({exc}); delete it") from None
-    previous = json.loads(ckpt.file("results.json").read_text(encoding="utf-8"))
     run.results["evals"] = previous["evals"]
     run.results["edits"] = previous["edits"]
     run.results["resumed_from"] = ckpt.step

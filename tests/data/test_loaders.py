@@ -8,6 +8,7 @@ import json
 import pytest
 
 from betaedit_plugin.data import DatasetError, load_counterfact, load_dataset, load_zsre
+from betaedit_plugin.errors import BetaEditError
 from betaedit_plugin.requests import EditRequest
 
 
@@ -48,12 +49,40 @@ def test_zsre_maps_the_mend_schema():
     assert len(load_zsre("eval")) == 1037
 
 
-def test_zsre_train_skips_invalid_records_with_a_warning_or_raises_when_strict():
-    with pytest.warns(UserWarning, match="skipped 2 invalid record"):
-        reqs = load_zsre("train")
-    assert len(reqs) == 998
-    with pytest.raises(DatasetError, match=r"record 534: target_new=''"):
-        load_zsre("train", strict=True)
+def test_invalid_records_are_an_error_that_lists_them():
+    # the bundled ZsRE train split has two records with an empty alt: 534 and 723
+    with pytest.raises(DatasetError, match=r"2 invalid record\(s\): record 534: target_new='' .*; record 723: .*"
+                                           r"skip_invalid=True") as info:
+        load_zsre("train")
+    assert isinstance(info.value, BetaEditError) and "\n" not in str(info.value)
+    # only the first n records count: 534 is among the first 600, 723 is not
+    with pytest.raises(DatasetError, match=r"first 600 records\): 1 invalid record\(s\): record 534") as info:
+        load_zsre("train", n=600)
+    assert "723" not in str(info.value)
+    assert [r.case_id for r in load_zsre("train", n=534)][-1] == 533
+
+
+def test_skip_invalid_leaves_them_out_with_a_warning_and_names_them():
+    with pytest.warns(UserWarning, match=r"skipped 2 invalid record\(s\) \(case_ids \[534, 723\]\)"):
+        reqs = load_zsre("train", skip_invalid=True)
+    assert len(reqs) == 998 and {534, 723}.isdisjoint(r.case_id for r in reqs)
+    assert [(b.index, b.case_id) for b in reqs.skipped] == [(534, 534), (723, 723)]
+    assert "target_new=''" in reqs.skipped[0].reason
+    # the next valid record takes the skipped one's place
+    with pytest.warns(UserWarning, match="skipped 1"):
+        first = load_zsre("train", n=536, skip_invalid=True)
+    assert len(first) == 536 and first[-1].case_id == 536 and [b.case_id for b in first.skipped] == [534]
+
+
+def test_invalid_records_listed_are_capped_with_the_count(tmp_path):
+    records = [{"prompt": f"p{i} is", "subject": "nobody", "target_new": "x", "ground_truth": "y", "case_id": 10 + i}
+               for i in range(5)]
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"5 invalid record\(s\): record 0: .*; record 2: [^;]*; and 2 more"):
+        load_counterfact(str(path))
+    with pytest.raises(ValueError, match=r"n=1: cf.json has only 0 valid records; ask for at most 0"):
+        load_counterfact(str(path), n=1, skip_invalid=True)
 
 
 def test_load_dataset_by_name_and_unknown_name():

@@ -239,3 +239,112 @@ def test_cli_refuses_an_out_dir_of_another_run(multirun):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "num_edits=6 there, 5 here" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- user errors (issue 13)
+def _write_cases(path: Path, edit: dict) -> Path:
+    """The first three bundled CounterFact cases as a data file, with ``edit`` = {index: {field: value}}."""
+    from betaedit_plugin.data import read_json_records, resource_path
+
+    records = read_json_records(resource_path("counterfact/counterfact-edit.json.gz"))[:3]
+    for i, fields in edit.items():
+        records[i].update(fields)
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _assert_one_line_exit_2(err: str, code, *needles: str) -> None:
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("betaedit-run: error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["method=memit", "hparams.mom2_update_weight=0"],
+         ["mom2_update_weight=0.0: MEMIT needs w > 0", "use e.g. 15000"]),
+        (["hparams.device=gpu"], ["hparams.device='gpu': not a torch device; use 'cpu'"]),
+        pytest.param(["hparams.device=cuda:0"], ["hparams.device='cuda:0': CUDA is not available", "set hparams.device to 'cpu'"],
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")),
+    ],
+)
+def test_hparams_that_cannot_work_here_exit_2_before_hydra(tmp_path, capsys, args, needles):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, f"out_dir={tmp_path / 'out'}"])
+    _assert_one_line_exit_2(capsys.readouterr().err, exit_info.value.code, *needles)
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_data_record_exits_2_naming_it_and_the_fix(tmp_path, capsys):
+    data = _write_cases(tmp_path / "cases.json", {1: {"subject": "Nobody"}})
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"data.path={data}", "num_edits=3", f"out_dir={tmp_path / 'out'}"])
+    _assert_one_line_exit_2(capsys.readouterr().err, exit_info.value.code, f"data.path='{data}'",
+                            "1 invalid record(s): record 1: subject='Nobody' does not occur", "data.skip_invalid=true")
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_or_holds_a_truncated_results_json_exits_2_untouched(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"out_dir={a_file}"])
+    _assert_one_line_exit_2(capsys.readouterr().err, exit_info.value.code, f"out_dir='{a_file}' is a file, not a directory")
+    assert a_file.read_text() == "mine"
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text('{"format": 1, "identity": {"num_e')
+    for resume in ("false", "true"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([f"out_dir={out}", f"resume={resume}"])
+        _assert_one_line_exit_2(capsys.readouterr().err, exit_info.value.code, "results.json' is unreadable (JSONDecodeError",
+                                "delete it")
+    assert [p.name for p in out.iterdir()] == ["results.json"]
+    assert (out / "results.json").read_text() == '{"format": 1, "identity": {"num_e'
+
+
+def test_errors_found_with_the_model_exit_2_and_leave_out_dir_as_it_was(tmp_path):
+    """An empty null space, and a prompt longer than tiny-gpt2's 256 positions: found once the model is
+    loaded, inside Hydra's job; the directories and log Hydra made are removed again."""
+    proc = _cli([*_common(tmp_path), "num_edits=2", "hparams.nullspace_threshold=1e-12",
+                 f"out_dir={tmp_path / 'runs' / 'a'}"], cwd=tmp_path)
+    _assert_one_line_exit_2(proc.stderr, proc.returncode, "hparams.nullspace_threshold=1e-12: no eigenvalue of C0 is below it",
+                            "set nullspace_threshold above", "(layer 1)")
+    assert not (tmp_path / "runs").exists()
+
+    data = _write_cases(tmp_path / "long.json", {1: {"prompt": "word " * 300 + "The mother tongue of Danielle Darrieux is",
+                                                     "subject": "Danielle Darrieux"}})
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "run.log").write_text("an earlier run\n")
+    proc = _cli([*_common(tmp_path), "model=tiny-gpt2", "num_edits=2", "batch_size=2", f"data.path={data}",
+                 f"out_dir={out}"], cwd=tmp_path)
+    _assert_one_line_exit_2(proc.stderr, proc.returncode, f"data.path='{data}'", "requests[1] (case_id ",
+                            "and target_new (", "more than the model's context of 256 positions", "leave the case out")
+    assert [p.name for p in out.iterdir()] == ["run.log"] and (out / "run.log").read_text() == "an earlier run\n"
+
+
+def test_literal_braces_skipped_records_and_resume_without_checkpoint(tmp_path):
+    """A prompt with literal braces is edited and evaluated; an invalid record is skipped with a warning
+    and listed in results.json; resume=true with no checkpoint says so and starts from edit 0."""
+    data = _write_cases(tmp_path / "cases.json", {
+        0: {"prompt": "In the set {x}, the mother tongue of Danielle Darrieux is",
+            "rephrase_prompt": "In {the} set, Danielle Darrieux speaks"},
+        1: {"subject": "Nobody"},
+    })
+    out = tmp_path / "out"
+    proc = _cli([*_common(tmp_path), "num_edits=2", "eval_every=2", f"data.path={data}", "data.skip_invalid=true",
+                 "resume=true", f"out_dir={out}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f"resume=true but no checkpoint in {out}: starting from edit 0" in log
+    assert "skipped 1 invalid record(s) (case_ids [1])" in proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert [(s["index"], s["case_id"]) for s in results["skipped_invalid"]] == [(1, 1)]
+    assert "subject='Nobody'" in results["skipped_invalid"][0]["reason"]
+    written = json.loads(data.read_text())
+    assert [c for e in results["edits"] for c in e["case_ids"]] == [written[0]["case_id"], written[2]["case_id"]]
+    assert results["status"] == "complete" and math.isfinite(results["evals"][-1]["efficacy"])
