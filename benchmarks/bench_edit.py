@@ -14,6 +14,8 @@ path writes its edit; ``max_rel_delta_dev`` is the largest ||Delta_fast - Delta_
 ||Delta_ref||_F over edits and layers. ``phases_s`` splits the fast path's median edit by phase.
 
 ``--batch-sizes 1,10,100`` adds one line per batch size with the fast path's seconds per edit;
+``--flops N`` counts the matrix-product GFLOP of N more edits and divides the median by the best
+rate this machine's matrix products reach: a floor on seconds per edit for this computation.
 ``--eval-cases N`` adds the cost of scoring N edits (efficacy, generality, specificity, token
 accuracies) as seconds per 1,000 cases.
 
@@ -149,6 +151,54 @@ def reference_deltas(editor, requests) -> dict:
     return deltas
 
 
+def count_flops(editor, requests) -> dict:
+    """GFLOP of matrix products per fast-path edit (the torch profiler's count), and the rate they ran at.
+
+    The count is a floor on the time of an edit on this machine: GFLOP / (the best GFLOPS its
+    matrix products reach) seconds, whatever the code around them does.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    def counted(fn) -> tuple:
+        with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+            t0 = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - t0
+        return sum(e.flops for e in prof.key_averages() if e.flops) / 1e9, seconds
+
+    gflop, seconds, ref_gflop = [], [], []
+    for req in requests:
+        ref_gflop.append(counted(lambda: reference_deltas(editor, [req]))[0])
+        g, t = counted(lambda: editor.apply([req]))
+        gflop.append(g)
+        seconds.append(t)
+    rates = [g / t for g, t in zip(gflop, seconds)]
+    return {
+        "edits": len(gflop), "gflop_per_edit": [round(g, 1) for g in gflop],
+        "gflop_per_edit_median": round(statistics.median(gflop), 1),
+        "reference_gflop_per_edit": [round(g, 1) for g in ref_gflop],
+        # the speed ratio the fast path could reach if both ran their products at the same rate
+        "gflop_ratio_reference_over_fast": [round(r / g, 2) for r, g in zip(ref_gflop, gflop)],
+        "achieved_gflops_median": round(statistics.median(rates), 1),
+        "note": "seconds here include the profiler's overhead",
+    }
+
+
+def matmul_peak_gflops(device: torch.device) -> float:
+    """Best GFLOPS of one block's MLP products at this machine's thread count ((66, 576) x (576, 1536), float32)."""
+    x = torch.randn(66, 576, device=device)
+    w = torch.randn(1536, 576, device=device)
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            torch.nn.functional.linear(x, w)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = max(best, 50 * 2 * 66 * 576 * 1536 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def load_counterfact(n: int, offset: int = 0) -> list:
     from betaedit_plugin.data import load_dataset
 
@@ -190,6 +240,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="", help="e.g. 1,10,100: fast path seconds per edit at each batch size")
     parser.add_argument("--eval-cases", type=int, default=0, help="also time scoring this many edits")
     parser.add_argument("--no-reference", action="store_true", help="time the fast path only")
+    parser.add_argument("--flops", type=int, default=0,
+                        help="count the floating-point operations of this many further fast-path edits (torch profiler)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--config", default="smollm2-135m", choices=["smollm2-135m", "llama3-8b"])
     parser.add_argument("--random-weights", action="store_true", help="with --config llama3-8b")
@@ -271,6 +323,14 @@ def main() -> None:
         dt = time.perf_counter() - t0
         print(json.dumps({"bench": "edit_batch", **common, "batch_size": n, "s_per_step": round(dt, 3),
                           "s_per_edit": round(dt / n, 4)}), flush=True)
+
+    if args.flops:
+        flops = count_flops(editor, load_counterfact(args.flops, offset))
+        peak = matmul_peak_gflops(device)
+        flops.update({"matmul_peak_gflops": round(peak, 1),
+                      "floor_s_per_edit": round(flops["gflop_per_edit_median"] / peak, 2)})
+        print(json.dumps({"bench": "edit_flops", **common, **flops}), flush=True)
+        offset += args.flops
 
     if args.eval_cases:
         from betaedit_plugin.eval.metrics import edit_metrics, locality_reference
