@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def read_metadata(path: PathLike, *, allow_unsealed: bool = False) -> Dict[str, 
     return _verified_metadata(path, raw, allow_unsealed)[0]
 
 
-def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[str, "object"], Dict[str, str]]:
+def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """(tensors on CPU, metadata) of a `write_tensors` file, every tensor and field verified.
 
     ``allow_unsealed`` accepts a file without digests (read unverified). Raises as `read_metadata`,
@@ -228,9 +228,7 @@ def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[
                 tensors[name] = f.get_tensor(name)
                 if digests is not None and tensor_sha256(tensors[name]) != digests[name]:
                     raise IntegrityError(path, f"tensor {name!r} does not match the sha256 stored with it (corrupt or modified)")
-    except IntegrityError:
-        raise
-    except FileNotFoundError:
+    except (IntegrityError, FileNotFoundError):
         raise
     except Exception as exc:  # a header that parses but whose data does not (truncated file, bad offsets)
         raise IntegrityError(path, f"not a readable safetensors file ({type(exc).__name__}: {exc})") from None

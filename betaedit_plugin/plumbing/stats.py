@@ -484,6 +484,7 @@ def layer_second_moments(
     with contextlib.ExitStack() as locks:
         if missing and use_cache:
             # one process computes a file, the others wait for it (lock beside it) and then read it
+            cache_root.mkdir(parents=True, exist_ok=True)
             for layer in sorted(missing):  # one order everywhere: no deadlock between processes
                 path = _cache_file(cache_root, keys[layer])
                 locks.enter_context(wait_for_lock(f"{path}.lock", f"computes C0 of layer {layer} ({path.name})"))

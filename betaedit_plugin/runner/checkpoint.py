@@ -169,7 +169,8 @@ def _manifest_sha256(manifest: Mapping) -> str:
 
 
 def verify_checkpoint(path: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Checkpoint:
-    """Check a checkpoint's manifest, (optionally) its run identity, and the sha256 of every file.
+    """Check a checkpoint's manifest, (optionally) its run identity, the sha256 of every file and
+    (with ``verify_files``) that the manifest, the editor state and results.json agree on the step.
 
     Raises:
         CheckpointError: truncated/corrupt files, or an identity that differs from ``identity``.
