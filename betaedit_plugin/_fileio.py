@@ -1,17 +1,51 @@
-"""File helpers shared by every cache and checkpoint writer: digests and atomic writes."""
+"""File helpers shared by every cache, state and checkpoint writer.
+
+- `atomic_write`: temp file beside the target, fsync, ``os.replace``; the file gets the mode a
+  plain ``open()`` would give it (0o666 minus the umask), so caches can be shared.
+- `write_tensors` / `read_tensors` / `read_metadata`: safetensors files *sealed* with a sha256
+  of every tensor (dtype, shape and bytes) and of every metadata field, stored in the file's own
+  metadata under ``"integrity"``. Reading verifies them and raises `IntegrityError` naming the
+  file and the tensor or field that does not match.
+- `wait_for_lock` (one process computes, others wait) and `exclusive_lock` (a second process is
+  refused and told the holder's pid), both on ``filelock``'s OS locks, which the OS releases
+  when the holder dies: a stale lock file never blocks.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
-__all__ = ["sha256_file", "atomic_write", "atomic_write_text"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "sha256_file",
+    "atomic_write",
+    "atomic_write_text",
+    "IntegrityError",
+    "UnsealedFileError",
+    "tensor_sha256",
+    "write_tensors",
+    "read_tensors",
+    "read_metadata",
+    "LockHeldError",
+    "wait_for_lock",
+    "exclusive_lock",
+]
+
+INTEGRITY_KEY = "integrity"
+INTEGRITY_SCHEME = "sha256-per-tensor/1"
+
+PathLike = Union[str, Path]
 
 
-def sha256_file(path: Union[str, Path]) -> str:
+def sha256_file(path: PathLike) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -33,11 +67,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it.
 
     A reader sees either the old file or the complete new one, never a partial
-    write; the temp file is removed if ``write`` fails.
+    write; the temp file is removed if ``write`` fails. The file gets mode
+    0o666 minus the umask (``mkstemp`` alone would leave it 0o600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +97,7 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as stream:
             os.fsync(stream.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -56,6 +106,189 @@ def atomic_write(path: Union[str, Path], write: Callable[[Path], None]) -> Path:
     return path
 
 
-def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+def atomic_write_text(path: PathLike, text: str) -> Path:
     """`atomic_write` of a UTF-8 text."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- sealed safetensors files
+class IntegrityError(ValueError):
+    """A file's content does not match the digests written with it (or cannot be read at all).
+
+    ``path`` is the file, ``problem`` what is wrong with it (naming the tensor or field), ``remedy``
+    what to do; ``kind`` names the file in the message ("editor state file", ...).
+    """
+
+    def __init__(self, path: PathLike, problem: str, remedy: str = "", kind: str = "file"):
+        self.path, self.problem, self.remedy, self.kind = str(path), problem, remedy, kind
+        super().__init__(f"{kind} {str(path)!r}: {problem}" + (f"; {remedy}" if remedy else ""))
+
+
+class UnsealedFileError(IntegrityError):
+    """The file carries no digests (written by a version before they existed): its content cannot be verified."""
+
+
+def tensor_sha256(tensor) -> str:
+    """Hex sha256 of a tensor's dtype, shape and raw bytes (as safetensors stores them)."""
+    import torch
+
+    t = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{str(t.dtype).replace('torch.', '')}|{tuple(t.shape)}|".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _field_sha256(name: str, value: str) -> str:
+    return hashlib.sha256(f"{name}\0{value}".encode()).hexdigest()
+
+
+def write_tensors(path: PathLike, tensors: Mapping, metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Atomically write ``tensors`` (CPU, contiguous, no shared storage) + string ``metadata`` as safetensors,
+    sealed with the sha256 of every tensor and every metadata field."""
+    from safetensors.torch import save_file
+
+    metadata = dict(metadata or {})
+    if INTEGRITY_KEY in metadata:
+        raise ValueError(f"metadata key {INTEGRITY_KEY!r} is reserved for the file's digests")
+    flat = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    record = {
+        "scheme": INTEGRITY_SCHEME,
+        "tensors": {name: tensor_sha256(t) for name, t in flat.items()},
+        "metadata": {name: _field_sha256(name, value) for name, value in metadata.items()},
+    }
+    sealed = {**metadata, INTEGRITY_KEY: json.dumps(record, sort_keys=True)}
+    return atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=sealed))
+
+
+def _verified_metadata(path: PathLike, raw: Mapping[str, str], allow_unsealed: bool) -> Tuple[Dict[str, str], Optional[dict]]:
+    """(metadata without the seal, the tensor digests or None for an allowed unsealed file)."""
+    meta = {k: v for k, v in raw.items() if k != INTEGRITY_KEY}
+    if INTEGRITY_KEY not in raw:
+        if allow_unsealed:
+            return meta, None
+        raise UnsealedFileError(path, "it has no content digests (written by an older version), so its content cannot be verified")
+    try:
+        record = json.loads(raw[INTEGRITY_KEY])
+        scheme, tensors, fields = record["scheme"], record["tensors"], record["metadata"]
+        if not isinstance(tensors, dict) or not isinstance(fields, dict):
+            raise TypeError("digest tables are not mappings")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(path, f"its integrity record is corrupt ({type(exc).__name__}: {exc})") from None
+    if scheme != INTEGRITY_SCHEME:
+        raise IntegrityError(path, f"integrity scheme {scheme!r} is not {INTEGRITY_SCHEME!r} (corrupt, or written by a newer version)")
+    for name in sorted(set(fields) | set(meta)):
+        if name not in meta:
+            raise IntegrityError(path, f"metadata field {name!r} is missing")
+        if name not in fields:
+            raise IntegrityError(path, f"metadata field {name!r} was added after the file was written")
+        if _field_sha256(name, meta[name]) != fields[name]:
+            raise IntegrityError(path, f"metadata field {name!r} does not match the sha256 stored with it (corrupt or edited)")
+    return meta, tensors
+
+
+def _open(path: PathLike):
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise IntegrityError(path, f"not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+
+
+def read_metadata(path: PathLike, *, allow_unsealed: bool = False) -> Dict[str, str]:
+    """The metadata of a `write_tensors` file, every field verified (the tensors are not read).
+
+    Raises:
+        FileNotFoundError: no such file.
+        IntegrityError: unreadable, or a field that does not match its digest.
+        UnsealedFileError: no digests at all, unless ``allow_unsealed``.
+    """
+    with _open(path) as f:
+        raw = f.metadata() or {}
+    return _verified_metadata(path, raw, allow_unsealed)[0]
+
+
+def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """(tensors on CPU, metadata) of a `write_tensors` file, every tensor and field verified.
+
+    ``allow_unsealed`` accepts a file without digests (read unverified). Raises as `read_metadata`,
+    and `IntegrityError` naming the first tensor whose bytes, dtype or shape do not match.
+    """
+    try:
+        with _open(path) as f:
+            meta, digests = _verified_metadata(path, f.metadata() or {}, allow_unsealed)
+            names = list(f.keys())
+            if digests is not None and set(names) != set(digests):
+                extra, missing = sorted(set(names) - set(digests)), sorted(set(digests) - set(names))
+                raise IntegrityError(path, f"its tensors differ from those it was written with (missing {missing}, unexpected {extra})")
+            tensors = {}
+            for name in names:
+                tensors[name] = f.get_tensor(name)
+                if digests is not None and tensor_sha256(tensors[name]) != digests[name]:
+                    raise IntegrityError(path, f"tensor {name!r} does not match the sha256 stored with it (corrupt or modified)")
+    except (IntegrityError, FileNotFoundError):
+        raise
+    except Exception as exc:  # a header that parses but whose data does not (truncated file, bad offsets)
+        raise IntegrityError(path, f"not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    return tensors, meta
+
+
+# ---------------------------------------------------------------- locks between processes
+class LockHeldError(RuntimeError):
+    """Another live process holds an `exclusive_lock`; ``pid`` is its process id (None if unknown)."""
+
+    def __init__(self, lock_path: PathLike, pid: Optional[int]):
+        self.lock_path, self.pid = str(lock_path), pid
+        holder = f"process {pid}" if pid is not None else "another process (pid unknown)"
+        super().__init__(f"{holder} holds the lock {str(lock_path)!r}")
+
+
+@contextlib.contextmanager
+def wait_for_lock(lock_path: PathLike, what: str) -> Iterator[None]:
+    """Hold the OS lock ``lock_path``, waiting (and logging once) while another process holds it.
+
+    ``what``: what the holder is doing, for the log (e.g. "computes C0 of layer 4").
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("waiting for another process that %s (lock file %s)", what, lock_path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: PathLike, pid_path: PathLike) -> Iterator[None]:
+    """Hold the OS lock ``lock_path`` with this process's pid in ``pid_path``; never wait.
+
+    Raises:
+        LockHeldError: another live process holds it (its pid read from ``pid_path``).
+    """
+    from filelock import FileLock, Timeout
+
+    lock_path, pid_path = Path(lock_path), Path(pid_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            pid: Optional[int] = int(pid_path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            pid = None
+        raise LockHeldError(lock_path, pid) from None
+    try:
+        atomic_write_text(pid_path, f"{os.getpid()}\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            pid_path.unlink()
+        lock.release()

@@ -388,9 +388,14 @@ class BetaEditor:
         sd = self.state_dict()
         return save_state_file(path, sd["tensors"], sd["meta"])
 
-    def load_state(self, path: Union[str, Path], restore_weights: bool = True) -> None:
-        """Load a file written by `save_state` (see `load_state_dict`)."""
-        tensors, meta = load_state_file(path)
+    def load_state(self, path: Union[str, Path], restore_weights: bool = True, allow_unverified: bool = False) -> None:
+        """Load a file written by `save_state` (see `load_state_dict`).
+
+        Every tensor and metadata field is checked against its sha256 first (`load_state_file`;
+        ``allow_unverified`` reads a file saved before digests existed); on any error the model
+        and the editor are left as they were.
+        """
+        tensors, meta = load_state_file(path, allow_unverified=allow_unverified)
         self.load_state_dict({"tensors": tensors, "meta": meta}, restore_weights=restore_weights)
 
     def weight_deltas(self) -> Dict[int, torch.Tensor]:

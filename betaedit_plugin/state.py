@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from ._fileio import atomic_write
+from ._fileio import IntegrityError, UnsealedFileError, read_tensors, write_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ __all__ = [
     "editor_state_from_dict",
     "fingerprint_diff",
     "tensor_bytes_by_device",
+    "IntegrityError",
+    "UnsealedFileError",
 ]
 
 FORMAT = "betaedit-plugin/editor-state/1"
@@ -241,34 +243,49 @@ class EditorState:
 
 
 def save_state_file(path: Union[str, Path], tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write tensors + JSON metadata as one safetensors file (atomically: temp file, then rename)."""
-    from safetensors.torch import save_file
-
+    """Write tensors + JSON metadata as one safetensors file, atomically, sealed with the sha256 of
+    every tensor and every metadata field (`betaedit_plugin._fileio.write_tensors`)."""
     path = Path(path)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    metadata = {k: json.dumps(v) for k, v in meta.items()}
-    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
+    write_tensors(path, flat, {k: json.dumps(v) for k, v in meta.items()})
     logger.info("saved editor state to %s (%d tensors)", path, len(flat))
     return path
 
 
-def load_state_file(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read a file written by `save_state_file`: (tensors on CPU, decoded metadata)."""
-    from safetensors import safe_open
+def load_state_file(
+    path: Union[str, Path], allow_unverified: bool = False
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a file written by `save_state_file`: (tensors on CPU, decoded metadata).
 
+    Every tensor and metadata field (``step``, ``fingerprint``, ...) is checked against the sha256
+    stored with it. ``allow_unverified`` reads a file written before digests existed (its content
+    cannot be checked; save it again to add them).
+
+    Raises:
+        FileNotFoundError: no such file.
+        IntegrityError: unreadable, or a tensor or field that does not match (named in the message);
+            `UnsealedFileError` for a file without digests unless ``allow_unverified``.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"editor state file {str(path)!r} does not exist")
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            raw_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"editor state file {str(path)!r} is not a readable safetensors file: {exc}") from exc
+        tensors, raw_meta = read_tensors(path, allow_unsealed=allow_unverified)
+    except UnsealedFileError as exc:
+        raise UnsealedFileError(
+            path, exc.problem, kind="editor state file",
+            remedy="if you trust it, load it once with load_state(..., allow_unverified=True) and save_state "
+            "again to add digests",
+        ) from None
+    except IntegrityError as exc:
+        raise IntegrityError(
+            path, exc.problem, kind="editor state file",
+            remedy="nothing was loaded; use an intact copy of the file (or an earlier checkpoint), or start over",
+        ) from None
     try:
         meta = {k: json.loads(v) for k, v in raw_meta.items()}
     except json.JSONDecodeError as exc:
-        raise ValueError(f"editor state file {str(path)!r} has corrupt metadata: {exc}") from exc
+        raise IntegrityError(path, f"corrupt metadata ({exc})", kind="editor state file") from None
     return tensors, meta
 
 

@@ -198,3 +198,99 @@ def test_bytes_by_device_counts_each_tensor_once():
     c0_h_w0 = 2 * D_K * D_K * 8 + D_V * D_K * 4
     basis64 = s.basis.numel() * 8
     assert got == {"cpu": c0_h_w0 + basis64 + s.solver.device_bytes()}
+
+
+# ---------------------------------------------------------------- integrity of saved state files
+def _rewrite_meta(path, **fields):
+    """Rewrite metadata fields of a safetensors file in place, leaving its digests as they were."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    for name, value in fields.items():
+        if value is None:
+            meta.pop(name)
+        else:
+            meta[name] = json.dumps(value)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _flip(path, tensor, byte, bit=0):
+    import json
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    start, _ = json.loads(raw[8:8 + n])[tensor]["data_offsets"]
+    raw[8 + n + start + byte] ^= 1 << bit
+    path.write_bytes(bytes(raw))
+
+
+def _editor_snapshot(editor):
+    sd = editor.state_dict()
+    return {k: v.clone() for k, v in sd["tensors"].items()}, sd["meta"]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("weight_bit", r"tensor 'layers.2.w' does not match the sha256 stored with it"),
+    ("history_bit", r"tensor 'layers.1.hist_cov' does not match"),
+    ("step", r"metadata field 'step' does not match"),
+    ("fingerprint", r"metadata field 'fingerprint' does not match"),
+    ("dropped_field", r"metadata field 'last_refresh' is missing"),
+])
+def test_a_damaged_state_file_is_refused_and_nothing_changes(tiny, tmp_path, damage, needle):
+    from betaedit_plugin.state import IntegrityError
+
+    from support.editing import REQS, assert_bit_equal, make_editor, params
+
+    saved = make_editor(tiny)
+    saved.apply(REQS[:2])
+    path = saved.save_state(tmp_path / "state.safetensors")
+    if damage == "weight_bit":
+        _flip(path, "layers.2.w", 7, bit=3)
+    elif damage == "history_bit":
+        _flip(path, "layers.1.hist_cov", 0, bit=0)  # lowest mantissa bit: finite, symmetric enough to pass checks
+    elif damage == "step":
+        _rewrite_meta(path, step=3)
+    elif damage == "fingerprint":
+        fp = saved.fingerprint()
+        _rewrite_meta(path, fingerprint={**fp, "hparams": {**fp["hparams"], "lambda1": 6.0}})
+    else:
+        _rewrite_meta(path, last_refresh=None)
+
+    target = make_editor(tiny)
+    target.apply(REQS[2:3])
+    weights, (tensors, meta) = params(target.model), _editor_snapshot(target)
+    with pytest.raises(IntegrityError, match=needle) as info:
+        target.load_state(path)
+    assert str(path) in str(info.value) and "nothing was loaded" in str(info.value)
+    assert_bit_equal(params(target.model), weights)
+    after_tensors, after_meta = _editor_snapshot(target)
+    assert_bit_equal(after_tensors, tensors)
+    assert after_meta == meta
+    assert target.state.step == 1
+
+
+def test_a_state_file_without_digests_needs_allow_unverified(tiny, tmp_path):
+    """Files saved before digests existed: refused by default with the way out, loadable on request."""
+    from betaedit_plugin.state import UnsealedFileError
+
+    from support.editing import REQS, assert_bit_equal, make_editor, params
+
+    saved = make_editor(tiny)
+    saved.apply(REQS[:2])
+    path = saved.save_state(tmp_path / "old.safetensors")
+    _rewrite_meta(path, integrity=None)  # what the previous version wrote
+    target = make_editor(tiny)
+    before = params(target.model)
+    with pytest.raises(UnsealedFileError, match=r"no content digests .* allow_unverified=True"):
+        target.load_state(path)
+    assert_bit_equal(params(target.model), before)
+    target.load_state(path, allow_unverified=True)
+    assert target.state.step == 2
+    assert_bit_equal(params(target.model), params(saved.model))
+    target.save_state(tmp_path / "resaved.safetensors")  # saving again adds the digests
+    make_editor(tiny).load_state(tmp_path / "resaved.safetensors")

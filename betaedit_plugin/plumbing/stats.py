@@ -14,9 +14,11 @@ What differs from the reference ``layer_stats`` (one full forward pass per layer
   change the hidden states of the real tokens of a causal model; padding is masked out);
 - every layer's result is cached as a safetensors file whose name holds a hash of the
   full key (model, weight fingerprint, tokenizer, layer, module, corpus + file sha256,
-  sample count, max length, dtype) and whose metadata holds the key itself. A file is
-  used only when its key, shape, finiteness and symmetry check out; otherwise it is
-  recomputed with a warning. Files are written atomically (temp file + ``os.replace``).
+  sample count, max length, dtype) and whose metadata holds the key itself and the sha256
+  of every tensor and of the key. A file is used only when its digests, key, shape,
+  finiteness and symmetry check out; otherwise (a file without digests included) it is
+  recomputed with a warning. Files are written atomically (temp file + ``os.replace``);
+  a lock file beside each one lets one process compute it while the others wait and read it.
 
 Usage::
 
@@ -32,6 +34,7 @@ imported with :func:`import_npz_stats`.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -46,7 +49,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .._fileio import atomic_write, sha256_file
+from .._fileio import IntegrityError, read_tensors, sha256_file, wait_for_lock, write_tensors
 from .._suggest import did_you_mean
 from .devices import stored_weight
 from .hooks import TraceDict
@@ -320,25 +323,25 @@ def default_stats_dir() -> Path:
     return default_cache_dir() / "stats"
 
 
-def _read_cached(path: Path, key: Dict[str, Any], d_k: int) -> Optional[torch.Tensor]:
-    """C0 from ``path`` if it exists and is valid for ``key``; None (with a warning) otherwise."""
+def _read_cached(path: Path, key: Dict[str, Any], d_k: int, warn: bool = True) -> Optional[torch.Tensor]:
+    """C0 from ``path`` if it exists, its sha256 digests match and it is valid for ``key``; None
+    (with a warning unless ``warn`` is False) otherwise."""
     if not path.exists():
         return None
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            moment = f.get_tensor("moment")
-            count = int(f.get_tensor("count"))
-    except Exception as exc:  # truncated / overwritten files raise various errors
-        problem = f"unreadable ({type(exc).__name__}: {exc})"
+        tensors, meta = read_tensors(path)
+        moment, count = tensors["moment"], int(tensors["count"])
+    except IntegrityError as exc:  # unreadable, a digest mismatch, or a file without digests
+        problem = exc.problem
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        problem = f"unexpected content ({type(exc).__name__}: {exc})"
     else:
         problem = _validate_cached(meta, key, moment, count, d_k)
         if problem is None:
             logger.info("C0 layer %d read from %s (%d tokens)", key["layer"], path, count)
             return moment
-    warnings.warn(f"ignoring the statistics cache file {path}: {problem}; recomputing it", stacklevel=3)
+    if warn:
+        warnings.warn(f"ignoring the statistics cache file {path}: {problem}; recomputing it", stacklevel=3)
     return None
 
 
@@ -361,11 +364,9 @@ def _validate_cached(meta: Dict[str, str], key: Dict[str, Any], moment: torch.Te
 
 
 def _write_cached(path: Path, key: Dict[str, Any], moment: torch.Tensor, count: int) -> None:
-    """Atomic write (temp file beside ``path``, fsync, ``os.replace``)."""
-    from safetensors.torch import save_file
-
+    """Atomic write, sealed with the sha256 of each tensor and of the key (`write_tensors`)."""
     tensors = {"moment": moment.contiguous(), "count": torch.tensor(count, dtype=torch.int64)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"key": _key_json(key)}))
+    write_tensors(path, tensors, {"key": _key_json(key)})
 
 
 # ------------------------------------------------------------------ the pass
@@ -492,24 +493,37 @@ def layer_second_moments(
             if cached is not None:
                 result[layer] = cached
     missing = [l for l in layers if l not in result]
-    if missing and model.training:
-        warnings.warn(
-            f"{type(model).__name__} is in training mode: dropout makes the C0 statistics noisy; "
-            "call model.eval() first",
-            stacklevel=2,
-        )
-    if missing:
-        seqs = _tokenize(tok, texts, max_length)
-        if not seqs:
-            raise ValueError(f"mom2_dataset={corpus_name!r}: the tokenizer produced no tokens for its {len(texts)} texts")
-        logger.info("computing C0 for layers %s on %d texts (one pass, stops after layer %d)",
-                    missing, len(seqs), max(missing))
-        stats = _one_pass(model, layout, missing, seqs, batch_size, _pad_id(tok), progress)
-        for layer in missing:
-            moment = stats[layer].moment().cpu()
-            result[layer] = moment
-            if use_cache:
-                _write_cached(_cache_file(cache_root, keys[layer]), keys[layer], moment, stats[layer].count)
+    with contextlib.ExitStack() as locks:
+        if missing and use_cache:
+            # one process computes a file, the others wait for it (lock beside it) and then read it
+            cache_root.mkdir(parents=True, exist_ok=True)
+            for layer in sorted(missing):  # one order everywhere: no deadlock between processes
+                path = _cache_file(cache_root, keys[layer])
+                locks.enter_context(wait_for_lock(f"{path}.lock", f"computes C0 of layer {layer} ({path.name})"))
+            for layer in missing:
+                cached = _read_cached(_cache_file(cache_root, keys[layer]), keys[layer],
+                                      layout.key_dim(model, layer), warn=False)
+                if cached is not None:
+                    result[layer] = cached
+            missing = [l for l in layers if l not in result]
+        if missing and model.training:
+            warnings.warn(
+                f"{type(model).__name__} is in training mode: dropout makes the C0 statistics noisy; "
+                "call model.eval() first",
+                stacklevel=2,
+            )
+        if missing:
+            seqs = _tokenize(tok, texts, max_length)
+            if not seqs:
+                raise ValueError(f"mom2_dataset={corpus_name!r}: the tokenizer produced no tokens for its {len(texts)} texts")
+            logger.info("computing C0 for layers %s on %d texts (one pass, stops after layer %d)",
+                        missing, len(seqs), max(missing))
+            stats = _one_pass(model, layout, missing, seqs, batch_size, _pad_id(tok), progress)
+            for layer in missing:
+                moment = stats[layer].moment().cpu()
+                result[layer] = moment
+                if use_cache:
+                    _write_cached(_cache_file(cache_root, keys[layer]), keys[layer], moment, stats[layer].count)
     return {layer: result[layer] for layer in layers}
 
 

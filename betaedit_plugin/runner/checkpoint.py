@@ -5,21 +5,30 @@ A checkpoint is a directory ``<out_dir>/checkpoints/step-<t>/`` holding
 * ``editor_state.safetensors``: what `BetaEditor.save_state` writes: the history, projector and
   solver of every edited layer, W_0 and the current weights W_t (each tensor once);
 * ``results.json``: the results so far;
-* ``manifest.json``, written last: format, step, the run's identity and its hash, and the sha256
-  of every file.
+* ``manifest.json``, written last: format, step, the run's identity and its hash, the sha256
+  of every file, and a sha256 of these fields.
 
 Every file is written to a temporary name, flushed, fsynced and moved into place with
 ``os.replace``; the directory is first built as ``step-<t>.tmp`` and renamed when complete. A
 checkpoint whose manifest is missing, whose files do not match their digests, or whose identity
 differs from the run's, is refused with :class:`CheckpointError` and never loaded.
 
-Format 1 checkpoints (written before this version) also hold ``weights.safetensors`` (W_t) and
-``deltas.safetensors`` (W_t - W_0), copies of what the editor state holds: they are verified like
-every file and otherwise not read, so format 1 checkpoints resume as before.
+The step is recorded three times: in the manifest, in the editor state (a metadata field covered
+by the state file's own sha256 digests, see `betaedit_plugin.state.save_state_file`) and in
+``results.json`` (``edits_done`` and the last logged edit). `verify_checkpoint` refuses a
+checkpoint where they differ, so a manifest edited and re-hashed (step 3 -> 4 would skip an edit)
+is not resumed; the editor state's tensors are checked against their digests when it is loaded.
+
+Format 3 (this version) requires an editor state with digests. Formats 1 and 2 (written before
+digests existed) are still resumed: their state file is covered by the manifest's sha256 only.
+Format 1 checkpoints also hold ``weights.safetensors`` (W_t) and ``deltas.safetensors``
+(W_t - W_0), copies of what the editor state holds: they are verified like every file and
+otherwise not read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from .._fileio import _fsync_dir, atomic_write, atomic_write_text, sha256_file
+from .._fileio import IntegrityError, _fsync_dir, atomic_write, atomic_write_text, read_metadata, sha256_file
 from .config import config_hash, identity_difference
 
 logger = logging.getLogger(__name__)
@@ -47,8 +56,9 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 EDITOR_STATE = "editor_state.safetensors"
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
+SEALED_FORMAT = 3  # from this format on, the editor state carries sha256 digests
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -98,13 +108,14 @@ def write_checkpoint(
     atomic_write(staging / EDITOR_STATE, save_editor_state)
     atomic_write_text(staging / "results.json", json.dumps(results, indent=1, default=_json_default))
     files = {p.name: sha256_file(p) for p in sorted(staging.iterdir())}
-    manifest = {
+    manifest = json.loads(json.dumps({
         "format": FORMAT_VERSION,
         "step": step,
         "config_hash": config_hash(identity),
         "identity": dict(identity),
         "files": files,
-    }
+    }, default=str))
+    manifest["sha256"] = _manifest_sha256(manifest)
     atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=str))
     if final.exists():
         shutil.rmtree(final)
@@ -141,13 +152,25 @@ def read_manifest(path: Path) -> dict:
         raise CheckpointError(
             f"checkpoint {str(path)!r}: format {manifest['format']!r}, this version reads {list(READABLE_FORMATS)}"
         )
+    if ("sha256" in manifest or manifest["format"] >= SEALED_FORMAT) and manifest.get("sha256") != _manifest_sha256(manifest):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: {MANIFEST} does not match its own sha256 (corrupt or edited); "
+            "delete the checkpoint or use a new out_dir"
+        )
     if EDITOR_STATE not in manifest["files"]:
         raise CheckpointError(f"checkpoint {str(path)!r}: {MANIFEST} lists no {EDITOR_STATE}; delete it or start a new out_dir")
     return manifest
 
 
+def _manifest_sha256(manifest: Mapping) -> str:
+    """sha256 of the manifest's fields other than ``sha256`` (catches corruption, not a deliberate re-hash)."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def verify_checkpoint(path: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Checkpoint:
-    """Check a checkpoint's manifest, (optionally) its run identity, and the sha256 of every file.
+    """Check a checkpoint's manifest, (optionally) its run identity, the sha256 of every file and
+    (with ``verify_files``) that the manifest, the editor state and results.json agree on the step.
 
     Raises:
         CheckpointError: truncated/corrupt files, or an identity that differs from ``identity``.
@@ -171,7 +194,34 @@ def verify_checkpoint(path: Path, identity: Optional[Mapping] = None, verify_fil
                 f"checkpoint {str(path)!r}: file {name!r} does not match its sha256 in the manifest (corrupt or truncated); "
                 "delete the checkpoint or use a new out_dir"
             )
+    if verify_files:
+        _check_step(path, manifest)
     return Checkpoint(path=path, step=int(manifest["step"]), manifest=manifest)
+
+
+def _check_step(path: Path, manifest: Mapping) -> None:
+    """The manifest's step must equal the editor state's (digest-checked) and results.json's."""
+    fix = "the checkpoint was modified or mixed from several runs; delete it or use a new out_dir"
+    try:
+        meta = read_metadata(path / EDITOR_STATE, allow_unsealed=manifest["format"] < SEALED_FORMAT)
+        state_step = json.loads(meta["step"])
+        results = json.loads((path / "results.json").read_text(encoding="utf-8"))
+        edits = results.get("edits") or []
+        last_edit = edits[-1]["step"] if edits else 0
+        done = results.get("edits_done", last_edit)
+    except IntegrityError as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {exc}; delete the checkpoint or use a new out_dir") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: cannot read the step from {EDITOR_STATE} and results.json "
+            f"({type(exc).__name__}: {exc}); {fix}"
+        ) from None
+    step = manifest["step"]
+    if not (type(step) is int and step == state_step == last_edit == done):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: {MANIFEST} says step {step!r}, {EDITOR_STATE} step {state_step!r}, "
+            f"results.json edits_done {done!r} (last edit at step {last_edit!r}); {fix}"
+        )
 
 
 def latest_checkpoint(out_dir: Path, identity: Optional[Mapping] = None, verify_files: bool = True) -> Optional[Checkpoint]:

@@ -9,7 +9,9 @@ checkpoint with ``resume=true`` (`betaedit_plugin.runner.checkpoint`). It writes
 * ``metrics.csv``: one row per evaluation point;
 * ``*.png``: efficacy, specificity, capability, leakage and perturbation against the number of edits;
 * ``report.md``: a before/after table;
-* ``checkpoints/step-<t>/``: atomic checkpoints.
+* ``checkpoints/step-<t>/``: atomic checkpoints;
+* ``.betaedit-run.lock`` / ``.betaedit-run.pid`` while the run holds ``out_dir`` (a second run on it
+  is refused with the holder's pid; the OS releases the lock if the holder dies).
 
 Runs whose ``out_dir`` lies in ``run_root`` (the default; a multirun over methods shares it) update
 ``<run_root>/comparison.md`` and comparison plots with one line per method (`compare`).
@@ -28,7 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from .._fileio import IntegrityError, LockHeldError, exclusive_lock
 from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
+from .checkpoint import SEALED_FORMAT
 from .compare import update_comparison
 from .config import (
     ConfigError,
@@ -47,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["run_experiment", "check_run", "check_out_dir", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = 1
+RUN_LOCK, RUN_PID = ".betaedit-run.lock", ".betaedit-run.pid"  # in out_dir while a run holds it
 
 
 @dataclass
@@ -179,8 +184,30 @@ def run_experiment(cfg: Any) -> dict:
 
     Raises:
         ConfigError: bad configuration or data, or an out_dir that holds another run; raised before
-            anything is written.
+            anything is written. Also when another live process runs in ``out_dir`` (its pid named).
     """
+    cfg, identity, hparams, requests, ckpt = check_run(cfg)
+    with _out_dir_lock(Path(cfg["out_dir"])):
+        return _run_locked(cfg, identity, hparams, requests, ckpt)
+
+
+@contextlib.contextmanager
+def _out_dir_lock(out_dir: Path):
+    """Hold ``out_dir`` for this process (`exclusive_lock`, pid in a side file); ConfigError if another holds it."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(out_dir / RUN_LOCK, out_dir / RUN_PID))
+        except LockHeldError as exc:
+            holder = f"pid {exc.pid}" if exc.pid is not None else "pid unknown"
+            raise ConfigError(
+                f"out_dir={str(out_dir)!r} is in use by another betaedit-run process ({holder}); "
+                "wait for it to finish or use another out_dir"
+            ) from None
+        yield
+
+
+def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
+    """`run_experiment` after its checks, with ``out_dir`` held."""
     import torch
     from tqdm.auto import tqdm
 
@@ -188,7 +215,6 @@ def run_experiment(cfg: Any) -> dict:
     from ..plumbing.layout import ModelLayout
     from ..plumbing.stats import stats_for_hparams
 
-    cfg, identity, hparams, requests, ckpt = check_run(cfg)
     out_dir = Path(cfg["out_dir"])
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -303,7 +329,10 @@ def _resume(run: _Run, ckpt) -> int:
     if not isinstance(previous.get("evals"), list) or not isinstance(previous.get("edits"), list):
         raise ConfigError(f"{str(ckpt.file('results.json'))!r} lacks 'evals' or 'edits'; delete checkpoint {ckpt.path.name}")
     try:
-        run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True)
+        run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True,
+                              allow_unverified=ckpt.manifest["format"] < SEALED_FORMAT)  # older: manifest sha256 only
+    except IntegrityError as exc:
+        raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name} does not fit this run ({exc}); delete it") from None
     run.results["evals"] = previous["evals"]

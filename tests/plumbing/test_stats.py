@@ -223,7 +223,20 @@ def _moment_offsets(path):
     return 8 + n + start, 8 + n + end
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip_off_diagonal", "nan", "wrong_key", "wrong_shape"])
+_CACHE_DAMAGE = {
+    "truncate": "not a readable safetensors file",
+    "flip_off_diagonal": "tensor 'moment' does not match the sha256 stored with it",
+    # the top mantissa bit of C0[0, 0]: symmetric, finite, positive and wrong; only the digest sees it
+    "flip_diagonal_mantissa": "tensor 'moment' does not match the sha256 stored with it",
+    "nan": "tensor '(moment|count)' does not match",  # count differs too
+    "wrong_key": "no content digests",  # rewritten by hand: no digests, so unverified
+    "wrong_shape": "tensor '(moment|count)' does not match",
+    "edited_key": "metadata field 'key' does not match",
+    "no_digests": "no content digests",  # a file written by the previous version
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_CACHE_DAMAGE))
 def test_corrupt_cache_is_detected_and_recomputed(tiny, tmp_path, damage):
     from safetensors.torch import save_file
 
@@ -239,6 +252,19 @@ def test_corrupt_cache_is_detected_and_recomputed(tiny, tmp_path, damage):
     elif damage == "flip_off_diagonal":  # element (0, 1): breaks symmetry, stays finite
         raw[start + 8 + 3] ^= 0xFF
         path.write_bytes(bytes(raw))
+    elif damage == "flip_diagonal_mantissa":
+        raw[start + 6] ^= 1 << 3  # bit 51 of the little-endian float64 C0[0, 0]
+        path.write_bytes(bytes(raw))
+    elif damage in ("edited_key", "no_digests"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+        if damage == "edited_key":
+            meta["key"] = meta["key"].replace('"n_samples": 24', '"n_samples": 25')
+        else:
+            del meta["integrity"]
+        save_file(tensors, str(path), metadata=meta)
     elif damage == "nan":
         bad = good.clone()
         bad[0, 0] = float("nan")
@@ -263,7 +289,7 @@ def test_corrupt_cache_is_detected_and_recomputed(tiny, tmp_path, damage):
 
     counter = _ForwardCounter(model)
     try:
-        with pytest.warns(UserWarning, match="ignoring the statistics cache file"):
+        with pytest.warns(UserWarning, match=f"ignoring the statistics cache file {path}: .*{_CACHE_DAMAGE[damage]}"):
             again = _c0(model, tok, layout, [1], tmp_path)[1]
     finally:
         counter.remove()
@@ -416,3 +442,59 @@ def test_smollm2_stats_fixture(smollm2, smollm2_stats):
     finally:
         counter.remove()
     assert counter.calls == 0 and torch.equal(again[8], smollm2_stats[8])
+
+
+# ---------------------------------------------------------------- two processes, one cache file
+_COMPUTE_SLOWLY = """
+import sys, time
+from betaedit_plugin.models.tiny import build_tiny
+from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.plumbing.stats import layer_second_moments
+model, tok = build_tiny("llama", seed=0)
+layout = ModelLayout.from_model(model)
+handle = None
+def slow(module, args):  # first batch, under the cache file's lock: tell the test, then take a while
+    handle.remove()
+    print("computing", flush=True)
+    time.sleep(4)
+handle = model.register_forward_pre_hook(slow)
+layer_second_moments(model, tok, layout, [1], cache_dir=sys.argv[1], n_samples=int(sys.argv[2]),
+                     max_length=int(sys.argv[3]), batch_size=5, progress=False)
+print("written", flush=True)
+"""
+
+
+def test_a_second_process_waits_for_the_cache_and_reads_it(tiny, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    model, tok = tiny("llama")  # the same model as the other process builds
+    layout = ModelLayout.from_model(model)
+    other = subprocess.Popen([sys.executable, "-c", _COMPUTE_SLOWLY, str(tmp_path), str(N_TEXTS), str(MAX_LEN)],
+                             cwd=repo, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "computing"  # the other process holds the lock
+        counter = _ForwardCounter(model)
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no "ignoring the cache file" either
+                got = _c0(model, tok, layout, [1], tmp_path)[1]
+        finally:
+            counter.remove()
+        waited = time.perf_counter() - t0
+        assert other.wait(timeout=300) == 0 and other.stdout.read().strip() == "written"
+    finally:
+        other.kill()
+    assert counter.calls == 0  # read what the other process computed, computed nothing itself
+    assert waited > 1.0
+    (path,) = tmp_path.glob("*.safetensors")
+    from betaedit_plugin._fileio import read_tensors
+
+    assert torch.equal(got, read_tensors(path)[0]["moment"])
+    assert torch.equal(got, _c0(model, tok, layout, [1], tmp_path, use_cache=False)[1])
