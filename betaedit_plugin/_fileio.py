@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
+from .errors import BetaEditError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -112,7 +114,7 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 
 # ---------------------------------------------------------------- sealed safetensors files
-class IntegrityError(ValueError):
+class IntegrityError(BetaEditError):
     """A file's content does not match the digests written with it (or cannot be read at all).
 
     ``path`` is the file, ``problem`` what is wrong with it (naming the tensor or field), ``remedy``
@@ -236,7 +238,7 @@ def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[
 
 
 # ---------------------------------------------------------------- locks between processes
-class LockHeldError(RuntimeError):
+class LockHeldError(BetaEditError, RuntimeError):
     """Another live process holds an `exclusive_lock`; ``pid`` is its process id (None if unknown)."""
 
     def __init__(self, lock_path: PathLike, pid: Optional[int]):

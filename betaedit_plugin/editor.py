@@ -68,7 +68,7 @@ class NonFiniteUpdateError(BetaEditError):
     """An update (Delta) had NaN or Inf entries; the model and the state were left as they were."""
 
 
-class WeightsChangedError(RuntimeError):
+class WeightsChangedError(BetaEditError, RuntimeError):
     """The edited weights were changed outside the editor, so its history no longer matches them."""
 
 

@@ -1,7 +1,7 @@
 """The package's exception types for user errors.
 
 Every one derives from `BetaEditError`, itself a `ValueError`, so ``except ValueError`` keeps
-working. The message is one line that names the field or file, the value and the fix; the
+working (the file and run errors, e.g. ``CheckpointError``, are also ``RuntimeError``s as before). The message is one line that names the field or file, the value and the fix; the
 command line (`betaedit_plugin.run`) prints it and exits with status 2. Raised before anything
 is changed: the model's weights, the editor's state and the files stay as they were.
 """

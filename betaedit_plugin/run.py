@@ -32,6 +32,7 @@ from ._suggest import did_you_mean
 from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, register_configs
+from .runner.experiment import RUN_LOCK, RUN_PID
 
 __all__ = ["main", "precheck", "expand_overrides", "run_experiment", "compare", "ConfigError", "CONF_DIR"]
 
@@ -149,10 +150,14 @@ class _OutDirBefore:
 
         Does nothing once the run itself wrote into out_dir (an error after the first results): its
         log then belongs with them."""
-        if not self.path.is_dir() or any(
-            not name.endswith(".log") for name in set(os.listdir(self.path)) - self.entries
-        ):
+        if not self.path.is_dir():
             return
+        new = set(os.listdir(self.path)) - self.entries
+        lock_files = new & {RUN_LOCK, RUN_PID}  # the run's hold on out_dir, released by now
+        if any(not name.endswith(".log") for name in new - lock_files):
+            return
+        for name in lock_files:
+            (self.path / name).unlink(missing_ok=True)
         for log in self.path.glob("*.log"):
             if log.name not in self.logs:
                 log.unlink()

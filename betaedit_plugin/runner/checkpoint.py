@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
+from ..errors import BetaEditError
 from .._fileio import IntegrityError, _fsync_dir, atomic_write, atomic_write_text, read_metadata, sha256_file
 from .config import config_hash, identity_difference
 
@@ -62,7 +63,7 @@ SEALED_FORMAT = 3  # from this format on, the editor state carries sha256 digest
 CHECKPOINT_DIR = "checkpoints"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BetaEditError, RuntimeError):
     """A checkpoint is truncated, corrupt, or belongs to a run with another configuration."""
 
 
