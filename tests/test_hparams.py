@@ -103,6 +103,20 @@ def test_memit_weight_zero_is_refused_naming_its_field(weight):
     assert BetaEditHyperParams(layers=[1, 2], mom2_update_weight=weight).mom2_update_weight in (0.0, [5.0, 0.0])
 
 
+@pytest.mark.parametrize("cls, fields, named", [
+    (AlphaEditHyperParams, {"L2": 0}, r"^L2=0: AlphaEdit needs L2 > 0"),
+    (BetaEditHyperParams, {"lambda1": 0, "lambda2": 0.0}, r"^lambda1=0 and lambda2=0: BetaEdit needs one of them > 0"),
+])
+def test_ridge_terms_that_leave_the_first_solve_singular_are_refused(cls, fields, named):
+    from betaedit_plugin import HyperParamsError
+
+    with pytest.raises(HyperParamsError, match=named):
+        cls(layers=[1, 2], **fields)
+    # one of BetaEdit's two terms is enough
+    assert BetaEditHyperParams(layers=[1, 2], lambda1=0.0, lambda2=1.0).lambda1 == 0.0
+    assert BetaEditHyperParams(layers=[1, 2], lambda1=5.0, lambda2=0.0).lambda2 == 0.0
+
+
 def test_mom2_adjustment_is_only_accepted_as_true():
     assert _beta(mom2_adjustment=True).mom2_adjustment is True
     with pytest.raises(ValueError, match="mom2_adjustment=False: .* always use the key second moment C0"):

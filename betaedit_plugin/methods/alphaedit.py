@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Tuple
 
+from ..errors import HyperParamsError
 from .base import EditHyperParams, UpdateRule, _help, checked_nullspace
 from .registry import Method, register_method
 
@@ -28,6 +29,11 @@ class AlphaEditHyperParams(EditHyperParams):
         super().__post_init__()
         self._check_float("nullspace_threshold", positive=True)
         self._check_float("L2", positive=False)
+        if self.L2 == 0:  # before the first edit H is 0: U^T K K^T U has rank n < the null space's
+            raise HyperParamsError(
+                "L2=0: AlphaEdit needs L2 > 0; the projected normal matrix U^T (K K^T + H) U is singular until "
+                "H spans the null space; use e.g. 10 (the model files' value)"
+            )
 
 
 class AlphaEditRule(UpdateRule):

@@ -40,6 +40,11 @@ class BetaEditHyperParams(EditHyperParams):
         self._check_float("nullspace_threshold", positive=True)
         self._check_float("lambda1", positive=False)
         self._check_float("lambda2", positive=False)
+        if self.lambda1 == 0 and self.lambda2 == 0:
+            raise HyperParamsError(
+                "lambda1=0 and lambda2=0: BetaEdit needs one of them > 0; without them the projected normal matrix "
+                "U^T (K K^T + H) U is singular until H spans the null space; use e.g. lambda2=10"
+            )
         if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 1:
             raise HyperParamsError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
 
