@@ -354,7 +354,8 @@ class BetaEditor:
         """
         first = self.hparams.layers[0]
         new_state, saved = editor_state_from_dict(
-            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver, device=self._storage[first]
+            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver, device=self._storage[first],
+            solver_uses_history=self.rule.uses_history,
         )
         for l, s in new_state.layers.items():  # each layer's C0 and H beside its solver
             s.prior_cov, s.hist_cov = s.prior_cov.to(self._storage[l]), s.hist_cov.to(self._storage[l])

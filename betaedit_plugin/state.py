@@ -190,6 +190,7 @@ class EditorState:
         layers: List[int],
         make_solver: Callable[[int, torch.Tensor], Any],
         device: Union[str, torch.device] = "cpu",
+        solver_uses_history: bool = True,
     ) -> "EditorState":
         """Rebuild from `state_dict`, checking that every expected entry is present and finite.
 
@@ -200,6 +201,8 @@ class EditorState:
                 (and placement/precision); the saved solver tensors are then loaded into it,
                 with this layer's H (see `IncrementalSolver.load_state_dict`).
             device: where the float64 C0 and H live (the solvers' storage device).
+            solver_uses_history: False for a rule whose solver never takes H (AlphaEdit-NoHist):
+                a solver recomputed on load (other precision or form) then gets H = 0.
         """
         tensors, meta = state.get("tensors"), state.get("meta")
         if not isinstance(tensors, Mapping) or not isinstance(meta, Mapping):
@@ -222,7 +225,7 @@ class EditorState:
             solver = make_solver(l, prior)
             solver.load_state_dict(
                 {k[len(prefix + "solver."):]: v for k, v in tensors.items() if k.startswith(prefix + "solver.")},
-                hist_cov=hist,
+                hist_cov=hist if solver_uses_history else torch.zeros_like(hist),
             )
             built[l] = LayerState(
                 layer=l,
@@ -326,6 +329,7 @@ def editor_state_from_dict(
     layers: List[int],
     make_solver: Callable[[int, torch.Tensor], Any],
     device: Union[str, torch.device] = "cpu",
+    solver_uses_history: bool = True,
 ) -> Tuple[EditorState, Dict[int, torch.Tensor]]:
     """Check an `editor_state_dict` against an editor's fingerprint and rebuild its state.
 
@@ -342,7 +346,9 @@ def editor_state_from_dict(
     diff = fingerprint_diff(meta.get("fingerprint"), fingerprint)
     if diff:
         raise ValueError("saved editor state does not match this editor: " + "; ".join(diff))
-    state = EditorState.from_state_dict(state_dict, layers, make_solver, device=device)
+    state = EditorState.from_state_dict(
+        state_dict, layers, make_solver, device=device, solver_uses_history=solver_uses_history
+    )
     weights = {}
     for l in layers:
         w = tensors.get(f"layers.{l}.w")

@@ -80,3 +80,30 @@ def test_a_run_of_the_runner(tmp_path):
     assert results["status"] == "complete" and results["alg_name"] == "BE-AlphaEdit-NoHist"
     assert [p["step"] for p in results["evals"]] == [0, 2] and results["evals"][-1]["perturbation"] > 0
     assert "| alphaedit-nohist | 2 |" in (tmp_path / "runs" / "comparison.md").read_text()
+
+
+def test_a_state_loaded_into_another_precision_keeps_ignoring_the_history(tiny):
+    """A float32 state loaded into a float64 editor is recomputed on load; a history-free rule
+    must recompute it without H, so the loaded editor writes what the saving one writes."""
+    from betaedit_plugin.editor import BetaEditor
+    from betaedit_plugin.plumbing.layout import ModelLayout
+
+    model, tok = tiny("llama")
+    hp = AlphaEditNoHistHyperParams(layers=LAYERS, v_num_grad_steps=4, L2=1.0)
+    d_k = ModelLayout.from_model(model).key_dim(model, LAYERS[0])
+    priors = {l: spd(d_k, 100 + l) for l in LAYERS}
+    saver = BetaEditor(model, tok, hp, prior_covs=priors, context_templates=TEMPLATES,
+                       solver_options={"compute_dtype": "float32"})
+    for r in REQS[:3]:
+        saver.apply([r])
+    loader = BetaEditor(model, tok, hp, prior_covs=priors, context_templates=TEMPLATES)  # float64
+    loader.load_state_dict(saver.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for l in LAYERS:
+        s_saved, s_loaded = saver.state.layers[l], loader.state.layers[l]
+        assert float(s_loaded.hist_cov.abs().sum()) > 0  # H itself is loaded, for the diagnostics
+        K = torch.randn(d_k, 2, generator=g, dtype=torch.float64)
+        R = torch.randn(loader.layout.value_dim(model, l), 2, generator=g, dtype=torch.float64)
+        want = alphaedit_delta(K, R, s_loaded.basis @ s_loaded.basis.T, hist_cov=None, l2=1.0)
+        torch.testing.assert_close(s_loaded.solver.delta(K, R).double(), want, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(s_saved.solver.delta(K, R).double(), want, rtol=1e-4, atol=1e-6)
