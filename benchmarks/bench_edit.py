@@ -38,6 +38,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -121,10 +122,11 @@ def _write(layout, model, layer, delta) -> None:
     layout.add_delta(model, layer, delta)
 
 
-def reference_deltas(editor, requests) -> dict:
+def reference_deltas(editor, requests, keys_out: Optional[dict] = None) -> dict:
     """One step's deltas the reference way (full forward per step, keys from the embeddings).
 
     Uses the editor's solvers without changing them; the weights are restored afterwards.
+    ``keys_out``: filled with {layer: K} (the keys the step adds to the history).
     """
     from support.reference import reference_compute_z
 
@@ -140,6 +142,8 @@ def reference_deltas(editor, requests) -> dict:
     try:
         for i, l in enumerate(layers):
             K = compute_ks(model, tok, requests, hp, layout, l, templates)
+            if keys_out is not None:
+                keys_out[l] = K
             cur = compute_current_z(model, tok, requests, hp, layout, last)
             R = (z_star.to(cur.dtype) - cur) / (len(layers) - i)
             deltas[l] = state.layers[l].solver.delta(K, R)
