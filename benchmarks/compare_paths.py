@@ -44,6 +44,7 @@ def main() -> None:
     locality = locality_reference(model, tok, requests)
     fast = BetaEditor(model, tok, hp, keep_undo=False)
     ref = BetaEditor(ref_model, tok, hp, keep_undo=False, context_templates=fast.context_templates)
+    ref.prepare()
 
     devs, seconds = [], {"fast": 0.0, "reference": 0.0}
     for i, req in enumerate(requests):

@@ -203,12 +203,52 @@ class FrozenPrefix:
             ``layer+1 .. loss_layer``, as the model called them.
         restore: resets the key/value cache of the columns before ``start`` after a step
             (None when no cache is used).
+        cache_saved: ``[[layer, keys, values]]`` that ``restore`` puts back (the cached path only).
     """
 
     hidden: torch.Tensor
     start: int
     calls: list
     restore: Optional[Callable[[], None]] = None
+    cache_saved: Optional[list] = None
+
+    def keep_rows(self, keep: torch.Tensor) -> bool:
+        """Drop every row but ``keep`` (indices) from the recorded calls and the cache, in place.
+
+        Rows are independent sequences, so the kept rows compute what they computed before.
+        Returns False (and changes nothing) where the recorded arguments are not understood:
+        the whole-sequence path, or an argument that is neither per-row (first dimension B),
+        broadcast (first dimension 1), nor a plain value or the cache.
+        """
+        if self.cache_saved is None:
+            return False
+        n_rows = self.hidden.shape[0]
+
+        def cut(value):
+            if isinstance(value, torch.Tensor):
+                if value.ndim == 0 or value.shape[0] == 1:
+                    return value
+                if value.shape[0] != n_rows:
+                    raise LookupError(tuple(value.shape))
+                return value.index_select(0, keep.to(value.device))
+            if isinstance(value, (tuple, list)):
+                return type(value)(cut(v) for v in value)
+            if value is None or isinstance(value, (bool, int, float, str)) or hasattr(value, "layers"):
+                return value  # the cache: its rows are cut through cache_saved below
+            raise LookupError(type(value).__name__)
+
+        try:
+            calls = [(block, cut(args), {k: cut(v) for k, v in kwargs.items()}, as_kwarg)
+                     for block, args, kwargs, as_kwarg in self.calls]
+        except LookupError:
+            return False
+        self.calls = calls
+        for entry in self.cache_saved:
+            entry[1] = entry[1].index_select(0, keep.to(entry[1].device))
+            entry[2] = entry[2].index_select(0, keep.to(entry[2].device))
+        self.hidden = self.hidden.index_select(0, keep.to(self.hidden.device))
+        self.restore()
+        return True
 
 
 def _record_block_calls(model, layout, model_kwargs: dict, layer: int, loss_layer: int) -> tuple[torch.Tensor, list]:
@@ -278,10 +318,10 @@ def run_frozen_prefix_cached(
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(l, "keys") and hasattr(l, "values") for l in layers):
         raise RuntimeError(f"{type(cache).__name__} exposes no per-layer keys/values")
-    saved = [(l.keys, l.values) for l in layers]
+    saved = [[l, l.keys, l.values] for l in layers]
 
     def restore() -> None:
-        for l, (k, v) in zip(layers, saved):
+        for l, k, v in saved:
             l.keys, l.values = k, v
 
     try:
@@ -295,7 +335,7 @@ def run_frozen_prefix_cached(
         )
     finally:
         restore()
-    return FrozenPrefix(hidden=hidden, start=start, calls=calls, restore=restore)
+    return FrozenPrefix(hidden=hidden, start=start, calls=calls, restore=restore, cache_saved=saved)
 
 
 def run_suffix(prefix: FrozenPrefix, hidden: torch.Tensor) -> torch.Tensor:
@@ -384,6 +424,40 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flags.get(name, p.requires_grad))
 
 
+class _Rows:
+    """The rows of a value batch that are still computed, and where the loss reads them.
+
+    Starts with every row. `drop` removes the rows of requests that stopped (their deltas are
+    frozen, so computing them changes nothing) from these indices and from the frozen prefix;
+    `logits` puts the logits of the remaining loss positions back at their places in the full
+    list (zeros for stopped requests, whose losses are no longer read).
+    """
+
+    def __init__(self, fact_rows, fact_cols, request, base, loss_rows, loss_cols) -> None:
+        self.fact_rows, self.fact_cols, self.request, self.base = fact_rows, fact_cols, request, base
+        self.loss_rows, self.loss_cols = loss_rows.to(request.device), loss_cols.to(request.device)
+        self.loss_index: Optional[torch.Tensor] = None  # positions in the full loss list; None: all
+
+    def logits(self, picked: torch.Tensor, n_loss: int) -> torch.Tensor:
+        if self.loss_index is None:
+            return picked
+        index = self.loss_index.to(picked.device)
+        return picked.new_zeros((n_loss, picked.shape[1])).index_copy(0, index, picked)
+
+    def drop(self, active: torch.Tensor, prefix: FrozenPrefix) -> None:
+        keep = active.to(self.request.device)[self.request].nonzero().flatten()
+        if keep.numel() == self.request.numel() or not prefix.keep_rows(keep):
+            return
+        new_row = torch.full_like(self.request, -1)
+        new_row[keep] = torch.arange(keep.numel(), device=keep.device)
+        self.fact_rows = torch.arange(keep.numel(), device=keep.device)
+        self.fact_cols, self.request, self.base = self.fact_cols[keep], self.request[keep], self.base[keep]
+        kept = new_row[self.loss_rows] >= 0
+        index = torch.arange(self.loss_rows.numel(), device=keep.device) if self.loss_index is None else self.loss_index
+        self.loss_index = index[kept]
+        self.loss_rows, self.loss_cols = new_row[self.loss_rows[kept]], self.loss_cols[kept]
+
+
 def optimise_values(
     model: nn.Module,
     tok,
@@ -428,6 +502,8 @@ def optimise_values(
         max_norm = hparams.clamp_norm_factor * z_norm
         base_at_fact = h0[problem.fact_rows, fact_cols]
         n_t = problem.target_rows.numel()
+        # the rows still computed: a stopped request's rows leave the batch (`_Rows.drop`)
+        live = _Rows(problem.fact_rows, fact_cols, problem.row_request, base_at_fact, rows, cols)
         active = torch.ones(n, dtype=torch.bool, device=h0.device)
         frozen = torch.zeros_like(z_init)
         results = [ZResult(z=z_init[i], z_init=z_init[i], delta=frozen[i]) for i in range(n)]
@@ -435,9 +511,10 @@ def optimise_values(
         last_step = hparams.v_num_grad_steps - 1
         for step in range(hparams.v_num_grad_steps):
             with torch.enable_grad():
-                hidden = h0.index_put((problem.fact_rows, fact_cols), base_at_fact + delta[problem.row_request])
+                hidden = prefix.hidden.index_put((live.fact_rows, live.fact_cols), live.base + delta[live.request])
                 hidden = run_suffix(prefix, hidden)  # on block `loss_layer`'s device
-                logits = head(ln_f(hidden[rows.to(hidden.device), cols.to(hidden.device)]))
+                picked = head(ln_f(hidden[live.loss_rows.to(hidden.device), live.loss_cols.to(hidden.device)]))
+                logits = live.logits(picked, n_loss=rows.numel())
                 nll, kl, kl_logp = _losses(logits[:n_t], logits[n_t:], problem, kl_init)
                 if kl_init is None:
                     kl_init = kl_logp.detach()
@@ -455,6 +532,7 @@ def optimise_values(
             logger.debug("compute_z step %d: loss %s (nll %s)", step, loss_now, nll_now)
             if not bool(active.any()):
                 break
+            live.drop(active, prefix)
             (grad,) = torch.autograd.grad(loss[active.to(loss.device)].sum(), [delta])
             delta.grad = grad
             opt.step()

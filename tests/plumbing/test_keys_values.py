@@ -153,13 +153,26 @@ REQS3 = REQS + [EditRequest("{}, who works as a", "Ada Lovelace", "plumber", "ma
 
 
 @pytest.mark.parametrize("arch,stop_at", [("gpt2", 5.5), ("llama", 6.5)])
-def test_batched_values_equal_one_request_at_a_time(tiny, arch, stop_at):
-    """n requests in one optimisation == each alone: same z*, same steps (early stops differ per request)."""
+def test_batched_values_equal_one_request_at_a_time(tiny, arch, stop_at, monkeypatch):
+    """n requests in one optimisation == each alone: same z*, same steps (early stops differ per request;
+    a stopped request's rows leave the batch)."""
+    from betaedit_plugin.plumbing.values import FrozenPrefix
+
     model, tok = tiny(arch)
     layout = ModelLayout.from_model(model)
     hp = _hp(v_num_grad_steps=12, v_lr=0.3, clamp_norm_factor=2.0, v_early_stop_loss=stop_at)
     alone = [optimise_value(model, tok, r, hp, layout, 1, CTX) for r in REQS3]
+    kept_rows = []
+    real_keep = FrozenPrefix.keep_rows
+
+    def keep_rows(self, keep):
+        done = real_keep(self, keep)
+        kept_rows.append(keep.numel() if done else None)
+        return done
+
+    monkeypatch.setattr(FrozenPrefix, "keep_rows", keep_rows)
     batched = optimise_values(model, tok, REQS3, hp, layout, 1, CTX, check_prefix=False)
+    assert kept_rows and all(k is not None for k in kept_rows), kept_rows  # rows were dropped, not kept
     for a, b in zip(alone, batched):
         assert a.steps == b.steps
         torch.testing.assert_close(b.z, a.z, rtol=1e-4, atol=1e-5)
