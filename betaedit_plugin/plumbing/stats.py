@@ -475,20 +475,14 @@ def layer_second_moments(
     max_length = _check_positive_int("max_length", max_length)
     batch_size = _check_positive_int("batch_size", batch_size)
     dtype_name = _check_dtype(dtype, model)
-    path = corpus_path(corpus)
     texts = load_corpus(corpus, n_samples)
-    corpus_name = _corpus_name(corpus)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
 
     result: Dict[int, torch.Tensor] = {}
     keys: Dict[int, Dict[str, Any]] = {}
     if use_cache:
-        sha = sha256_file(path)
+        keys = _cache_keys(model, tok, layout, layers, corpus, n_samples, max_length, dtype_name)
         for layer in layers:
-            keys[layer] = stats_cache_key(
-                model, tok, layout, layer, corpus=corpus_name, corpus_sha256=sha,
-                n_samples=n_samples, max_length=max_length, dtype=dtype_name,
-            )
             cached = _read_cached(_cache_file(cache_root, keys[layer]), keys[layer], layout.key_dim(model, layer))
             if cached is not None:
                 result[layer] = cached
@@ -513,9 +507,7 @@ def layer_second_moments(
                 stacklevel=2,
             )
         if missing:
-            seqs = _tokenize(tok, texts, max_length)
-            if not seqs:
-                raise ValueError(f"mom2_dataset={corpus_name!r}: the tokenizer produced no tokens for its {len(texts)} texts")
+            seqs = _corpus_tokens(tok, corpus, texts, max_length)
             logger.info("computing C0 for layers %s on %d texts (one pass, stops after layer %d)",
                         missing, len(seqs), max(missing))
             stats = _one_pass(model, layout, missing, seqs, batch_size, _pad_id(tok), progress)
@@ -530,6 +522,31 @@ def layer_second_moments(
 def _corpus_name(corpus: Union[str, Path]) -> str:
     """The corpus as the cache key names it: a bundled name, else the resolved path."""
     return corpus if isinstance(corpus, str) and corpus in BUNDLED_CORPORA else str(Path(corpus).expanduser().resolve())
+
+
+def _corpus_tokens(tok: Any, corpus: Union[str, Path], texts: List[str], max_length: int) -> List[List[int]]:
+    """``texts`` tokenized (see `_tokenize`); ValueError naming the corpus when nothing is left."""
+    seqs = _tokenize(tok, texts, max_length)
+    if not seqs:
+        raise ValueError(
+            f"mom2_dataset={_corpus_name(corpus)!r}: the tokenizer produced no tokens for its {len(texts)} texts"
+        )
+    return seqs
+
+
+def _cache_keys(
+    model: nn.Module, tok: Any, layout: Any, layers: Sequence[int], corpus: Union[str, Path],
+    n_samples: int, max_length: int, dtype_name: str,
+) -> Dict[int, Dict[str, Any]]:
+    """The cache key of each layer's C0 (`stats_cache_key`; the corpus file is hashed once)."""
+    sha = sha256_file(corpus_path(corpus))
+    return {
+        layer: stats_cache_key(
+            model, tok, layout, layer, corpus=_corpus_name(corpus), corpus_sha256=sha,
+            n_samples=n_samples, max_length=max_length, dtype=dtype_name,
+        )
+        for layer in layers
+    }
 
 
 def second_moment_sums(
@@ -556,9 +573,7 @@ def second_moment_sums(
     _check_positive_int("n_samples", n_samples)
     max_length = _check_positive_int("max_length", max_length)
     batch_size = _check_positive_int("batch_size", batch_size)
-    seqs = _tokenize(tok, load_corpus(corpus, n_samples), max_length)
-    if not seqs:
-        raise ValueError(f"mom2_dataset={_corpus_name(corpus)!r}: the tokenizer produced no tokens")
+    seqs = _corpus_tokens(tok, corpus, load_corpus(corpus, n_samples), max_length)
     return _one_pass(model, layout, layers, seqs, batch_size, _pad_id(tok), progress, rank, world_size)
 
 
@@ -577,15 +592,11 @@ def write_second_moments(
     """Cache ``{layer: (C0, token count)}`` under the key `layer_second_moments` looks up; returns the files."""
     dtype_name = _check_dtype(dtype, model)
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_stats_dir()
-    sha = sha256_file(corpus_path(corpus))
+    keys = _cache_keys(model, tok, layout, list(moments), corpus, n_samples, max_length, dtype_name)
     written = {}
     for layer, (moment, count) in moments.items():
-        key = stats_cache_key(
-            model, tok, layout, layer, corpus=_corpus_name(corpus), corpus_sha256=sha,
-            n_samples=n_samples, max_length=max_length, dtype=dtype_name,
-        )
-        written[layer] = _cache_file(cache_root, key)
-        _write_cached(written[layer], key, moment.cpu(), count)
+        written[layer] = _cache_file(cache_root, keys[layer])
+        _write_cached(written[layer], keys[layer], moment.cpu(), count)
     return written
 
 

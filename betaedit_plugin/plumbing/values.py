@@ -433,10 +433,15 @@ class _Rows:
     list (zeros for stopped requests, whose losses are no longer read).
     """
 
-    def __init__(self, fact_rows, fact_cols, request, base, loss_rows, loss_cols) -> None:
-        self.fact_rows, self.fact_cols, self.request, self.base = fact_rows, fact_cols, request, base
+    def __init__(self, fact_cols, request, base, loss_rows, loss_cols) -> None:
+        self.fact_cols, self.request, self.base = fact_cols, request, base  # one entry per row
         self.loss_rows, self.loss_cols = loss_rows.to(request.device), loss_cols.to(request.device)
         self.loss_index: Optional[torch.Tensor] = None  # positions in the full loss list; None: all
+
+    @property
+    def fact_rows(self) -> torch.Tensor:
+        """Every row has one fact position: row i's is column ``fact_cols[i]``."""
+        return torch.arange(self.request.numel(), device=self.request.device)
 
     def logits(self, picked: torch.Tensor, n_loss: int) -> torch.Tensor:
         if self.loss_index is None:
@@ -450,7 +455,6 @@ class _Rows:
             return
         new_row = torch.full_like(self.request, -1)
         new_row[keep] = torch.arange(keep.numel(), device=keep.device)
-        self.fact_rows = torch.arange(keep.numel(), device=keep.device)
         self.fact_cols, self.request, self.base = self.fact_cols[keep], self.request[keep], self.base[keep]
         kept = new_row[self.loss_rows] >= 0
         index = torch.arange(self.loss_rows.numel(), device=keep.device) if self.loss_index is None else self.loss_index
@@ -503,7 +507,7 @@ def optimise_values(
         base_at_fact = h0[problem.fact_rows, fact_cols]
         n_t = problem.target_rows.numel()
         # the rows still computed: a stopped request's rows leave the batch (`_Rows.drop`)
-        live = _Rows(problem.fact_rows, fact_cols, problem.row_request, base_at_fact, rows, cols)
+        live = _Rows(fact_cols, problem.row_request, base_at_fact, rows, cols)
         active = torch.ones(n, dtype=torch.bool, device=h0.device)
         frozen = torch.zeros_like(z_init)
         results = [ZResult(z=z_init[i], z_init=z_init[i], delta=frozen[i]) for i in range(n)]

@@ -163,8 +163,6 @@ def _load_model(cfg: dict, hparams):
     device_map = cfg["model"].get("device_map")
     if device_map is None and (cfg["model"].get("model_parallel") or hparams.model_parallel):
         device_map = "auto"
-    if device_map is None:
-        _check_device(hparams)
     return place_model(model, hparams.device, device_map=device_map).eval(), tok
 
 
