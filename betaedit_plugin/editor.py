@@ -448,7 +448,7 @@ class BetaEditor:
         reqs = as_requests(requests)
         state = self.prepare()
         reqs = self.check_requests(reqs)
-        deltas, keys, before = self._run_layers(reqs, state)
+        deltas, keys, before, _ = self._run_layers(reqs, state)
         self._restore_weights(before)
         return EditStep(requests=tuple(reqs), deltas=deltas, keys=keys, step=state.step, weights=before)
 
@@ -456,16 +456,38 @@ class BetaEditor:
         """{layer: Delta (d_v, d_k)} for one step; the model and the state are unchanged afterwards."""
         return self.compute(requests).deltas
 
-    def apply(self, requests: Union[EditStep, Any]) -> Dict[str, Any]:
+    def compute_targets(self, requests) -> torch.Tensor:
+        """Step 1 alone: z* (d_v, n) of a batch on the current weights; nothing is written.
+
+        A run's journal records these; `apply` with ``z_star=`` writes a step from them (replay,
+        fixed-target screening), and a target bank is this on the unedited model.
+        """
+        reqs = self.check_requests(as_requests(requests))
+        state = self.prepare()
+        from .plumbing.values import compute_zs
+
+        with _edit_mode(self.model, self.tok):
+            z_star = compute_zs(
+                self.model, self.tok, reqs, self.hparams, self.layout, self.hparams.layers[-1],
+                state.context_templates, check_prefix=not self._prefix_checked,
+            )
+        self._prefix_checked = True
+        return z_star
+
+    def apply(self, requests: Union[EditStep, Any], z_star: Optional[torch.Tensor] = None) -> Dict[str, Any]:
         """Write one step and update the history.
 
         Args:
             requests: a batch of requests (`EditRequest` or EasyEdit dicts), run through steps 1-3,
                 or an `EditStep` from `compute`, whose deltas are written as they are.
+            z_star: (d_v, n) targets of the batch to use instead of optimising them (step 1 is
+                skipped: replaying a journal, fixed-target screening); keys, residuals and the
+                update are computed on the current weights as always.
 
         Returns:
             {'step': edits so far, 'n': requests in this step,
-             'delta_norm': {layer: ||Delta||_F}, 'refreshed': whether the solvers were rebuilt}
+             'delta_norm': {layer: ||Delta||_F}, 'refreshed': whether the solvers were rebuilt,
+             'z_star': the step's targets (d_v, n) on the CPU, None for an `EditStep`}
         Raises:
             RequestError (a ValueError naming the item: index in the batch, case_id) / TypeError for
             bad requests, NonFiniteUpdateError for a NaN/Inf update,
@@ -474,12 +496,16 @@ class BetaEditor:
         """
         state = self.prepare()
         if isinstance(requests, EditStep):
+            if z_star is not None:
+                raise TypeError("apply(EditStep, z_star=...): an EditStep's deltas are already computed; pass requests")
             computed = requests
             reqs = list(computed.requests)
             deltas, keys, before = computed.deltas, computed.keys, self._write_computed(computed, state)
         else:
             reqs = self.check_requests(requests)
-            deltas, keys, before = self._run_layers(reqs, state)
+            if z_star is not None:
+                z_star = self._check_z_star(z_star, len(reqs))
+            deltas, keys, before, z_star = self._run_layers(reqs, state, z_star)
         snap = state.snapshot()
         try:
             refreshed = self._commit(state, keys, len(reqs))
@@ -498,7 +524,20 @@ class BetaEditor:
             }
         norms = {l: float(d.double().norm()) for l, d in deltas.items()}
         logger.info("step %d: wrote %d edit(s), ||Delta||_F %s", state.step, len(reqs), norms)
-        return {"step": state.step, "n": len(reqs), "delta_norm": norms, "refreshed": refreshed}
+        z_out = None if z_star is None else z_star.detach().to("cpu")
+        return {"step": state.step, "n": len(reqs), "delta_norm": norms, "refreshed": refreshed, "z_star": z_out}
+
+    def _check_z_star(self, z_star: torch.Tensor, n: int) -> torch.Tensor:
+        """Given targets: a finite (d_v, n) tensor for the last edited layer (ValueError naming the shape)."""
+        last = self.hparams.layers[-1]
+        d_v = self.layout.value_dim(self.model, last)
+        if not isinstance(z_star, torch.Tensor) or tuple(z_star.shape) != (d_v, n):
+            shape = tuple(z_star.shape) if isinstance(z_star, torch.Tensor) else type(z_star).__name__
+            raise ValueError(f"z_star: expected a tensor of shape ({d_v}, {n}) (d_v of layer {last}, one column per "
+                             f"request), got {shape}")
+        if not bool(torch.isfinite(z_star).all()):
+            raise ValueError("z_star: has NaN or Inf entries")
+        return z_star
 
     def undo(self, restore_weights: bool = True) -> None:
         """Return to the state (and, with ``restore_weights``, the weights) before the last `apply`."""
@@ -531,8 +570,10 @@ class BetaEditor:
         return edit(self, prompts=prompts, target_new=target_new, subject=subject, **kwargs)
 
     # ---------------------------------------------------------------- internals
-    def _run_layers(self, reqs: List[EditRequest], state: EditorState):
-        """Steps 1-2 of the module docstring: returns (deltas, keys, weights before), model edited.
+    def _run_layers(self, reqs: List[EditRequest], state: EditorState, z_star: Optional[torch.Tensor] = None):
+        """Steps 1-2 of the module docstring: returns (deltas, keys, weights before, z*), model edited.
+
+        ``z_star`` given: step 1 is skipped and these targets are used.
 
         On any error the written layers are restored bit for bit before re-raising.
         """
@@ -547,10 +588,11 @@ class BetaEditor:
         keys: Dict[int, torch.Tensor] = {}
         with _edit_mode(self.model, self.tok):
             try:
-                z_star = compute_zs(
-                    self.model, self.tok, reqs, hp, self.layout, last, templates, check_prefix=not self._prefix_checked
-                )
-                self._prefix_checked = True
+                if z_star is None:
+                    z_star = compute_zs(
+                        self.model, self.tok, reqs, hp, self.layout, last, templates, check_prefix=not self._prefix_checked
+                    )
+                    self._prefix_checked = True
                 sweep = KeySweep(self.model, self.tok, reqs, hp, self.layout, layers, templates)
                 for i, l in enumerate(layers):
                     dev = self.layer_devices[l]  # keys and residual go to the edited layer's device
@@ -570,7 +612,7 @@ class BetaEditor:
             except BaseException:
                 self._restore_weights(before)
                 raise
-        return deltas, keys, before
+        return deltas, keys, before, z_star
 
     def _write_computed(self, computed: EditStep, state: EditorState) -> Dict[int, torch.Tensor]:
         """Write an `EditStep`'s deltas onto the weights it was computed on; returns the weights before."""

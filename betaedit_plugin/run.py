@@ -5,6 +5,9 @@
     python -m betaedit_plugin.run method=betaedit hparams.lambda1=1000 hparams.layers=[4,5,6]
     python -m betaedit_plugin.run ... resume=true            # continue from the last checkpoint
     python -m betaedit_plugin.run compare runs/a/memit runs/a/betaedit --out runs/a
+    python -m betaedit_plugin.run bank data=counterfact num_edits=1000     # z* of each record on the unedited model
+    python -m betaedit_plugin.run method=memit targets=runs/bank/smollm2-135m_counterfact_n1000 ...  # fixed targets
+    python -m betaedit_plugin.run replay results/smollm2-counterfact-n1000/betaedit [--save edited.safetensors]
 
 Every run is `betaedit_plugin.runner.run_experiment(cfg)`; the keys are documented in
 `betaedit_plugin.runner.config`. Before Hydra creates any directory, the command line composes
@@ -205,6 +208,49 @@ def _compare_cli(args: Sequence[str]) -> int:
     return 0
 
 
+def _replay_cli(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="betaedit-run replay",
+        description="Rebuild a run's edited model from its journal, re-score the last journaled step and compare "
+                    "with the recorded metrics (nothing in DIR is written).")
+    parser.add_argument("dir", help="a run's out_dir or a published results folder (results.json + journal/)")
+    parser.add_argument("--save", default=None, help="write the edited model: a .safetensors file or a directory (save_pretrained)")
+    parser.add_argument("--no-eval", action="store_true", help="only rebuild (and check the journal's fingerprints)")
+    parser.add_argument("--device", default=None, help="replay on this device instead of the run's hparams.device")
+    ns = parser.parse_args(list(args))
+    from .runner.replay import replay_run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device)
+    except BetaEditError as exc:
+        _fail(str(exc))
+    print(f"replayed {out['steps']} edits in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
+          f"{out['identical']} bit-identical, largest relative ||W_t - W_0|| difference {out['max_rel_diff']:.3g}")
+    if out.get("recorded") is not None:
+        print(f"{'metric':<14} {'recorded':>12} {'replayed':>12} {'|diff|':>10}")
+        for key, d in out["differences"].items():
+            print(f"{key:<14} {out['recorded'][key]:>12.6g} {out['replayed'][key]:>12.6g} {d:>10.3g}")
+    elif "replayed" in out:
+        print(f"results.json records no evaluation at step {out['steps']}; replayed point: "
+              + ", ".join(f"{k}={out['replayed'][k]:.4g}" for k in ("efficacy", "generality", "specificity") if k in out["replayed"]))
+    if out.get("saved"):
+        print(f"edited model written to {out['saved']}")
+    return 0
+
+
+def _bank_args(args: Sequence[str]) -> List[str]:
+    """``bank ...`` as a run: mode=bank, and out_dir runs/bank/<model>_<data>_n<N> unless given."""
+    args = [a for a in args]
+    keys = {a.partition("=")[0] for a in args}
+    if "mode" in keys:
+        raise ConfigError("bank: mode is set by the bank command; drop mode=...")
+    args.append("mode=bank")
+    if "out_dir" not in keys:
+        args.append("out_dir=runs/bank/${model.name}_${data.name}_n${num_edits}")
+    return args
+
+
 def _task(cfg, before: Optional[Dict[Path, _OutDirBefore]] = None) -> None:
     """Hydra task: run, then print the before/after table and where the outputs are.
 
@@ -238,12 +284,20 @@ def _task(cfg, before: Optional[Dict[Path, _OutDirBefore]] = None) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``betaedit-run`` / ``python -m betaedit_plugin.run``.
 
-    ``compare DIR... [--out DEST]`` builds a comparison from finished runs; anything else is a Hydra
-    command line (overrides, ``-m`` for a multirun).
+    ``compare DIR... [--out DEST]`` builds a comparison from finished runs; ``replay DIR [--save PATH]``
+    rebuilds a run's edited model from its journal; ``bank <overrides>`` computes a target bank;
+    anything else is a Hydra command line (overrides, ``-m`` for a multirun).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "compare":
         return _compare_cli(args[1:])
+    if args and args[0] == "replay":
+        return _replay_cli(args[1:])
+    if args and args[0] == "bank":
+        try:
+            args = _bank_args(args[1:])
+        except ConfigError as exc:
+            _fail(str(exc))
     flags = [a for a in args if a.startswith("-")]
     before: Dict[Path, _OutDirBefore] = {}
     if all(f in ("-m", "--multirun") for f in flags):

@@ -54,7 +54,9 @@ __all__ = [
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "model", "data")
 #: config keys that do not change a run's results (left out of its identity)
-RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir")
+RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir",
+                "journal_chunk")
+MODES = ("edit", "bank")
 
 
 class ConfigError(BetaEditError):
@@ -184,9 +186,24 @@ class RunFields:
     run_root: str = _help("A multirun writes comparison.md here.", default="runs/${model.name}_${data.name}_n${num_edits}")
     out_dir: str = _help("Where this run writes.", default="${run_root}/${method.name}")
     eval: EvalConfig = _help("Evaluation settings.", default_factory=EvalConfig)
+    mode: str = _help(
+        "'edit': sequential editing. 'bank': only compute z* of each record on the unedited model and journal "
+        "it (a target bank for targets=...; `python -m betaedit_plugin.run bank ...`).", default="edit",
+    )
+    targets: Optional[str] = _help(
+        "Fixed targets: read each request's z* from this journal or bank (an out_dir or results folder) instead of "
+        "optimising it on the edited model; keys, residuals and updates are still computed on this run's weights. "
+        "Not the sequential protocol: results say so.", default=None,
+    )
+    journal_chunk: int = _help("Journaled steps per sealed chunk file of out_dir/journal.", default=50)
 
     def __post_init__(self) -> None:
         _int("num_edits", self.num_edits, 1)
+        _int("journal_chunk", self.journal_chunk, 1)
+        if self.mode not in MODES:
+            raise ConfigError(f"mode={self.mode!r}: expected one of {list(MODES)}")
+        if self.mode == "bank" and self.targets:
+            raise ConfigError(f"targets={self.targets!r}: a bank computes targets; drop targets for mode=bank")
         _int("batch_size", self.batch_size, 1)
         _int("eval_every", self.eval_every, 1)
         _int("checkpoint_every", self.checkpoint_every, 0)
@@ -320,7 +337,7 @@ def run_identity(cfg: Mapping) -> dict:
 
 #: (group, key) added to the configuration after runs were written, with the value that leaves
 #: results as before: left out of the identity at that value, so existing out_dirs still match
-_ADDED_KEYS = {("data", "skip_invalid"): False}
+_ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "targets"): None}
 
 
 def _normalised(identity: Mapping) -> dict:
@@ -333,7 +350,10 @@ def _normalised(identity: Mapping) -> dict:
     if isinstance(out.get("hparams"), Mapping):
         out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
     for (group, key), neutral in _ADDED_KEYS.items():
-        if isinstance(out.get(group), Mapping) and out[group].get(key, neutral) == neutral:
+        if group is None:
+            if out.get(key, neutral) == neutral:
+                out.pop(key, None)
+        elif isinstance(out.get(group), Mapping) and out[group].get(key, neutral) == neutral:
             out[group] = {k: v for k, v in out[group].items() if k != key}
     return out
 

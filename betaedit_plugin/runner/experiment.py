@@ -45,6 +45,7 @@ from .config import (
     validate_config,
 )
 from .evaluation import Evaluator
+from .journal import Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, target_fields, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,19 @@ class _Run:
     evaluator: Evaluator
     results: dict
     timing: dict = field(default_factory=dict)
+    journal: Optional[Journal] = None
+    targets: Optional[TargetSource] = None
+    base_weights: Optional[dict] = None
 
     def evaluate(self, step: int) -> dict:
-        return self.evaluator.evaluate(step, self.editor.weight_deltas)
+        point = self.evaluator.evaluate(step, self.editor.weight_deltas)
+        if step > 0 and self.journal is not None:
+            self.journal.add_fingerprint(self.fingerprint())
+        return point
+
+    def fingerprint(self) -> dict:
+        layout, model = self.editor.layout, self.model
+        return weights_fingerprint({l: layout.read_weight(model, l) for l in self.base_weights}, self.base_weights)
 
 
 # ============================================================================ checks before any work
@@ -96,7 +107,30 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
                 f"out_dir={str(out_dir)!r} holds results of another run ({key}={theirs!r} there, {ours!r} here); "
                 "use another out_dir or delete it"
             )
+    if Journal.exists(out_dir):
+        _check_journal(out_dir, identity, cfg)
     return ckpt if cfg["resume"] else None
+
+
+def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Journal:
+    """The journal in ``out_dir``, verified and of this run (ConfigError naming the field otherwise)."""
+    try:
+        journal = Journal.open(out_dir, chunk_size=cfg.get("journal_chunk", 50))
+    except JournalError as exc:
+        raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
+    diff = identity_difference(journal.header.get("identity", {}), identity)
+    if diff is not None:
+        key, theirs, ours = diff
+        raise ConfigError(
+            f"out_dir={str(out_dir)!r} holds the journal of another run ({key}={theirs!r} there, {ours!r} here); "
+            "use another out_dir, or the same settings to continue it"
+        )
+    if not cfg["resume"] and journal.records:
+        raise ConfigError(
+            f"out_dir={str(out_dir)!r} holds the journal of {journal.last_step} edits of this run; resume=true continues "
+            f"it (it is replayed if no checkpoint is left); to start over delete {str(out_dir / 'journal')!r}"
+        )
+    return journal
 
 
 def _read_results(path: Path) -> dict:
@@ -124,11 +158,23 @@ def check_run(cfg: Any, verify_files: bool = True) -> tuple:
     cfg = validate_config(cfg)
     identity = run_identity(cfg)
     hparams = build_hparams(cfg)
+    if cfg.get("targets"):
+        identity["targets"] = _open_targets(cfg, hparams).header["config_hash"]  # where they lie is no part of the run
     _check_device(hparams)
     requests = load_requests(cfg)
     check_mmlu(cfg)
     ckpt = check_out_dir(cfg, identity, verify_files=verify_files)
     return cfg, identity, hparams, requests, ckpt
+
+
+def _open_targets(cfg: Mapping, hparams) -> TargetSource:
+    """The run's fixed targets, checked against its model and the settings z* depends on."""
+    try:
+        source = TargetSource.open(cfg["targets"])
+        source.check_compatible(cfg["model"], target_fields(hparams))
+    except JournalError as exc:
+        raise ConfigError(str(exc)) from None
+    return source
 
 
 def _check_device(hparams) -> None:
@@ -207,7 +253,6 @@ def _out_dir_lock(out_dir: Path):
 def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     """`run_experiment` after its checks, with ``out_dir`` held."""
     import torch
-    from tqdm.auto import tqdm
 
     from ..editor import BetaEditor
     from ..plumbing.layout import ModelLayout
@@ -216,6 +261,9 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     out_dir = Path(cfg["out_dir"])
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
+    bank = cfg["mode"] == "bank"
+    journal = _check_journal(out_dir, identity, cfg) if Journal.exists(out_dir) else None
+    targets = _open_targets(cfg, hparams) if cfg.get("targets") else None
 
     timing: dict = {}
     with _timed(timing, "load_model_s"):
@@ -228,10 +276,15 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     with _timed(timing, "statistics_s"):
         prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=cfg["progress"])
     base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
-    evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights)
+    evaluator = None if bank else Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights)
 
-    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False)
-    results = {
+    # the journal's (or the targets') context templates: they were sampled from the model once
+    templates = journal.header["context_templates"] if journal is not None else None
+    if templates is None and targets is not None:
+        templates = targets.context_templates
+    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False, context_templates=templates)
+    results = {"protocol": _protocol(cfg)} if (bank or targets is not None) else {}
+    results.update({
         "format": RESULTS_FORMAT,
         "method": cfg["method"]["name"],
         "alg_name": hparams.alg_name,
@@ -246,13 +299,13 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
         "skipped_invalid": [asdict(b) for b in getattr(requests, "skipped", [])],
         "status": "running",
         "edits_done": 0,
-    }
-    run = _Run(cfg, model, editor, evaluator, results, timing)
+    })
+    run = _Run(cfg, model, editor, evaluator, results, timing, journal, targets, base_weights)
     if ckpt is not None:
         start = _resume(run, ckpt)
     else:
-        if cfg["resume"]:
-            logger.warning("resume=true but no checkpoint in %s: starting from edit 0", out_dir)
+        if cfg["resume"] and journal is None:
+            logger.warning("resume=true but no checkpoint or journal in %s: starting from edit 0", out_dir)
         if list_checkpoints(out_dir):
             logger.warning("out_dir %s holds checkpoints of this config; starting over (resume=false)", out_dir)
             shutil.rmtree(out_dir / "checkpoints")
@@ -261,10 +314,45 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
             editor.prepare()
     with _user_errors(cfg):
         editor.check_requests(requests)  # before any weight changes: every case fits the model
-    if start == 0:
+    if journal is None and start == 0:
+        run.journal = Journal.create(
+            out_dir, kind="bank" if bank else "run", identity=identity, config_hash=config_hash(identity),
+            context_templates=editor.context_templates, target_fields=target_fields(hparams),
+            chunk_size=cfg["journal_chunk"],
+        )
+    elif journal is None:
+        logger.warning("%s has no journal (the run started before journals existed): it is not journaled", out_dir)
+    if run.journal is not None and run.journal.last_step > start:
+        start = _replay(run, requests, start)
+    if start == 0 and not bank and not any(p["step"] == 0 for p in results["evals"]):
         with _timed(timing, "eval_total_s"):
             results["evals"].append(run.evaluate(0))
+    _edit_loop(run, requests, start)
+    if run.journal is not None and results["status"] == "complete":
+        run.journal.seal()  # a finished run's journal is chunks only: nothing in it changes again
+    _finish_timing(run)
+    _save_outputs(run, final=True)
+    if not bank:
+        update_comparison(cfg)
+    return results
 
+
+def _protocol(cfg: Mapping) -> str:
+    """First line of a run's results that is not the sequential protocol."""
+    if cfg["mode"] == "bank":
+        return "target bank: z* of each record computed on the unedited model (MEMIT's mass-editing targets); nothing is edited"
+    return (f"fixed targets from {cfg['targets']}: z* read from there, not re-optimised on the edited model "
+            "(screening, not the sequential protocol)")
+
+
+def _edit_loop(run: _Run, requests, start: int) -> None:
+    """Steps ``start ..`` to ``num_edits`` (or ``stop_after``): edit (or, for a bank, compute z*), journal,
+    evaluate every ``eval_every`` edits, checkpoint every ``checkpoint_every``."""
+    from tqdm.auto import tqdm
+
+    cfg, results, editor, timing = run.cfg, run.results, run.editor, run.timing
+    bank = cfg["mode"] == "bank"
+    out_dir = Path(cfg["out_dir"])
     n, bs, every = cfg["num_edits"], cfg["batch_size"], cfg["eval_every"]
     stop = cfg["stop_after"] or n
     bar = tqdm(total=n, initial=start, desc=cfg["method"]["name"], disable=not cfg["progress"], unit="edit")
@@ -276,33 +364,131 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
             batch = requests[step: min(step + bs, n, stop)]
             t0 = time.perf_counter()
             with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
-                info = editor.apply(batch)
+                if bank:
+                    info = {"z_star": editor.compute_targets(batch).detach().to("cpu"), "delta_norm": {}}
+                else:
+                    z_star = _fixed_targets(run, batch) if run.targets is not None else None
+                    info = editor.apply(batch, z_star=z_star)
             seconds = time.perf_counter() - t0
             prev, step = step, step + len(batch)
-            results["edits"].append({"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
-                                     "delta_norm": {str(k): v for k, v in info["delta_norm"].items()},
-                                     "refreshed": bool(info.get("refreshed"))})
-            results["edits_done"] = step
-            if step // every > prev // every or step == n:
+            if run.journal is not None:
+                run.journal.append(StepRecord(step, [_fields(r) for r in batch], info["z_star"]))
+            _log_edit(results, step, batch, seconds, info)
+            if not bank and (step // every > prev // every or step == n):
                 with _timed(timing, "eval_total_s"):
                     results["evals"].append(run.evaluate(step))
                 bar.set_postfix(_postfix(results["evals"][-1]))
+            if run.journal is not None:
+                run.journal.maybe_seal()
+            if step // every > prev // every or step == n:
                 _finish_timing(run)
                 _save_outputs(run, final=False)  # results.json / metrics.csv readable while the run goes on
             bar.update(len(batch))
             ck = cfg["checkpoint_every"]
-            if (ck and step // ck > prev // ck) or (step >= stop and step < n):
+            if not bank and ((ck and step // ck > prev // ck) or (step >= stop and step < n)):
                 _finish_timing(run)
-                write_checkpoint(out_dir, step, identity=identity, save_editor_state=editor.save_state,
+                write_checkpoint(out_dir, step, identity=results["identity"], save_editor_state=editor.save_state,
                                  results=results, keep=cfg["keep_checkpoints"])
     finally:
         bar.close()
     results["status"] = "complete" if step >= n else "stopped"
     results["edits_done"] = step
-    _finish_timing(run)
-    _save_outputs(run, final=True)
-    update_comparison(cfg)
-    return results
+
+
+def _fields(request) -> dict:
+    from .journal import request_fields
+
+    return request_fields(request)
+
+
+def _fixed_targets(run: _Run, batch):
+    try:
+        return run.targets.lookup(batch)
+    except JournalError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _log_edit(results: dict, step: int, batch, seconds: float, info: Mapping, replayed: bool = False) -> None:
+    entry = {"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
+             "delta_norm": {str(k): v for k, v in info["delta_norm"].items()},
+             "refreshed": bool(info.get("refreshed"))}
+    if replayed:
+        entry["replayed"] = True
+    results["edits"].append(entry)
+    results["edits_done"] = step
+
+
+def _replay(run: _Run, requests, start: int) -> int:
+    """Write the journaled steps after ``start`` from their journaled z* (no value optimisation), checking
+    the weights' fingerprints on the way; evaluation points missing from the results are evaluated.
+    Returns the step reached (the journal's last)."""
+    cfg, journal, results = run.cfg, run.journal, run.results
+    last = journal.last_step
+    try:
+        journal.check_requests(requests, last)
+    except JournalError as exc:
+        raise ConfigError(f"out_dir={cfg['out_dir']!r}: {exc}") from None
+    # results of the run up to the journal's last step (results.json is written at evaluation points)
+    previous = _previous_results(Path(cfg["out_dir"]), results["identity"])
+    if previous is not None and len(previous.get("edits", [])) >= len(results["edits"]):
+        results["evals"], results["edits"] = previous["evals"], previous["edits"]
+    results["evals"] = [p for p in results["evals"] if p["step"] <= last]
+    results["edits"] = [e for e in results["edits"] if e["step"] <= last]
+    logged = {e["step"] for e in results["edits"]}
+    bank = cfg["mode"] == "bank"
+    if start == 0 and not bank and not any(p["step"] == 0 for p in results["evals"]):
+        with _timed(run.timing, "eval_total_s"):
+            results["evals"].insert(0, run.evaluate(0))
+    every, n = cfg["eval_every"], cfg["num_edits"]
+    logger.info("replaying steps %d-%d of the journal (z* journaled, not optimised)", start + 1, last)
+    t_all = time.perf_counter()
+    checked = {"fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
+    step = start
+    for record in journal.records:
+        if record.step <= start:
+            continue
+        batch = requests[step: record.step]
+        t0 = time.perf_counter()
+        if bank:
+            info = {"delta_norm": {}}
+        else:
+            with _user_errors(cfg, f"replaying the batch of edits {step + 1}-{record.step}: "):
+                info = run.editor.apply(batch, z_star=record.z_star)
+        prev, step = step, record.step
+        if step not in logged:  # the edit log of results.json keeps the seconds the edit first took
+            _log_edit(results, step, batch, time.perf_counter() - t0, info, replayed=True)
+        if record.fingerprint is not None and not bank:
+            try:
+                got = compare_fingerprint(record.fingerprint, run.fingerprint(), step)
+            except JournalError as exc:
+                raise ConfigError(f"out_dir={cfg['out_dir']!r}: {exc}") from None
+            checked["fingerprints"] += 1
+            checked["identical"] += int(got["identical"])
+            checked["max_rel_diff"] = max(checked["max_rel_diff"], got["max_rel_diff"])
+        due = step // every > prev // every or step == n
+        if not bank and due and not any(p["step"] == step for p in results["evals"]):
+            with _timed(run.timing, "eval_total_s"):
+                point = run.evaluator.evaluate(step, run.editor.weight_deltas)
+            results["evals"].append(point)
+            results["evals"].sort(key=lambda p: p["step"])
+    run.timing["replay_s"] = run.timing.get("replay_s", 0.0) + time.perf_counter() - t_all
+    results["replayed"] = {"from_step": start, "to_step": last, **checked}
+    logger.info("replayed %d edits in %.1f s; %d fingerprints checked (%d bit-identical, max relative ||D|| difference %.3g)",
+                last - start, run.timing["replay_s"], checked["fingerprints"], checked["identical"], checked["max_rel_diff"])
+    return last
+
+
+def _previous_results(out_dir: Path, identity: Mapping) -> Optional[dict]:
+    """``out_dir/results.json`` of this run, or None (missing, or of another run: check_out_dir refused that)."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return None
+    previous = _read_results(path)
+    if identity_difference(previous.get("identity", {}), identity) is not None:
+        return None
+    if not isinstance(previous.get("evals"), list) or not isinstance(previous.get("edits"), list):
+        return None
+    return previous
 
 
 @contextlib.contextmanager
@@ -347,14 +533,17 @@ def _save_outputs(run: _Run, final: bool) -> None:
     out_dir = Path(run.cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
+    if run.cfg["mode"] == "bank":
+        return  # no evaluation points
     write_metrics_csv(run.results["evals"], out_dir / "metrics.csv")
     if final:
         label = run.cfg["method"]["name"]
         run.results["plots"] = [p.name for p in plot_runs({label: run.results["evals"]}, out_dir)]
         atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
+        first = f"> {run.results['protocol']}\n\n" if "protocol" in run.results else ""
         atomic_write_text(
             out_dir / "report.md",
-            f"# {label} on {run.cfg['model']['name']}, {run.cfg['data']['name']}, {run.results['edits_done']} edits\n\n"
+            first + f"# {label} on {run.cfg['model']['name']}, {run.cfg['data']['name']}, {run.results['edits_done']} edits\n\n"
             + before_after_table(run.results["evals"]) + "\n",
         )
 
