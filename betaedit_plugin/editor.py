@@ -487,7 +487,8 @@ class BetaEditor:
         Returns:
             {'step': edits so far, 'n': requests in this step,
              'delta_norm': {layer: ||Delta||_F}, 'refreshed': whether the solvers were rebuilt,
-             'z_star': the step's targets (d_v, n) on the CPU, None for an `EditStep`}
+             'z_star': the step's targets (d_v, n) on the CPU, None for an `EditStep`;
+             after a projector refresh, 'refresh': {layer: rank before/after, largest principal angle}}
         Raises:
             RequestError (a ValueError naming the item: index in the batch, case_id) / TypeError for
             bad requests, NonFiniteUpdateError for a NaN/Inf update,
@@ -525,7 +526,10 @@ class BetaEditor:
         norms = {l: float(d.double().norm()) for l, d in deltas.items()}
         logger.info("step %d: wrote %d edit(s), ||Delta||_F %s", state.step, len(reqs), norms)
         z_out = None if z_star is None else z_star.detach().to("cpu")
-        return {"step": state.step, "n": len(reqs), "delta_norm": norms, "refreshed": refreshed, "z_star": z_out}
+        info = {"step": state.step, "n": len(reqs), "delta_norm": norms, "refreshed": refreshed, "z_star": z_out}
+        if refreshed and getattr(self.rule, "last_refresh", None):
+            info["refresh"] = {str(l): v for l, v in self.rule.last_refresh.items()}  # how much each projector changed
+        return info
 
     def _check_z_star(self, z_star: torch.Tensor, n: int) -> torch.Tensor:
         """Given targets: a finite (d_v, n) tensor for the last edited layer (ValueError naming the shape)."""

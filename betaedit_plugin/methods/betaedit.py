@@ -50,7 +50,14 @@ class BetaEditHyperParams(EditHyperParams):
 
 
 class BetaEditRule(UpdateRule):
-    """Solver on the null-space basis of C0 with lambda1, lambda2; projector refresh every tau edits."""
+    """Solver on the null-space basis of C0 with lambda1, lambda2; projector refresh every tau edits.
+
+    ``last_refresh`` holds, after a refresh, how much each layer's projector changed:
+    ``{layer: {"step", "rank_before", "rank_after", "max_angle_deg"}}`` (the largest principal angle
+    between the old and the new null space, measured within the smaller of the two).
+    """
+
+    last_refresh: dict = {}
 
     def solver_lambdas(self, layer: int) -> Tuple[float, float]:
         return float(self.hparams.lambda1), float(self.hparams.lambda2)
@@ -65,13 +72,34 @@ class BetaEditRule(UpdateRule):
         from ..linalg import protected_cov
 
         hp = self.hparams
+        changes = {}
         for l, s in state.layers.items():
             S = protected_cov(s.hist_cov, state.step, s.prior_cov, hp.lambda1)
             basis = checked_nullspace(S, hp.nullspace_threshold, f"the protected matrix S of layer {l} at step {state.step}")
+            old = s.solver.basis
+            changes[l] = {"step": state.step, "rank_before": None if old is None else int(old.shape[1]),
+                          "rank_after": int(basis.shape[1]), "max_angle_deg": largest_principal_angle(old, basis)}
             s.solver.refresh(basis, s.hist_cov)
-            logger.info("step %d, layer %d: projector refreshed, rank %d", state.step, l, basis.shape[1])
+            logger.info("step %d, layer %d: projector refreshed, rank %s -> %d, largest principal angle %.3g deg",
+                        state.step, l, changes[l]["rank_before"], basis.shape[1], changes[l]["max_angle_deg"])
         state.last_refresh = state.step
+        self.last_refresh = changes
         return True
+
+
+def largest_principal_angle(a, b) -> float:
+    """Largest principal angle (degrees) between span(a) and span(b), orthonormal columns, within the
+    smaller of the two subspaces: 0 when one contains the other, 90 when some direction of the smaller
+    one is orthogonal to the larger. NaN when either is missing or empty."""
+    import math
+
+    import torch
+
+    if a is None or b is None or a.shape[1] == 0 or b.shape[1] == 0:
+        return float("nan")
+    small, large = (a, b) if a.shape[1] <= b.shape[1] else (b, a)
+    cosines = torch.linalg.svdvals(small.double().T @ large.to(small.device).double())
+    return math.degrees(math.acos(min(1.0, float(cosines.min()))))
 
 
 register_method(Method(

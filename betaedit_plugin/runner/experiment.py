@@ -412,6 +412,8 @@ def _log_edit(results: dict, step: int, batch, seconds: float, info: Mapping, re
     entry = {"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
              "delta_norm": {str(k): v for k, v in info["delta_norm"].items()},
              "refreshed": bool(info.get("refreshed"))}
+    if info.get("refresh"):
+        entry["refresh"] = info["refresh"]
     if replayed:
         entry["replayed"] = True
     results["edits"].append(entry)

@@ -1,0 +1,109 @@
+"""The long-horizon campaign (results/CAMPAIGN.md): its runs, their commands, and how far each got.
+
+    python results/campaign.py status              # every run: edits journaled of its target, status
+    python results/campaign.py command NAME        # the exact command of one run
+    python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
+
+Every run writes straight into results/<phase>/<name>/ (journal, results.json, metrics.csv, plots,
+run.log); checkpoints and lock files are ignored by git (results/.gitignore). A run continues on
+any machine from its committed journal (`resume=true` replays it). Start runs from the repository
+root with the project's environment (`make setup`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+
+SCREEN = "results/screening-smollm2-counterfact-n1000"
+BANK = f"{SCREEN}/bank"
+SEQ = "results/smollm2-counterfact-n1000"
+
+# the settings every run of a phase shares: records, statistics (the YAMLs' mom2_*), evaluation sample
+_COMMON = ["model=smollm2-135m", "data=counterfact", "num_edits=1000", "progress=false", "resume=true"]
+_SCREEN_EVAL = ["eval_every=250", "eval.max_cases=200", "eval.mmlu_n=0", "eval.fluency_prompts=0",
+                "checkpoint_every=50", f"targets={BANK}"]
+_SEQ_EVAL = ["batch_size=1", "eval_every=100", "eval.max_cases=200", "eval.mmlu_n=0", "checkpoint_every=50"]
+
+
+def _screen(method: str, **hp) -> list:
+    return [f"method={method}", *(f"hparams.{k}={v}" for k, v in hp.items())]
+
+
+def runs() -> dict:
+    """{name: (out_dir, overrides)} of every run of the campaign, in the order to run them."""
+    out = {"bank": (BANK, ["bank", *_COMMON, "eval.mmlu_n=0"])}
+    screening = {}
+    for l1 in (0, 1, 3, 10, 30, 100, 300, 1000, 3000):
+        screening[f"betaedit-l1_{l1}-l2_10-tau100"] = _screen("betaedit", lambda1=l1, lambda2=10, tau=100)
+    for l1 in (10, 3000):  # tau at a small and at the paper's lambda1 (re-aimed at the best one once known)
+        for tau in (10, 100000):  # 100000 > num_edits: never refreshed
+            screening[f"betaedit-l1_{l1}-l2_10-tau{tau}"] = _screen("betaedit", lambda1=l1, lambda2=10, tau=tau)
+    for l1 in (10, 3000):
+        screening[f"betaedit-l1_{l1}-l2_1-tau100"] = _screen("betaedit", lambda1=l1, lambda2=1, tau=100)
+    for l2 in (1, 10, 100):
+        screening[f"alphaedit-L2_{l2}"] = _screen("alphaedit", L2=l2)
+    for w in (100, 1000, 10000):
+        screening[f"memit-w_{w}"] = _screen("memit", mom2_update_weight=w)
+    for th in (0.005, 0.05):
+        screening[f"alphaedit-L2_10-th_{th}"] = _screen("alphaedit", L2=10, nullspace_threshold=th)
+        screening[f"betaedit-l1_3000-l2_10-tau100-th_{th}"] = _screen("betaedit", lambda1=3000, lambda2=10, tau=100,
+                                                                       nullspace_threshold=th)
+    for name, over in screening.items():
+        out[name] = (f"{SCREEN}/{name}", [*over, *_COMMON, *_SCREEN_EVAL])
+    for method in ("memit", "alphaedit", "betaedit"):  # the headline: settings chosen from the screening
+        out[f"seq-{method}"] = (f"{SEQ}/{method}", [f"method={method}", *_COMMON, *_SEQ_EVAL, f"run_root={SEQ}"])
+    return out
+
+
+def command(name: str) -> list:
+    out_dir, overrides = runs()[name]
+    return [PY, "-m", "betaedit_plugin.run", *overrides, f"out_dir={out_dir}"]
+
+
+def progress(out_dir: str, target: int = 1000) -> str:
+    """Edits journaled, and the status in results.json."""
+    from betaedit_plugin.runner.journal import Journal, JournalError
+
+    path = ROOT / out_dir
+    if not Journal.exists(path):
+        return "not started"
+    try:
+        done = Journal.open(path).last_step
+    except JournalError as exc:
+        return f"journal unreadable: {exc}"
+    status = "?"
+    if (path / "results.json").is_file():
+        status = json.loads((path / "results.json").read_text()).get("status", "?")
+    alive = (path / ".betaedit-run.pid").is_file()
+    return f"{done}/{target} journaled, results {status}" + (" (pid file present: may be running)" if alive else "")
+
+
+def main(argv) -> int:
+    if not argv or argv[0] == "status":
+        for name, (out_dir, _) in runs().items():
+            print(f"{name:<40} {progress(out_dir)}")
+        return 0
+    if argv[0] == "command":
+        print(" ".join(command(argv[1])))
+        return 0
+    if argv[0] == "start":
+        for name in argv[1:]:
+            out_dir = ROOT / runs()[name][0]
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            log = open(out_dir.parent / f"{name}.out", "a")
+            proc = subprocess.Popen(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            print(f"started {name} (pid {proc.pid}), log {log.name}")
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,189 @@
+"""The run journal: a run stopped, its checkpoints deleted, resumed from the journal alone ends with
+bit-identical weights and the same metrics; corrupt, foreign and diverging journals are refused;
+`replay` rebuilds the edited model; fixed targets and target banks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from betaedit_plugin._fileio import read_tensors, tensor_sha256, write_tensors
+from betaedit_plugin.methods import METHODS, get_method
+from betaedit_plugin.runner import ConfigError, run_experiment
+from betaedit_plugin.runner.journal import Journal, JournalError, compare_fingerprint
+
+from test_checkpoint import _REPO, _env, _tiny_run  # tests/runner is on sys.path (rootdir conftest, no packages)
+
+get_method("BetaEdit")  # the shipped methods are registered
+ALL_METHODS = sorted(m.cli_name for m in METHODS)
+
+
+def _cfg(tmp_path, out_dir, *extra):
+    """`test_checkpoint`'s tiny run, 5 edits, chunks of 2 steps, no MMLU or fluency (later overrides win)."""
+    return _tiny_run(tmp_path, out_dir, "num_edits=5", "journal_chunk=2", "eval.mmlu_n=0", "eval.fluency_prompts=0", *extra)
+
+
+def _metrics(point):
+    return {k: v for k, v in point.items() if isinstance(v, float) and not k.endswith("_s")}
+
+
+def _chunks(out_dir):
+    return sorted(p.name for p in (Path(out_dir) / "journal").iterdir())
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_resume_from_the_journal_alone_ends_bit_identical(tmp_path, method):
+    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole", f"method={method}"))
+    out = tmp_path / "resumed"
+    stopped = run_experiment(_cfg(tmp_path, out, f"method={method}", "stop_after=3"))
+    assert stopped["status"] == "stopped" and "tail.safetensors" in _chunks(out)
+    shutil.rmtree(out / "checkpoints")  # what a fresh clone of a repository with the journal committed has
+    (out / "results.json").unlink()
+    resumed = run_experiment(_cfg(tmp_path, out, f"method={method}", "resume=true"))
+    assert resumed["status"] == "complete" and resumed["replayed"]["to_step"] == 3
+    assert resumed["replayed"]["fingerprints"] == 1 and resumed["replayed"]["identical"] == 1  # step 2's weights
+    # every evaluation point (those lost with results.json were evaluated during the replay) and the final weights
+    assert [p["step"] for p in resumed["evals"]] == [p["step"] for p in whole["evals"]] == [0, 2, 4, 5]
+    for a, b in zip(whole["evals"], resumed["evals"]):
+        assert _metrics(a) == _metrics(b), a["step"]
+    final_whole, final_resumed = Journal.open(tmp_path / "whole"), Journal.open(out)
+    assert final_whole.records[-1].fingerprint == final_resumed.records[-1].fingerprint  # sha256 of every W_t
+    assert [r.step for r in final_resumed.records] == [1, 2, 3, 4, 5]
+    # the stopped run's tail (step 3) went on to step 4 and became a chunk; the end sealed step 5; no tail
+    assert _chunks(out) == ["chunk-0000001-0000002.safetensors", "chunk-0000003-0000004.safetensors",
+                            "chunk-0000005-0000005.safetensors", "header.safetensors"]
+    for a, b in zip(final_whole.records, final_resumed.records):
+        assert torch.equal(a.z_star, b.z_star) and a.requests == b.requests
+
+
+def test_a_checkpoint_behind_the_journal_replays_the_steps_after_it(tmp_path):
+    out = tmp_path / "out"
+    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole"))
+    run_experiment(_cfg(tmp_path, out, "stop_after=3", "checkpoint_every=2"))  # checkpoint at 2 and at the stop, 3
+    ckpts = sorted((out / "checkpoints").iterdir())
+    shutil.rmtree(ckpts[-1])  # the newest checkpoint is lost; step-2 is not kept (keep_checkpoints=1): rebuild one
+    run_experiment(_cfg(tmp_path, tmp_path / "two", "stop_after=2"))
+    shutil.copytree(tmp_path / "two" / "checkpoints", out / "checkpoints", dirs_exist_ok=True)
+    resumed = run_experiment(_cfg(tmp_path, out, "resume=true"))
+    assert resumed["resumed_from"] == 2 and resumed["replayed"] == {
+        "from_step": 2, "to_step": 3, "fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
+    assert Journal.open(out).records[-1].fingerprint == Journal.open(tmp_path / "whole").records[-1].fingerprint
+    assert _metrics(resumed["evals"][-1]) == _metrics(whole["evals"][-1])
+
+
+def test_a_corrupt_or_foreign_journal_is_refused_before_the_model_is_loaded(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "stop_after=3"))
+    shutil.rmtree(out / "checkpoints")
+    import betaedit_plugin.runner.experiment as experiment
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(experiment, "_load_model", no_model)
+    (out / "results.json").unlink()  # (results.json of another run is refused the same way)
+    with pytest.raises(ConfigError, match=r"holds the journal of another run \(hparams.lambda1='<unset>' there, 50.0 here\)"):
+        run_experiment(_cfg(tmp_path, out, "resume=true", "hparams.lambda1=50"))
+    with pytest.raises(ConfigError, match=r"holds the journal of 3 edits of this run; resume=true continues it"):
+        run_experiment(_cfg(tmp_path, out))
+
+    chunk = out / "journal" / "chunk-0000001-0000002.safetensors"
+    raw = bytearray(chunk.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    start, _ = json.loads(raw[8:8 + n])["z_star.2"]["data_offsets"]
+    raw[8 + n + start + 3] ^= 0x20  # one bit of step 2's z*
+    pristine = chunk.read_bytes()
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(ConfigError, match=r"tensor 'z_star.2' does not match the sha256 stored with it"):
+        run_experiment(_cfg(tmp_path, out, "resume=true"))
+    chunk.write_bytes(pristine)
+    chunk.unlink()  # steps 1-2 lost: the tail's step 3 follows nothing
+    with pytest.raises(ConfigError, match=r"step 3 does not follow step 0"):
+        run_experiment(_cfg(tmp_path, out, "resume=true"))
+
+
+def test_a_replay_that_diverges_stops_naming_the_step_and_layer(tmp_path):
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "stop_after=3"))
+    shutil.rmtree(out / "checkpoints")
+    chunk = out / "journal" / "chunk-0000001-0000002.safetensors"
+    tensors, meta = read_tensors(chunk)
+    tensors["z_star.1"] = tensors["z_star.1"] * 1.01  # other targets for step 1, sealed again
+    write_tensors(chunk, tensors, meta)
+    with pytest.raises(ConfigError, match=r"replay diverged at step 2, layer \d: \|\|W_t - W_0\|\|_F is"):
+        run_experiment(_cfg(tmp_path, out, "resume=true"))
+
+    saved = {"1": {"delta_norm": 2.0, "sha256": "a"}}
+    assert compare_fingerprint(saved, {"1": {"delta_norm": 2.0 * (1 + 5e-5), "sha256": "b"}}, 7) == {
+        "identical": False, "max_rel_diff": pytest.approx(5e-5)}
+    with pytest.raises(JournalError, match=r"step 7, layer 1"):
+        compare_fingerprint(saved, {"1": {"delta_norm": 2.0 * (1 + 5e-4), "sha256": "b"}}, 7)
+
+
+def test_replay_rebuilds_the_edited_model_and_its_metrics(tmp_path):
+    out = tmp_path / "out"
+    results = run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))
+    saved = tmp_path / "edited.safetensors"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
+    proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--save", str(saved)],
+                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    # fingerprints at the evaluation points 2, 4 and the final step 5
+    assert "replayed 5 edits" in proc.stdout and "3 weight fingerprints checked, 3 bit-identical" in proc.stdout, proc.stdout
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split()[:1] and line.split()[0] in ("efficacy", "specificity", "perturbation")}
+    assert float(rows["efficacy"][1]) == pytest.approx(results["evals"][-1]["efficacy"])
+    assert all(float(row[3]) == 0.0 for row in rows.values()), proc.stdout  # |recorded - replayed|
+    weights, _ = read_tensors(saved, allow_unsealed=True)
+    final = Journal.open(out).records[-1].fingerprint
+    for layer, fp in final.items():
+        assert tensor_sha256(weights[f"model.layers.{layer}.mlp.down_proj.weight"]) == fp["sha256"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # the run's folder is only read
+
+
+def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
+    bank = tmp_path / "bank"
+    b = run_experiment(_cfg(tmp_path, bank, "mode=bank", "num_edits=4"))
+    assert list(b)[0] == "protocol" and b["protocol"].startswith("target bank") and not b["evals"]
+    assert not (bank / "checkpoints").exists()
+    out = tmp_path / "fixed"
+    r = run_experiment(_cfg(tmp_path, out, "num_edits=4", "method=memit", "batch_size=2", f"targets={bank}"))
+    assert list(r)[0] == "protocol" and r["protocol"].startswith(f"fixed targets from {bank}")
+    assert (out / "report.md").read_text().startswith(f"> fixed targets from {bank}")
+    used, banked = Journal.open(out), Journal.open(bank)
+    assert [r_.step for r_ in used.records] == [2, 4]
+    assert torch.equal(torch.cat([r_.z_star for r_ in used.records], 1), torch.cat([r_.z_star for r_ in banked.records], 1))
+    # a bank moved elsewhere is the same targets: the run's identity holds the bank's hash, not its path
+    moved = tmp_path / "moved"
+    shutil.copytree(bank, moved)
+    again = run_experiment(_cfg(tmp_path, out, "num_edits=4", "method=memit", "batch_size=2", f"targets={moved}",
+                                "resume=true"))
+    assert again["status"] == "complete" and again["identity"]["targets"] == r["identity"]["targets"]
+    with pytest.raises(ConfigError, match=r"computed with hparams.v_lr=.*z\* depends on it"):
+        run_experiment(_cfg(tmp_path, tmp_path / "x", "num_edits=4", f"targets={bank}", "hparams.v_lr=0.01"))
+    with pytest.raises(ConfigError, match=r"hold no z\* for case_id"):
+        run_experiment(_cfg(tmp_path, tmp_path / "y", "num_edits=5", f"targets={bank}"))
+
+
+def test_journal_of_a_run_stores_only_what_an_edit_needs(tmp_path):
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "num_edits=2", "checkpoint_every=0"))
+    journal = Journal.open(out)
+    record = journal.records[0]
+    assert sorted(record.requests[0]) == ["case_id", "prompt", "sha256", "subject", "target_new"]
+    assert record.z_star.shape == (journal_dv(out), 1) and record.z_star.dtype == torch.float32
+    assert journal.header["kind"] == "run" and journal.header["context_templates"][0] == ["{}"]
+
+
+def journal_dv(out):
+    from betaedit_plugin.models import load_model
+
+    model, _ = load_model("tiny-llama")
+    return model.config.hidden_size
