@@ -45,11 +45,14 @@ bench: $(STAMP)
 
 # The long-horizon comparison (MEMIT, AlphaEdit, BetaEdit side by side on SmolLM2, batch size 1),
 # published into results/smollm2-<DATA>-n<N>/ without weights:
-#   make reproduce DATA=counterfact N=1000      (DATA=zsre for ZsRE; RESUME=true continues a stopped run)
+#   make reproduce DATA=counterfact N=1000      (DATA=zsre for ZsRE; RESUME=true continues a stopped run,
+#   also on a fresh clone: the published journals are put back into runs/ and replayed)
 DATA   ?= counterfact
 N      ?= 1000
 RESUME ?= false
 reproduce: $(STAMP)
+	if [ "$(RESUME)" = true ] && [ -d results/smollm2-$(DATA)-n$(N) ]; then \
+		results/restore.sh results/smollm2-$(DATA)-n$(N) runs/smollm2-$(DATA)-n$(N); fi
 	$(PY) -m betaedit_plugin.run -m method=memit,alphaedit,betaedit data=$(DATA) num_edits=$(N) \
 		eval_every=100 checkpoint_every=50 eval.mmlu_n=0 eval.max_cases=200 progress=false resume=$(RESUME) \
 		run_root=runs/smollm2-$(DATA)-n$(N)

@@ -187,3 +187,26 @@ def journal_dv(out):
 
     model, _ = load_model("tiny-llama")
     return model.config.hidden_size
+
+
+def test_a_published_run_continues_from_its_journal(tmp_path):
+    """publish.sh copies the journal with the results; restore.sh puts it back on a "fresh clone";
+    resume=true then replays it and finishes the run, as the uninterrupted run does."""
+    root = tmp_path / "runs"
+    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole", "checkpoint_every=0"))
+    run_experiment(_cfg(tmp_path, root / "betaedit", "stop_after=3"))
+    published = tmp_path / "published"
+    env = dict(_env(), PYTHON=sys.executable)
+    subprocess.run(["bash", str(_REPO / "results" / "publish.sh"), str(root), "x", "test"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=300)
+    shutil.move(str(_REPO / "results" / "x"), published)
+    assert sorted(p.name for p in (published / "betaedit" / "journal").iterdir()) == [
+        "chunk-0000001-0000002.safetensors", "header.safetensors", "tail.safetensors"]
+    assert not (published / "betaedit" / "checkpoints").exists()
+    shutil.rmtree(root)  # a fresh clone: no runs/ at all
+    subprocess.run(["bash", str(_REPO / "results" / "restore.sh"), str(published), str(root)], check=True,
+                   capture_output=True, timeout=60)
+    done = run_experiment(_cfg(tmp_path, root / "betaedit", "resume=true"))
+    assert done["status"] == "complete" and done["replayed"]["to_step"] == 3
+    assert _metrics(done["evals"][-1]) == _metrics(whole["evals"][-1])
+    assert Journal.open(root / "betaedit").records[-1].fingerprint == Journal.open(tmp_path / "whole").records[-1].fingerprint
