@@ -185,9 +185,9 @@ def test_two_runs_started_together_never_remove_each_others_files(tmp_path):
             racer.stop()
 
 
-def test_a_refused_library_run_keeps_the_lock_file_and_the_hold_stays_sound(tmp_path):
-    """run_experiment refused on a held out_dir removes nothing; a hold that undoes itself removes
-    its lock file, and a new hold then takes a fresh one (never two holders)."""
+def test_a_refused_hold_removes_nothing_and_an_undone_hold_removes_what_it_made(tmp_path):
+    """A hold refused on a held out_dir removes nothing; one that undoes itself removes its lock
+    file, pid and the directories it made."""
     from betaedit_plugin._fileio import exclusive_lock
     from betaedit_plugin.runner.paths import OutDirHold
 
@@ -204,6 +204,32 @@ def test_a_refused_library_run_keeps_the_lock_file_and_the_hold_stays_sound(tmp_
     hold.release(undo=True)
     assert not (tmp_path / "a").exists()  # nothing left: lock, pid and the directories it made
 
+
+
+def test_a_lock_file_removed_by_its_holder_is_never_held_twice(tmp_path, monkeypatch):
+    """A process that opened the lock file just before its holder removed it (on release) locks the
+    old file: try_lock sees that it is no longer the one at the path and locks a fresh one, so a
+    third process is refused instead of holding it at the same time."""
+    from betaedit_plugin import _fileio
+
+    path = tmp_path / RUN_LOCK
+    first = _fileio.try_lock(path)
+    stale_fd = os.open(path, os.O_RDONLY)  # the late process's open, before the removal
+    first.release(remove=True)
+    assert not path.exists()
+    opened, real_open = [], os.open
+
+    def open_late(name, flags, *mode):
+        opened.append(name)
+        return stale_fd if len(opened) == 1 else real_open(name, flags, *mode)
+
+    monkeypatch.setattr(_fileio.os, "open", open_late)
+    late = _fileio.try_lock(path)
+    monkeypatch.undo()
+    assert len(opened) == 2 and os.fstat(late._fd).st_ino == path.stat().st_ino  # the fresh file
+    with pytest.raises(_fileio.LockHeldError):
+        _fileio.try_lock(path)
+    late.release()
 
 # ---------------------------------------------------------------------------- environment faults
 def _unprivileged() -> list:
