@@ -6,23 +6,33 @@
   of every tensor (dtype, shape and bytes) and of every metadata field, stored in the file's own
   metadata under ``"integrity"``. Reading verifies them and raises `IntegrityError` naming the
   file and the tensor or field that does not match.
-- `wait_for_lock` (one process computes, others wait) and `exclusive_lock` (a second process is
-  refused and told the holder's pid), both on ``filelock``'s OS locks, which the OS releases
-  when the holder dies: a stale lock file never blocks.
+- `wait_for_lock` (one process computes, others wait) on ``filelock``'s OS locks, and
+  `try_lock` / `exclusive_lock` (a second process is refused and told the holder's pid) on
+  ``flock``: the OS releases them when the holder dies, so a stale lock file never blocks.
+  `try_lock` checks after locking that the file it locked is still the one at the path, so its
+  holder may remove the lock file on release (`HeldLock.release(remove=True)`) without a process
+  that opened the old file holding the lock at the same time as one that made a new file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 from .errors import BetaEditError
+
+try:
+    import fcntl
+except ImportError:  # Windows: filelock's lock, and a lock file is never removed
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +47,12 @@ __all__ = [
     "read_tensors",
     "read_metadata",
     "LockHeldError",
+    "HeldLock",
+    "read_pid",
+    "try_lock",
     "wait_for_lock",
     "exclusive_lock",
+    "TEMPORARY_NAME",
 ]
 
 INTEGRITY_KEY = "integrity"
@@ -83,6 +97,12 @@ def _umask() -> int:
     return mask
 
 
+_TMP_SUFFIX = ".tmp"
+#: the name of an `atomic_write` temporary file (``.<name>.<8 random characters>.tmp``, ``mkstemp``'s
+#: alphabet): what a process killed while writing leaves behind
+TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it.
 
@@ -92,7 +112,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=str(path.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -267,26 +287,107 @@ def wait_for_lock(lock_path: PathLike, what: str) -> Iterator[None]:
         lock.release()
 
 
+class HeldLock:
+    """An OS lock this process holds on ``path`` (`try_lock`); ``created``: this process made the file."""
+
+    def __init__(self, path: Path, created: bool, fd: Optional[int] = None, fallback: Any = None) -> None:
+        self.path, self.created = path, created
+        self._fd, self._fallback = fd, fallback
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self._fallback is not None
+
+    def release(self, remove: bool = False) -> None:
+        """Let go of the lock; ``remove`` first deletes the lock file (while still holding it, and
+        only if it is still the file this process locked). Does nothing once released."""
+        if self._fd is not None:
+            if remove and _same_file(self.path, self._fd):
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        elif self._fallback is not None:
+            self._fallback.release()
+            self._fallback = None
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` names the file open as ``fd`` (not removed, not replaced by another)."""
+    try:
+        there, mine = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def try_lock(lock_path: PathLike) -> HeldLock:
+    """Take the OS lock ``lock_path`` (the file is made if missing) now, never waiting.
+
+    On POSIX the lock is ``flock`` on the file, and after locking the file is checked to be still
+    the one at ``lock_path``: a holder that removed it on release leaves a process that opened
+    the old file to try again, on the new one.
+
+    Raises:
+        LockHeldError: another live process holds it (pid unknown here).
+        OSError: the file cannot be made or opened (e.g. PermissionError; FileNotFoundError when
+            its directory does not exist).
+    """
+    lock_path = Path(lock_path)
+    if fcntl is None:
+        from filelock import FileLock, Timeout
+
+        created = not lock_path.exists()
+        lock = FileLock(str(lock_path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise LockHeldError(lock_path, None) from None
+        return HeldLock(lock_path, created, fallback=lock)
+    for _ in range(1000):
+        try:
+            fd, created = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            try:
+                fd, created = os.open(lock_path, os.O_RDONLY), False
+            except FileNotFoundError:
+                continue  # removed by its holder in between
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockHeldError(lock_path, None) from None
+            raise
+        if _same_file(lock_path, fd):
+            return HeldLock(lock_path, created, fd)
+        os.close(fd)  # we locked a file its holder removed on release: try the one there now
+    raise LockHeldError(lock_path, None)
+
+
+def read_pid(pid_path: PathLike) -> Optional[int]:
+    """The pid in ``pid_path`` (None if missing or not a number)."""
+    try:
+        return int(Path(pid_path).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: PathLike, pid_path: PathLike) -> Iterator[None]:
-    """Hold the OS lock ``lock_path`` with this process's pid in ``pid_path``; never wait.
+    """Hold the OS lock ``lock_path`` (`try_lock`) with this process's pid in ``pid_path``; never wait.
 
     Raises:
         LockHeldError: another live process holds it (its pid read from ``pid_path``).
     """
-    from filelock import FileLock, Timeout
-
     lock_path, pid_path = Path(lock_path), Path(pid_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path))
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        try:
-            pid: Optional[int] = int(pid_path.read_text(encoding="ascii").strip())
-        except (OSError, ValueError):
-            pid = None
-        raise LockHeldError(lock_path, pid) from None
+        lock = try_lock(lock_path)
+    except LockHeldError:
+        raise LockHeldError(lock_path, read_pid(pid_path)) from None
     try:
         atomic_write_text(pid_path, f"{os.getpid()}\n")
         yield

@@ -16,26 +16,29 @@ with Hydra's compose API and runs every check that needs no model; a user error 
 naming the key and exits with status 2. Sweep functions (``range(...)``, ``choice(...)``,
 ``glob(...)``) are expanded by Hydra alone: such keys are checked when each job starts.
 
-A user error found once a job runs (one that needs the model: an empty null space, a prompt
-longer than the model's context ...) is reported the same way, and the job's ``out_dir`` is put
-back as it was: Hydra's log file and the directories it created are removed.
+Then, still before Hydra, the command line takes its hold on every job's ``out_dir``
+(`betaedit_plugin.runner.paths`): when another live run holds one, this one is refused (exit 2,
+the holder's pid named) having written and removed nothing there. A user error found once a job
+runs (one that needs the model: an empty null space, a prompt longer than the model's context
+...) is reported the same way, and the job's ``out_dir`` is put back as it was when the hold was
+taken: Hydra's log file and the directories made for it are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ._suggest import did_you_mean
 from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, register_configs
-from .runner.experiment import RUN_LOCK, RUN_PID
+from .runner.paths import held_out_dir, hold_out_dir
 
 __all__ = ["main", "precheck", "expand_overrides", "run_experiment", "compare", "ConfigError", "CONF_DIR"]
 
@@ -105,7 +108,7 @@ def precheck(args: Sequence[str], multirun: bool = True) -> List[str]:
     reported with their key and first line.
     """
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     from .runner import check_run
@@ -126,6 +129,8 @@ def precheck(args: Sequence[str], multirun: bool = True) -> List[str]:
                     raise ConfigError(f"{key}={value!r}: unknown config key {head!r}." + did_you_mean(head, top))
             try:
                 cfg = compose(config_name="config", overrides=list(overrides))
+            except OverrideParseException as exc:
+                raise ConfigError(_unparsable_override(overrides, exc)) from None
             except (HydraException, OmegaConfBaseException) as exc:
                 groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
                 _unknown_nested_key(compose(config_name="config", overrides=groups_only), overrides)
@@ -138,43 +143,29 @@ def precheck(args: Sequence[str], multirun: bool = True) -> List[str]:
     return out_dirs
 
 
-class _OutDirBefore:
-    """An out_dir as it was before Hydra made it and opened its log there, to put it back after a user error."""
+def _unparsable_override(overrides: Sequence[str], exc: Exception) -> str:
+    """One line for an override Hydra's grammar rejects (spaces, non-ASCII letters, ...): the key,
+    the value, and the override quoted as Hydra takes it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    def __init__(self, out_dir: str) -> None:
-        self.path = Path(out_dir).absolute()
-        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        self.first_created = missing[-1] if missing else None  # the topmost directory Hydra will create
-        self.logs = {p.name: p.stat().st_size for p in self.path.glob("*.log")} if self.path.is_dir() else {}
-        self.entries = set(os.listdir(self.path)) if self.path.is_dir() else set()
-
-    def restore(self) -> None:
-        """Remove the log lines (files) written since, then the directories made since if they are empty.
-
-        Does nothing once the run itself wrote into out_dir (an error after the first results): its
-        log then belongs with them."""
-        if not self.path.is_dir():
-            return
-        new = set(os.listdir(self.path)) - self.entries
-        lock_files = new & {RUN_LOCK, RUN_PID}  # the run's hold on out_dir, released by now
-        if any(not name.endswith(".log") for name in new - lock_files):
-            return
-        for name in lock_files:
-            (self.path / name).unlink(missing_ok=True)
-        for log in self.path.glob("*.log"):
-            if log.name not in self.logs:
-                log.unlink()
-            elif log.stat().st_size > self.logs[log.name]:
-                os.truncate(log, self.logs[log.name])
-        if self.first_created is None:
-            return
-        for d in (self.path, *self.path.parents):
-            try:
-                d.rmdir()  # only empty directories go
-            except OSError:
-                return
-            if d == self.first_created:
-                return
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    parser = OverridesParser.create()
+    for item in overrides:
+        try:
+            parser.parse_overrides([item])
+        except Exception:
+            break
+    else:
+        return first
+    key, eq, value = item.partition("=")
+    if not eq:
+        return f"{item!r}: Hydra cannot parse this override ({first}); overrides are key=value"
+    if "'" in value and '"' not in value:
+        hint = f"'{key}=\"{value}\"'"
+    else:
+        hint = "\"" + key + "='" + value.replace("'", "\\'") + "'\""
+    return (f"{key}={value!r}: Hydra's override grammar does not take this value unquoted ({first}); "
+            f"quote it: {hint}")
 
 
 def _unknown_nested_key(cfg, overrides: Sequence[str]) -> None:
@@ -251,10 +242,11 @@ def _bank_args(args: Sequence[str]) -> List[str]:
     return args
 
 
-def _task(cfg, before: Optional[Dict[Path, _OutDirBefore]] = None) -> None:
+def _task(cfg) -> None:
     """Hydra task: run, then print the before/after table and where the outputs are.
 
-    ``before``: the out_dirs as they were before Hydra started (`precheck`'s), put back after a user error.
+    After a user error, out_dir is put back as it was when this process took its hold on it
+    (`main`, before Hydra made the directory and its log).
     """
     from .eval.report import before_after_table
 
@@ -262,9 +254,9 @@ def _task(cfg, before: Optional[Dict[Path, _OutDirBefore]] = None) -> None:
     try:
         results = run_experiment(cfg)
     except BetaEditError as exc:
-        state = (before or {}).get(Path(cfg.out_dir).absolute())
-        if state is not None:
-            state.restore()
+        hold = held_out_dir(cfg.out_dir)
+        if hold is not None:
+            hold.release(undo=True)
         _fail(str(exc))
         return
     out_dir = Path(cfg.out_dir)
@@ -299,22 +291,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ConfigError as exc:
             _fail(str(exc))
     flags = [a for a in args if a.startswith("-")]
-    before: Dict[Path, _OutDirBefore] = {}
-    if all(f in ("-m", "--multirun") for f in flags):
-        try:
-            out_dirs = precheck([a for a in args if not a.startswith("-")], multirun=bool(flags))
-        except ConfigError as exc:
-            _fail(str(exc))
-        before = {state.path: state for state in map(_OutDirBefore, out_dirs)}
-    else:
-        register_configs()  # --help, --cfg job, ...: Hydra reads the configuration itself
-    import hydra
+    with contextlib.ExitStack() as holds:
+        if all(f in ("-m", "--multirun") for f in flags):
+            try:
+                out_dirs = precheck([a for a in args if not a.startswith("-")], multirun=bool(flags))
+                for out_dir in dict.fromkeys(out_dirs):  # before Hydra writes anything there
+                    holds.enter_context(hold_out_dir(out_dir))
+            except ConfigError as exc:
+                holds.close()
+                _fail(str(exc))
+        else:
+            register_configs()  # --help, --cfg job, ...: Hydra reads the configuration itself
+        import hydra
 
-    def task(cfg) -> None:
-        _task(cfg, before)
-
-    sys.argv = [sys.argv[0]] + args
-    hydra.main(version_base=None, config_path="conf", config_name="config")(task)()
+        sys.argv = [sys.argv[0]] + args
+        hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")(_task)()  # absolute: also from betaedit-run
     return 0
 
 

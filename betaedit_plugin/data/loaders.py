@@ -2,7 +2,9 @@
 
 A file's format is recognised by its content (`betaedit_plugin.data.formats.detect_format`), so
 ``load_counterfact("counterfact.json")`` reads MEMIT's ``counterfact.json`` /
-``multi_counterfact.json`` as well as EasyEdit's files.
+``multi_counterfact.json`` as well as EasyEdit's files. A file is a JSON list of records or JSON
+Lines (one record per line; ``.jsonl``, or any file whose JSON has more than one value), each
+optionally gzipped (``.gz``).
 """
 
 from __future__ import annotations
@@ -75,10 +77,12 @@ def resource_path(relative: str) -> Path:
 
 
 def read_json_records(path: Union[str, Path]) -> list:
-    """Read a JSON list from ``path`` (``.gz`` is decompressed).
+    """Read the records of ``path``: a JSON list, or JSON Lines (one record per line: a ``.jsonl``
+    file, or any file holding more than one JSON value); ``.gz`` is decompressed.
 
     Raises:
-        DatasetError: the file is missing, not valid (gzip) JSON, or not a list.
+        DatasetError: the file is missing, not valid (gzip) JSON or JSON Lines (naming the line),
+            or not a list.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,21 +90,46 @@ def read_json_records(path: Union[str, Path]) -> list:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rt", encoding="utf-8") as stream:
-            records = json.load(stream)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = stream.read()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DatasetError(f"data file {str(path)!r} is unreadable ({type(exc).__name__}: {exc})") from None
+    json_lines = path.name.removesuffix(".gz").endswith(".jsonl")
+    try:
+        records = _json_lines(text) if json_lines else json.loads(text)
+    except json.JSONDecodeError as exc:
+        if json_lines or exc.msg != "Extra data":
+            raise DatasetError(f"data file {str(path)!r} is unreadable ({type(exc).__name__}: {exc})") from None
+        try:  # more than one JSON value: JSON Lines in a .json file
+            records = _json_lines(text)
+        except json.JSONDecodeError as lines_exc:
+            raise DatasetError(
+                f"data file {str(path)!r} is unreadable ({type(exc).__name__}: {exc}), as a JSON list or as "
+                f"JSON Lines ({lines_exc})"
+            ) from None
     if not isinstance(records, list):
         raise DatasetError(f"data file {str(path)!r}: expected a JSON list of records, got {type(records).__name__}")
     return records
 
 
+def _json_lines(text: str) -> list:
+    """The values of a JSON Lines text, one a line (blank lines skipped); JSONDecodeError names the line."""
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise json.JSONDecodeError(f"line {number}: {exc.msg}", exc.doc, exc.pos) from None
+    return records
+
+
 def _split_path(split: Union[str, Path], splits: dict, dataset: str) -> Path:
-    if isinstance(split, Path) or (isinstance(split, str) and split not in splits and ("/" in split or split.endswith((".json", ".gz")))):
+    if isinstance(split, Path) or (isinstance(split, str) and split not in splits and ("/" in split or split.endswith((".json", ".jsonl", ".gz")))):
         return Path(split)
     if split not in splits:
         raise KeyError(
             f"Unknown {dataset} split {split!r}." + did_you_mean(split, sorted(splits))
-            + " (or a path to a .json/.json.gz file)"
+            + " (or a path to a .json/.jsonl file, optionally .gz)"
         )
     return resource_path(splits[split])
 
@@ -130,7 +159,7 @@ def _collect(records: list, build: Callable[[Any, int], EditRequest], n: Optiona
         if n is not None and (len(out) if skip_invalid else i) >= n:
             break
         try:
-            out.append(build(record, i))
+            out.append(_changes_something(build(record, i)))
         except RequestError as exc:
             case_id = record.get("case_id", i) if isinstance(record, dict) else i
             bad.append(InvalidRecord(i, case_id, str(exc)))
@@ -149,6 +178,18 @@ def _collect(records: list, build: Callable[[Any, int], EditRequest], n: Optiona
             stacklevel=3,
         )
     return EditList(out, bad)
+
+
+def _changes_something(request: EditRequest) -> EditRequest:
+    """``request``, unless its new target is its true one (RequestError): such an edit changes
+    nothing, and its efficacy P(new) > P(true) cannot be met."""
+    truth = request.ground_truth
+    if isinstance(truth, str) and request.target_new.strip() == truth.strip():
+        raise RequestError(
+            f"target_new={request.target_new!r} equals ground_truth (case_id={request.case_id}): the edit "
+            "changes nothing and its efficacy P(new) > P(true) cannot be met; give another target_new"
+        )
+    return request
 
 
 def _field(record: Any, name: str, index: int, source: str) -> Any:
@@ -175,7 +216,7 @@ def load_counterfact(split: Union[str, Path] = "edit", n: Optional[int] = None, 
             MEMIT's (``counterfact.json``, ``multi_counterfact.json``: ``requested_rewrite``, ...).
         n: number of cases from the start of the file (None: all).
         skip_invalid: leave out records that are not valid edits (empty target, subject not in the
-            prompt), with a warning; the next valid records take their place. By default they are
+            prompt, target_new equal to ground_truth), with a warning; the next valid records take their place. By default they are
             an error that lists them.
 
     Returns:
@@ -219,7 +260,8 @@ def load_zsre(split: Union[str, Path] = "eval", n: Optional[int] = None, skip_in
         split: ``"eval"``, ``"train"``, or a path to a file of the same schema.
         n: number of records from the start of the file (None: all).
         skip_invalid: leave out invalid records with a warning instead of raising `DatasetError`
-            (the bundled train split has two, e.g. record 534 with an empty ``alt``).
+            (the bundled splits have some: ``alt`` equal to ``answers[0]``, 29 in eval, e.g. record
+            112, and 17 in train; and in train two with an empty ``alt``, e.g. record 534).
     """
     path = _split_path(split, ZSRE_SPLITS, "zsre")
     records = read_json_records(path)

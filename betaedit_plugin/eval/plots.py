@@ -1,10 +1,15 @@
-"""PNG plots of metrics against the number of edits, one line per run (matplotlib, Agg backend)."""
+"""PNG plots of metrics against the number of edits, one line per run (matplotlib, Agg backend).
+
+Each PNG is written atomically (`betaedit_plugin._fileio.atomic_write`): a reader, or a run killed
+while plotting, sees the previous complete file or the new one, never a partial one."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from .._fileio import atomic_write
 
 # (file stem, title, [(metric key, label)], y label, log scale, reference line)
 FIGURES = (
@@ -75,7 +80,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{stem}.png"
-        fig.savefig(path, dpi=100)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
         written.append(path)
     return written

@@ -329,6 +329,8 @@ def _read_cached(path: Path, key: Dict[str, Any], d_k: int, warn: bool = True) -
     if not path.exists():
         return None
     try:
+        if not path.is_file():  # e.g. a directory made at its name
+            raise IntegrityError(path, "it is a directory, not a file" if path.is_dir() else "it is not a regular file")
         tensors, meta = read_tensors(path)
         moment, count = tensors["moment"], int(tensors["count"])
     except IntegrityError as exc:  # unreadable, a digest mismatch, or a file without digests
@@ -364,7 +366,17 @@ def _validate_cached(meta: Dict[str, str], key: Dict[str, Any], moment: torch.Te
 
 
 def _write_cached(path: Path, key: Dict[str, Any], moment: torch.Tensor, count: int) -> None:
-    """Atomic write, sealed with the sha256 of each tensor and of the key (`write_tensors`)."""
+    """Atomic write, sealed with the sha256 of each tensor and of the key (`write_tensors`).
+
+    A directory at the file's name is replaced when empty; one that is not is left alone, with a
+    warning that C0 is not cached."""
+    if path.is_dir() and not path.is_symlink():
+        try:
+            path.rmdir()
+        except OSError:
+            warnings.warn(f"the statistics cache file {path} is a directory that is not empty: C0 of layer "
+                          f"{key['layer']} is not cached (remove the directory to cache it)", stacklevel=3)
+            return
     tensors = {"moment": moment.contiguous(), "count": torch.tensor(count, dtype=torch.int64)}
     write_tensors(path, tensors, {"key": _key_json(key)})
 

@@ -126,9 +126,9 @@ class DataConfig:
     split: Optional[str] = _help("A bundled split of the dataset (e.g. 'edit', 'eval').", default=None)
     path: Optional[str] = _help("A file of the dataset's format, instead of the bundled split.", default=None)
     skip_invalid: bool = _help(
-        "Leave out records that are not valid edits (subject not in its prompt, empty target ...) with a "
-        "warning; the next records take their place and results.json lists the skipped ones. "
-        "false: such a record among the first num_edits is an error that lists them.", default=False,
+        "Leave out records that are not valid edits (subject not in its prompt, empty target, target equal "
+        "to the true one ...) with a warning; the next records take their place and results.json lists the "
+        "skipped ones. false: such a record among the first num_edits is an error that lists them.", default=False,
     )
 
     def __post_init__(self) -> None:

@@ -10,8 +10,9 @@ checkpoint with ``resume=true`` (`betaedit_plugin.runner.checkpoint`). It writes
 * ``*.png``: efficacy, specificity, capability, leakage and perturbation against the number of edits;
 * ``report.md``: a before/after table;
 * ``checkpoints/step-<t>/``: atomic checkpoints;
-* ``.betaedit-run.lock`` / ``.betaedit-run.pid`` while the run holds ``out_dir`` (a second run on it
-  is refused with the holder's pid; the OS releases the lock if the holder dies).
+* ``.betaedit-run.lock`` / ``.betaedit-run.pid`` while the run holds ``out_dir``, taken before
+  anything is written there (`betaedit_plugin.runner.paths`): a second run on it is refused with
+  the holder's pid and touches nothing of it; the OS releases the lock if the holder dies.
 
 Runs whose ``out_dir`` lies in ``run_root`` (the default; a multirun over methods shares it) update
 ``<run_root>/comparison.md`` and comparison plots with one line per method (`compare`).
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .._fileio import IntegrityError, LockHeldError, exclusive_lock
+from .._fileio import IntegrityError
 from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
 from .checkpoint import SEALED_FORMAT
 from .compare import update_comparison
@@ -46,13 +47,13 @@ from .config import (
 )
 from .evaluation import Evaluator
 from .journal import Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, target_fields, weights_fingerprint
+from .paths import RUN_LOCK, RUN_PID, check_cache_dirs, check_out_dir_path, hold_out_dir, remove_stale_temporaries  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_experiment", "check_run", "check_out_dir", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = 1
-RUN_LOCK, RUN_PID = ".betaedit-run.lock", ".betaedit-run.pid"  # in out_dir while a run holds it
 
 
 @dataclass
@@ -91,8 +92,7 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
             config, an unreadable results.json, or a corrupt checkpoint.
     """
     out_dir = Path(cfg["out_dir"])
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"out_dir={str(out_dir)!r} is a file, not a directory; give a directory path")
+    check_out_dir_path(out_dir)  # a file, a link loop, a dangling link
     try:
         ckpt = latest_checkpoint(out_dir, identity, verify_files)
     except CheckpointError as exc:
@@ -112,12 +112,15 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
     return ckpt if cfg["resume"] else None
 
 
-def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Journal:
-    """The journal in ``out_dir``, verified and of this run (ConfigError naming the field otherwise)."""
+def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Optional[Journal]:
+    """The journal in ``out_dir``, verified and of this run (ConfigError naming the field otherwise);
+    None when it holds no step yet."""
     try:
         journal = Journal.open(out_dir, chunk_size=cfg.get("journal_chunk", 50))
     except JournalError as exc:
         raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
+    if not journal.records:
+        return None  # a header alone (a run stopped by a user error before its first edit): it is started again
     diff = identity_difference(journal.header.get("identity", {}), identity)
     if diff is not None:
         key, theirs, ours = diff
@@ -125,7 +128,7 @@ def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Journal:
             f"out_dir={str(out_dir)!r} holds the journal of another run ({key}={theirs!r} there, {ours!r} here); "
             "use another out_dir, or the same settings to continue it"
         )
-    if not cfg["resume"] and journal.records:
+    if not cfg["resume"]:
         raise ConfigError(
             f"out_dir={str(out_dir)!r} holds the journal of {journal.last_step} edits of this run; resume=true continues "
             f"it (it is replayed if no checkpoint is left); to start over delete {str(out_dir / 'journal')!r}"
@@ -161,6 +164,7 @@ def check_run(cfg: Any, verify_files: bool = True) -> tuple:
     if cfg.get("targets"):
         identity["targets"] = _open_targets(cfg, hparams).header["config_hash"]  # where they lie is no part of the run
     _check_device(hparams)
+    check_cache_dirs(hparams)
     requests = load_requests(cfg)
     check_mmlu(cfg)
     ckpt = check_out_dir(cfg, identity, verify_files=verify_files)
@@ -230,24 +234,11 @@ def run_experiment(cfg: Any) -> dict:
         ConfigError: bad configuration or data, or an out_dir that holds another run; raised before
             anything is written. Also when another live process runs in ``out_dir`` (its pid named).
     """
-    cfg, identity, hparams, requests, ckpt = check_run(cfg)
-    with _out_dir_lock(Path(cfg["out_dir"])):
+    cfg, identity, hparams, requests, _ = check_run(cfg, verify_files=False)
+    with hold_out_dir(cfg["out_dir"]):  # before anything is written; a user error puts out_dir back
+        ckpt = check_out_dir(cfg, identity)  # what out_dir holds now that no other run can change it
+        remove_stale_temporaries(cfg["out_dir"])
         return _run_locked(cfg, identity, hparams, requests, ckpt)
-
-
-@contextlib.contextmanager
-def _out_dir_lock(out_dir: Path):
-    """Hold ``out_dir`` for this process (`exclusive_lock`, pid in a side file); ConfigError if another holds it."""
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(exclusive_lock(out_dir / RUN_LOCK, out_dir / RUN_PID))
-        except LockHeldError as exc:
-            holder = f"pid {exc.pid}" if exc.pid is not None else "pid unknown"
-            raise ConfigError(
-                f"out_dir={str(out_dir)!r} is in use by another betaedit-run process ({holder}); "
-                "wait for it to finish or use another out_dir"
-            ) from None
-        yield
 
 
 def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:

@@ -46,32 +46,82 @@ def test_zsre_maps_the_mend_schema():
     # the "nq question: " prefix is stripped from the locality prompt
     assert r.locality_prompts == ("what is the name of the last episode of spongebob",)
     assert r.locality_ground_truth == ("The String",)
-    assert len(load_zsre("eval")) == 1037
+    with pytest.warns(UserWarning, match=r"skipped 29 invalid record\(s\) \(case_ids \[112, 154, "):
+        assert len(load_zsre("eval", skip_invalid=True)) == 1037 - 29  # alt equal to the true answer
 
 
 def test_invalid_records_are_an_error_that_lists_them():
-    # the bundled ZsRE train split has two records with an empty alt: 534 and 723
-    with pytest.raises(DatasetError, match=r"2 invalid record\(s\): record 534: target_new='' .*; record 723: .*"
+    # the bundled ZsRE train split has 19: 17 whose alt is the true answer (101, 115, 157, ...) and
+    # two with an empty alt (534, 723)
+    with pytest.raises(DatasetError, match=r"19 invalid record\(s\): record 101: target_new='Carabidae' equals "
+                                           r"ground_truth .*; record 115: .*; record 157: .*; and 16 more; .*"
                                            r"skip_invalid=True") as info:
         load_zsre("train")
     assert isinstance(info.value, BetaEditError) and "\n" not in str(info.value)
-    # only the first n records count: 534 is among the first 600, 723 is not
-    with pytest.raises(DatasetError, match=r"first 600 records\): 1 invalid record\(s\): record 534") as info:
+    # only the first n records count: 14 invalid ones are among the first 600 (723 is not)
+    with pytest.raises(DatasetError, match=r"first 600 records\): 14 invalid record\(s\): record 101"):
         load_zsre("train", n=600)
-    assert "723" not in str(info.value)
-    assert [r.case_id for r in load_zsre("train", n=534)][-1] == 533
+    assert [r.case_id for r in load_zsre("train", n=101)][-1] == 100
 
 
 def test_skip_invalid_leaves_them_out_with_a_warning_and_names_them():
-    with pytest.warns(UserWarning, match=r"skipped 2 invalid record\(s\) \(case_ids \[534, 723\]\)"):
+    with pytest.warns(UserWarning, match=r"skipped 19 invalid record\(s\) \(case_ids \[101, 115, "):
         reqs = load_zsre("train", skip_invalid=True)
-    assert len(reqs) == 998 and {534, 723}.isdisjoint(r.case_id for r in reqs)
-    assert [(b.index, b.case_id) for b in reqs.skipped] == [(534, 534), (723, 723)]
-    assert "target_new=''" in reqs.skipped[0].reason
-    # the next valid record takes the skipped one's place
-    with pytest.warns(UserWarning, match="skipped 1"):
+    assert len(reqs) == 998 - 17 and {101, 534, 723}.isdisjoint(r.case_id for r in reqs)
+    assert [(b.index, b.case_id) for b in reqs.skipped][:2] == [(101, 101), (115, 115)]
+    assert "target_new=''" in reqs.skipped[11].reason and reqs.skipped[11].case_id == 534
+    # the next valid records take the skipped ones' place
+    with pytest.warns(UserWarning, match="skipped 13"):
         first = load_zsre("train", n=536, skip_invalid=True)
-    assert len(first) == 536 and first[-1].case_id == 536 and [b.case_id for b in first.skipped] == [534]
+    assert len(first) == 536 and first[-1].case_id == 548 and [b.case_id for b in first.skipped][-2:] == [534, 541]
+
+
+def test_a_target_equal_to_the_true_one_is_an_invalid_record(tmp_path):
+    """Such an edit changes nothing and its efficacy P(new) > P(true) cannot be met: listed like the
+    other invalid records (any format), or skipped with skip_invalid."""
+    records = [{"prompt": f"{s} speaks", "subject": s, "target_new": new, "ground_truth": true, "case_id": i}
+               for i, (s, new, true) in enumerate([("Ann", "English", "French"), ("Bob", "French", " French"),
+                                                   ("Cy", "Dutch", "German")])]
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"1 invalid record\(s\): record 1: target_new='French' equals "
+                                           r"ground_truth \(case_id=1\): the edit changes nothing .*give another target_new"):
+        load_counterfact(str(path))
+    with pytest.warns(UserWarning, match=r"skipped 1 invalid record\(s\) \(case_ids \[1\]\)"):
+        assert [r.case_id for r in load_counterfact(str(path), skip_invalid=True)] == [0, 2]
+    memit = [{"case_id": 7, "requested_rewrite": {"prompt": "{} speaks", "subject": "Ann", "target_new": {"str": "French"},
+                                                   "target_true": {"str": "French"}}}]
+    (tmp_path / "memit.json").write_text(json.dumps(memit))
+    with pytest.raises(DatasetError, match=r"record 0: target_new='French' equals ground_truth \(case_id=7\)"):
+        load_counterfact(str(tmp_path / "memit.json"))
+
+
+@pytest.mark.parametrize("name", ["cases.jsonl", "cases.jsonl.gz", "cases.json"])
+def test_json_lines_files_are_read_one_record_a_line(tmp_path, name):
+    records = load_counterfact("edit", n=3)
+    lines = [{"prompt": r.prompt, "subject": r.subject, "target_new": r.target_new, "ground_truth": r.ground_truth,
+              "case_id": r.case_id} for r in records]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"  # a blank line at the end
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as stream:
+            stream.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    got = load_counterfact(str(path))
+    assert [(r.prompt, r.target_new, r.case_id) for r in got] == [(r.prompt, r.target_new, r.case_id) for r in records]
+    assert [r.case_id for r in load_dataset("counterfact", split=str(path), n=2)] == [0, 1]
+
+
+def test_a_bad_json_lines_file_names_the_line(tmp_path):
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(DatasetError, match=r"cases.jsonl' is unreadable \(JSONDecodeError: line 2: Expecting value"):
+        load_counterfact(str(path))
+    path = tmp_path / "cases.json"
+    path.write_text('{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(DatasetError, match=r"Extra data: .* as a JSON list or as JSON Lines \(line 2: Expecting value"):
+        load_counterfact(str(path))
 
 
 def test_invalid_records_listed_are_capped_with_the_count(tmp_path):

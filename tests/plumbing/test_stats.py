@@ -301,6 +301,33 @@ def test_corrupt_cache_is_detected_and_recomputed(tiny, tmp_path, damage):
         torch.testing.assert_close(_c0(model, tok, layout, [1], tmp_path)[1], good, rtol=0, atol=0)
 
 
+
+def test_a_cache_file_replaced_by_a_directory_is_recomputed_with_a_warning(tiny, tmp_path):
+    """Like any other bad cache file: a warning, then C0 computed and written again; a directory
+    that is not empty is left alone (C0 computed, not cached, and said so)."""
+    model, tok = tiny("llama")
+    layout = ModelLayout.from_model(model)
+    good = _c0(model, tok, layout, [1], tmp_path)[1]
+    (path,) = tmp_path.glob("*.safetensors")
+    path.unlink()
+    path.mkdir()
+    with pytest.warns(UserWarning, match=f"ignoring the statistics cache file {path}: it is a directory, not a file; "
+                                         "recomputing it"):
+        again = _c0(model, tok, layout, [1], tmp_path)[1]
+    torch.testing.assert_close(again, good, rtol=1e-12, atol=1e-14)
+    assert path.is_file()
+
+    path.unlink()
+    path.mkdir()
+    (path / "mine").write_text("kept")
+    with pytest.warns(UserWarning) as caught:
+        again = _c0(model, tok, layout, [1], tmp_path)[1]
+    messages = [str(w.message) for w in caught]
+    assert any("it is a directory, not a file" in m for m in messages), messages
+    assert any(f"{path} is a directory that is not empty: C0 of layer 1 is not cached" in m for m in messages), messages
+    torch.testing.assert_close(again, good, rtol=1e-12, atol=1e-14)
+    assert (path / "mine").read_text() == "kept"
+
 def test_use_cache_false_writes_nothing_and_training_mode_warns(tiny, tmp_path):
     model, tok = tiny("gptj")
     layout = ModelLayout.from_model(model)
