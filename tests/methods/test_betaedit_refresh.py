@@ -34,15 +34,19 @@ def pytest_approx(x):
 
 
 def test_a_refresh_reports_ranks_and_angles(tiny):
-    editor = make_editor(tiny, "BetaEdit", tau=2)
-    infos = [editor.apply([r]) for r in REQS[:2]]
-    assert not infos[0]["refreshed"] and "refresh" not in infos[0]
-    refresh = infos[1]["refresh"]
+    # lambda1 small: S = (H/t + lambda1 C0)/(lambda1 + 1) is mostly the edits' keys, so P moves
+    editor = make_editor(tiny, "BetaEdit", tau=2, lambda1=0.01)
+    first = editor.apply([REQS[0]])
+    assert not first["refreshed"] and "refresh" not in first
+    before = {l: s.basis.clone() for l, s in editor.state.layers.items()}  # P from C0
+    refresh = editor.apply([REQS[1]])["refresh"]
     assert sorted(refresh) == ["1", "2"]
     for layer, change in refresh.items():
-        basis = editor.state.layers[int(layer)].basis
-        assert change["step"] == 2 and change["rank_after"] == basis.shape[1] and change["rank_before"] > 0
-        assert 0.0 <= change["max_angle_deg"] <= 90.0
+        old, new = before[int(layer)], editor.state.layers[int(layer)].basis
+        assert change["step"] == 2
+        assert (change["rank_before"], change["rank_after"]) == (old.shape[1], new.shape[1])
+        assert change["max_angle_deg"] == largest_principal_angle(old, new)
+        assert change["max_angle_deg"] > 1.0  # H from two edits moved the protected matrix's null space
 
 
 def test_apply_with_its_own_targets_writes_the_same_update(tiny):
