@@ -340,7 +340,7 @@ def test_literal_braces_skipped_records_and_resume_without_checkpoint(tmp_path):
                  "resume=true", f"out_dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
-    assert f"resume=true but no checkpoint in {out}: starting from edit 0" in log
+    assert f"resume=true but no checkpoint or journal in {out}: starting from edit 0" in log
     assert "skipped 1 invalid record(s) (case_ids [1])" in proc.stderr
     results = json.loads((out / "results.json").read_text())
     assert [(s["index"], s["case_id"]) for s in results["skipped_invalid"]] == [(1, 1)]
