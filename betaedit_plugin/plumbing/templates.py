@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from .kv_cache import cache_kwargs, returned_cache
 from .tokens import model_device, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def sample_continuations(
         positions = positions[:, -1:] + 1
         out = model(
             input_ids=picked[:, None].to(device), attention_mask=mask, position_ids=positions,
-            past_key_values=out.past_key_values, use_cache=True,
+            **cache_kwargs(model, returned_cache(out)),
         )
     return [tok.decode(seq, skip_special_tokens=True) for seq in seqs]
 

@@ -48,6 +48,7 @@ from torch import nn
 
 from ..requests import EditRequest, as_requests, check_context_templates, naming_request
 from .hooks import StopForward, Trace, first_tensor
+from .kv_cache import cache_kwargs, new_cache
 from .layout import ModelLayout
 from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
 
@@ -290,15 +291,6 @@ def run_frozen_prefix(model: nn.Module, layout: ModelLayout, batch: PaddedBatch,
     return FrozenPrefix(hidden=hidden, start=0, calls=calls)
 
 
-def _new_cache(model: nn.Module):
-    from transformers import DynamicCache
-
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
 @torch.no_grad()
 def run_frozen_prefix_cached(
     model: nn.Module, layout: ModelLayout, batch: PaddedBatch, layer: int, loss_layer: int, start: int
@@ -309,11 +301,11 @@ def run_frozen_prefix_cached(
     Raises:
         RuntimeError: the model's cache does not expose per-layer keys/values.
     """
-    cache = _new_cache(model)
+    cache = new_cache(model)
     with Trace(model, layout.layer_name(loss_layer), retain_output=False, stop=True):
         model(
             input_ids=batch.input_ids[:, :start], attention_mask=batch.attention_mask[:, :start],
-            position_ids=batch.position_ids[:, :start], past_key_values=cache, use_cache=True,
+            position_ids=batch.position_ids[:, :start], **cache_kwargs(model, cache),
         )
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(l, "keys") and hasattr(l, "values") for l in layers):
@@ -329,7 +321,7 @@ def run_frozen_prefix_cached(
             model, layout,
             dict(
                 input_ids=batch.input_ids[:, start:], attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids[:, start:], past_key_values=cache, use_cache=True,
+                position_ids=batch.position_ids[:, start:], **cache_kwargs(model, cache),
             ),
             layer, loss_layer,
         )

@@ -13,7 +13,9 @@ timm are available, while they are still absent, so that its cached answer stays
 transformers decides by ``importlib.util.find_spec`` and would otherwise take the stubs for the
 real packages and route image processing through them.
 
-Usage (tests/easyedit/conftest.py does this before anything imports easyeditor)::
+In ``.venv-easyedit`` a ``.pth`` file (written by ``install_into_env.py``) calls
+`install_on_easyeditor_import`, so any script there gets the stubs when it imports easyeditor.
+By hand (tests/easyedit/conftest.py does this before anything imports easyeditor)::
 
     from stubs import install
     install()
@@ -22,7 +24,9 @@ Usage (tests/easyedit/conftest.py does this before anything imports easyeditor):
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 
@@ -42,7 +46,7 @@ STUBBED_MODULES = (
 STUB_MARK = "__betaedit_test_stub__"
 
 _MESSAGE = (
-    "{name} is an import stub of the EasyEdit test environment (tests/easyedit/stubs.py): "
+    "{name} is an import stub of the EasyEdit test environment (tests/easyedit/easyedit_stubs.py): "
     "torchvision/timm are not installed because their only wheels for torch 2.13.0 are CUDA builds. "
     "Only EasyEdit's multimodal code uses them; install torchvision/timm to use that code."
 )
@@ -96,7 +100,7 @@ def install() -> list:
     if present:
         raise RuntimeError(
             f"transformers reports {present} True: a real torchvision/timm is installed, so the stubs are "
-            "not needed; remove tests/easyedit/stubs.install() from the set-up or uninstall them"
+            "not needed; remove easyedit-cpu-stubs.pth from the environment or uninstall them"
         )
     installed = []
     for name in STUBBED_MODULES:
@@ -116,6 +120,29 @@ def install() -> list:
             setattr(sys.modules[parent], child, module)
         installed.append(name)
     return installed
+
+
+class _InstallBeforeEasyEdit(importlib.abc.MetaPathFinder):
+    """First on ``sys.meta_path``: at the first ``import easyeditor`` (or ``find_spec``), installs the
+    stubs where torchvision is not installed, then steps aside so that the real finders load easyeditor."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "easyeditor":
+            return None
+        sys.meta_path.remove(self)
+        if importlib.util.find_spec("torchvision") is None:
+            install()
+        return None
+
+
+def install_on_easyeditor_import() -> None:
+    """Install the stubs when easyeditor is first imported (cheap at start-up: imports nothing).
+
+    `install_into_env.py` calls this from a ``.pth`` file in ``.venv-easyedit``, so that every
+    script run there (``examples/easyedit_benchmark.py`` included) imports easyeditor without a wrapper.
+    """
+    if not any(isinstance(f, _InstallBeforeEasyEdit) for f in sys.meta_path):
+        sys.meta_path.insert(0, _InstallBeforeEasyEdit())
 
 
 def is_stub(module) -> bool:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,22 @@ def test_missing_data_file_says_where_to_get_it_or_writes_the_bundled_sample(exa
     assert reqs[0].prompt == "The mother tongue of Danielle Darrieux is" and reqs[0].target_new == "English"
     example.write_bundled_sample("ZsRE", tmp_path / "zsre_mend_eval.json", 3)
     assert len(example.load_requests("ZsRE", tmp_path / "zsre_mend_eval.json", 3)) == 3
+
+
+def test_example_runs_as_a_plain_script_in_this_environment(tiny_checkpoint, tmp_path):
+    """README's command as written: `python examples/easyedit_benchmark.py ...` in a fresh process, with no
+    PYTHONPATH and no wrapper; EasyEdit's source and the CPU import stubs are installed into the environment."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "zsre_mend_eval.json").write_text(json.dumps(zsre_mend()))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--editing_method", "MEMIT",
+         "--hparams_dir", str(tiny_yaml(tmp_path, "MEMIT", tiny_checkpoint("llama"))), "--data_dir", str(data_dir),
+         "--data_type", "ZsRE", "--ds_size", "2", "--sequential_edit", "--no_test_generation",
+         "--output_dir", str(tmp_path / "out")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    saved = json.loads((tmp_path / "out" / "tiny-llama_MEMIT_N=2_Sequential=True.json").read_text())
+    assert [m["post"]["rewrite_acc"][0] for m in saved] == [1.0, 1.0]
