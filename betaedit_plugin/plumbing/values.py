@@ -218,8 +218,8 @@ class FrozenPrefix:
 
         Rows are independent sequences, so the kept rows compute what they computed before.
         Returns False (and changes nothing) where the recorded arguments are not understood:
-        the whole-sequence path, or an argument that is neither per-row (first dimension B),
-        broadcast (first dimension 1), nor a plain value or the cache.
+        the whole-sequence path, or an argument that is neither per-row (2-D or more, first
+        dimension B), broadcast (first dimension 1), per column (1-D), nor a plain value or the cache.
         """
         if self.cache_saved is None:
             return False
@@ -227,7 +227,9 @@ class FrozenPrefix:
 
         def cut(value):
             if isinstance(value, torch.Tensor):
-                if value.ndim == 0 or value.shape[0] == 1:
+                # 0-/1-D: a scalar or per column (transformers 4.x passes cache_position (T,)),
+                # never per row; cutting it by rows would be wrong whenever T == B
+                if value.ndim < 2 or value.shape[0] == 1:
                     return value
                 if value.shape[0] != n_rows:
                     raise LookupError(tuple(value.shape))

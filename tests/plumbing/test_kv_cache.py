@@ -84,3 +84,24 @@ def test_no_deprecation_notice_and_cached_prefix_taken(tiny, arch, monkeypatch, 
     assert prefix.start > 0 and prefix.cache_saved
     deprecated = [m for m in transformers_log if "deprecated" in m.lower()]
     assert deprecated == []
+
+
+def test_keep_rows_cuts_per_row_arguments_and_leaves_per_column_ones():
+    """transformers 4.x passes blocks ``cache_position`` (T,): per column, so dropping rows leaves it as it
+    is, also when T equals the number of rows B (the case a cut by first dimension would get wrong)."""
+    from betaedit_plugin.plumbing.values import FrozenPrefix
+
+    B = T = 3
+    positions = torch.arange(10, 10 + T)
+    per_row = torch.arange(B * T).view(B, T)
+    keys = torch.arange(B * 2.0).view(B, 1, 2, 1)
+    restored = []
+    prefix = FrozenPrefix(hidden=torch.zeros(B, T, 4), start=2,
+                          calls=[(None, (positions,), {"position_ids": per_row, "mask": torch.ones(1, 1, T, T)}, False)],
+                          restore=lambda: restored.append(True), cache_saved=[[None, keys, keys.clone()]])
+    assert prefix.keep_rows(torch.tensor([0, 2]))
+    (_, args, kwargs, _), = prefix.calls
+    assert torch.equal(args[0], positions)
+    assert torch.equal(kwargs["position_ids"], per_row[[0, 2]]) and kwargs["mask"].shape == (1, 1, T, T)
+    assert prefix.hidden.shape == (2, T, 4) and torch.equal(prefix.cache_saved[0][1], keys[[0, 2]])
+    assert restored == [True]
