@@ -44,7 +44,7 @@ LOWEST_VENV := .venv-lowest
 setup: $(STAMP)
 
 $(UV):
-	$(PYTHON) -m pip install --quiet --target $(UV_DIR) uv==$(UV_VERSION)
+	$(PYTHON) -m pip install --quiet --root-user-action=ignore --target $(UV_DIR) uv==$(UV_VERSION)
 
 # exactly the locked set (sync removes anything else), then this package and the SmolLM2 weights
 $(STAMP): setup.cfg pyproject.toml Makefile $(LOCK) $(TORCH_PIN) | $(UV)
