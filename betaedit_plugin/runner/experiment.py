@@ -46,7 +46,8 @@ from .config import (
     validate_config,
 )
 from .evaluation import Evaluator
-from .journal import Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, target_fields, weights_fingerprint
+from .journal import (Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, request_fields, target_fields,
+                      weights_fingerprint)
 from .paths import RUN_LOCK, RUN_PID, check_cache_dirs, check_out_dir_path, hold_out_dir, remove_stale_temporaries  # noqa: F401
 
 logger = logging.getLogger(__name__)
@@ -363,7 +364,7 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
             seconds = time.perf_counter() - t0
             prev, step = step, step + len(batch)
             if run.journal is not None:
-                run.journal.append(StepRecord(step, [_fields(r) for r in batch], info["z_star"]))
+                run.journal.append(StepRecord(step, [request_fields(r) for r in batch], info["z_star"]))
             _log_edit(results, step, batch, seconds, info)
             if not bank and (step // every > prev // every or step == n):
                 with _timed(timing, "eval_total_s"):
@@ -384,12 +385,6 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
         bar.close()
     results["status"] = "complete" if step >= n else "stopped"
     results["edits_done"] = step
-
-
-def _fields(request) -> dict:
-    from .journal import request_fields
-
-    return request_fields(request)
 
 
 def _fixed_targets(run: _Run, batch):
