@@ -33,7 +33,7 @@ EE_STAMP := $(EE_VENV)/.installed
 EE_BUILD := build/easyedit
 EE_DIR   := tests/easyedit
 EE_PATH  := $(EE_BUILD)/easyedit-path
-EE_TESTS := tests/adapters/test_easyedit.py tests/plumbing/test_kv_cache.py $(EE_DIR)
+EE_TESTS := tests/adapters/test_easyedit.py tests/models/test_kv_cache.py $(EE_DIR)
 
 NEWEST_VENV := .venv-newest
 LOWEST_VENV := .venv-lowest

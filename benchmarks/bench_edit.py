@@ -88,7 +88,7 @@ def instrument(timer: PhaseTimer) -> None:
     """Phases of one edit: z* (frozen prefix, steps), keys, current z, solver, commit."""
     import betaedit_plugin.editor as editor_mod
     from betaedit_plugin.linalg import IncrementalSolver
-    from betaedit_plugin.plumbing import keys, values
+    from betaedit_plugin import compute_ks as keys, compute_z as values
 
     timer.wrap(values, "prepare_frozen_prefix", "z_prefix")
     timer.wrap(values, "run_suffix", "z_steps_forward")
@@ -131,8 +131,8 @@ def reference_deltas(editor, requests, keys_out: Optional[dict] = None) -> dict:
     """
     from support.reference import reference_compute_z
 
-    from betaedit_plugin.plumbing.keys import compute_ks
-    from betaedit_plugin.plumbing.values import compute_current_z
+    from betaedit_plugin.compute_ks import compute_ks
+    from betaedit_plugin.compute_z import compute_current_z
 
     model, tok, hp, layout = editor.model, editor.tok, editor.hparams, editor.layout
     state = editor.state

@@ -29,9 +29,9 @@ import time
 import torch
 
 from betaedit_plugin.models.smollm2 import load_smollm2
-from betaedit_plugin.plumbing.hooks import Trace
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import SecondMoment, _batches, _pad_id, _tokenize, layer_second_moments, load_corpus
+from betaedit_plugin.models.hooks import Trace
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance.stats import SecondMoment, _batches, _pad_id, _tokenize, layer_second_moments, load_corpus
 
 
 def per_layer(model, layout, layer, seqs, batch_size, pad_id, stop: bool) -> torch.Tensor:

@@ -43,7 +43,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .plumbing.devices import as_device as _torch_device, resolve_device, same_device
+from .models.devices import as_device as _torch_device, resolve_device, same_device
 from .errors import BetaEditError, DeviceError, HyperParamsError
 from .hparams import EditHyperParams, load_hparams
 from .methods import method_of
@@ -124,7 +124,7 @@ class BetaEditor:
         hparams: the hyperparameters of a registered method (`BetaEditHyperParams`, ...);
             their class picks the method.
         prior_covs: {layer: C0 (d_k, d_k)} to use instead of computing statistics
-            (`betaedit_plugin.plumbing.stats.stats_for_hparams`), e.g. imported ones.
+            (`betaedit_plugin.covariance.stats.stats_for_hparams`), e.g. imported ones.
         context_templates: MEMIT-style groups of templates with "{}"; default:
             generated once from the model at the first edit.
         keep_undo: keep what `undo` needs after each `apply` (references plus a copy of
@@ -149,7 +149,7 @@ class BetaEditor:
     ) -> None:
         self.hparams = self._check_hparams(hparams)
         self.rule = method_of(hparams).rule(hparams)
-        from .plumbing.layout import ModelLayout
+        from .models.layout import ModelLayout
 
         # weak_model: the EasyEdit executor keys editors by model in a WeakKeyDictionary, so the
         # editor must not keep its own model alive.
@@ -205,7 +205,7 @@ class BetaEditor:
         if model is None:
             from .models import load_model
 
-            from .plumbing.devices import place_model
+            from .models.devices import place_model
 
             if not hparams.model_parallel:
                 resolve_device(hparams.device, "hparams.device")
@@ -307,7 +307,7 @@ class BetaEditor:
             return self.state
         priors = self._prior_covs
         if priors is None:
-            from .plumbing.stats import stats_for_hparams
+            from .covariance.stats import stats_for_hparams
 
             logger.info("computing key second moments for layers %s", self.hparams.layers)
             priors = stats_for_hparams(self.model, self.tok, self.hparams, self.layout)
@@ -329,7 +329,7 @@ class BetaEditor:
             )
         templates = self._init_templates
         if templates is None:
-            from .plumbing.templates import generate_context_templates
+            from .models.templates import generate_context_templates
 
             with _edit_mode(self.model, self.tok):
                 templates = generate_context_templates(
@@ -418,8 +418,8 @@ class BetaEditor:
             RequestError: names the item (index in ``requests``, case_id), the lengths and the limit.
         """
         from .eval.scoring import context_limit
-        from .plumbing.tokens import build_prompt, encode
-        from .plumbing.values import target_token_ids
+        from .models.tokens import build_prompt, encode
+        from .compute_z import target_token_ids
 
         reqs = as_requests(requests)
         limit = context_limit(self.model)
@@ -464,7 +464,7 @@ class BetaEditor:
         """
         reqs = self.check_requests(as_requests(requests))
         state = self.prepare()
-        from .plumbing.values import compute_zs
+        from .compute_z import compute_zs
 
         with _edit_mode(self.model, self.tok):
             z_star = compute_zs(
@@ -581,8 +581,8 @@ class BetaEditor:
 
         On any error the written layers are restored bit for bit before re-raising.
         """
-        from .plumbing.keys import KeySweep
-        from .plumbing.values import compute_current_z, compute_zs
+        from .compute_ks import KeySweep
+        from .compute_z import compute_current_z, compute_zs
 
         hp, layers, templates = self.hparams, self.hparams.layers, state.context_templates
         last = layers[-1]

@@ -43,7 +43,7 @@ def _device(arg: str):
     import torch
 
     if arg != "auto":
-        from .plumbing.devices import as_device
+        from .models.devices import as_device
 
         return as_device(arg)
     if torch.cuda.is_available():
@@ -56,8 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from .models import load_model
-    from .plumbing.layout import ModelLayout
-    from .plumbing.stats import layer_second_moments
+    from .models.layout import ModelLayout
+    from .covariance.stats import layer_second_moments
 
     distributed = "WORLD_SIZE" in os.environ  # set by torchrun
     device = _device(args.device)
@@ -78,7 +78,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   batch_size=args.batch_size, cache_dir=args.cache_dir, progress=args.progress)
         t0 = time.perf_counter()
         if distributed:
-            from .plumbing.dist_stats import distributed_second_moments
+            from .covariance.dist import distributed_second_moments
 
             out = distributed_second_moments(model, tok, layout, args.layers, **kw)
             rank, world = dist.get_rank(), dist.get_world_size()

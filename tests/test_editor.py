@@ -155,7 +155,7 @@ def test_nonfinite_target_raises_naming_layer_and_step(tiny, monkeypatch):
     ed = make_editor(tiny)
     ed.apply([REQS[0]])
     before, hist = params(ed.model), {l: s.hist_cov for l, s in ed.state.layers.items()}
-    import betaedit_plugin.plumbing.values as values
+    import betaedit_plugin.compute_z as values
 
     real = values.compute_zs
     monkeypatch.setattr(values, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
@@ -276,7 +276,7 @@ def test_from_hparams_with_a_yaml_path_and_a_given_model(tiny, tmp_path):
     p.write_text(yaml.safe_dump({"alg_name": "BetaEdit", "model_name": "tiny-llama", "layers": [1, 2],
                                  "v_num_grad_steps": 2, "lambda1": 5.0, "tau": 3}))
     model, tok = tiny("llama")
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     d_k = ModelLayout.from_model(model).key_dim(model, 1)
     ed = BetaEditor.from_hparams(p, model, tok, prior_covs={l: spd(d_k, l) for l in LAYERS},
@@ -292,7 +292,7 @@ def test_from_hparams_with_a_yaml_path_and_a_given_model(tiny, tmp_path):
 def test_float32_solver_options_track_the_float64_editor(tiny, tmp_path, method):
     """solver_options (float32 per-edit tensors, recomputed in float64 every 3 keys) write the same
     edits as the default float64 solver to 1e-4, and a saved float32 state resumes."""
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     layers = LAYERS
 

@@ -20,8 +20,8 @@ from betaedit_plugin._fileio import (
     read_tensors,
     write_tensors,
 )
-from betaedit_plugin.plumbing import stats as stats_mod
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.covariance import stats as stats_mod
+from betaedit_plugin.models.layout import ModelLayout
 from betaedit_plugin.runner.checkpoint import CheckpointError, latest_checkpoint, write_checkpoint
 
 from support.editing import REQS, assert_bit_equal, make_editor, params

@@ -48,7 +48,7 @@ class TargetScore:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's inputs go: the input embedding's device (the model may be split across devices)."""
-    from ..plumbing.devices import input_device
+    from ..models.devices import input_device
 
     return input_device(model)
 

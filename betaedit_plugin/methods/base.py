@@ -12,7 +12,7 @@
   enter it, and what happens after a step is committed.
 
 Module templates (``rewrite_module_tmp`` ...) may be left out: the model layout
-(`betaedit_plugin.plumbing.layout`) supplies them from the model's config.
+(`betaedit_plugin.models.layout`) supplies them from the model's config.
 """
 
 from __future__ import annotations

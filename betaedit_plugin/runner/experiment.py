@@ -184,7 +184,7 @@ def _open_targets(cfg: Mapping, hparams) -> TargetSource:
 
 def _check_device(hparams) -> None:
     """The device of ``hparams.device`` exists here (ConfigError otherwise)."""
-    from ..plumbing.devices import resolve_device
+    from ..models.devices import resolve_device
     from ..errors import DeviceError
 
     try:
@@ -205,7 +205,7 @@ def _timed(timing: dict, key: str):
 
 def _load_model(cfg: dict, hparams):
     from ..models import load_model
-    from ..plumbing.devices import place_model
+    from ..models.devices import place_model
 
     try:
         model, tok = load_model(cfg["model"]["path"])
@@ -247,8 +247,8 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     import torch
 
     from ..editor import BetaEditor
-    from ..plumbing.layout import ModelLayout
-    from ..plumbing.stats import stats_for_hparams
+    from ..models.layout import ModelLayout
+    from ..covariance.stats import stats_for_hparams
 
     out_dir = Path(cfg["out_dir"])
     random.seed(cfg["seed"])

@@ -48,8 +48,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     import torch
 
     from ..editor import BetaEditor
-    from ..plumbing.layout import ModelLayout
-    from ..plumbing.stats import stats_for_hparams
+    from ..models.layout import ModelLayout
+    from ..covariance.stats import stats_for_hparams
     from .evaluation import Evaluator
     from .experiment import _load_model, _read_results
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import betaedit_plugin.plumbing.values as values
+import betaedit_plugin.compute_z as values
 from betaedit_plugin import BetaEditHyperParams
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.models.layout import ModelLayout
 from betaedit_plugin.requests import EditRequest
 
 pytestmark = pytest.mark.gpu

@@ -38,7 +38,7 @@ def hp_for(method: str, **over):
 
 def make_editor(tiny, method="BetaEdit", arch="llama", seed=0, **over) -> BetaEditor:
     """An editor of ``method`` on a fresh tiny model, with random priors and fixed templates."""
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     model, tok = tiny(arch, seed=seed)
     hp = hp_for(method, **over)

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from betaedit_plugin.plumbing.hooks import StopForward, Trace, TraceDict, get_module, hook_count
-from betaedit_plugin.plumbing.layout import ARCHITECTURES, ModelLayout
+from betaedit_plugin.models.hooks import StopForward, Trace, TraceDict, get_module, hook_count
+from betaedit_plugin.models.layout import ARCHITECTURES, ModelLayout
 
 ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
 

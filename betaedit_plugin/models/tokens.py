@@ -175,7 +175,7 @@ def pad_aligned(seqs: Sequence[Sequence[int]], anchors: Sequence[int], tok, devi
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's inputs must go: the input embedding's device (also when the model is split
-    across devices, see `betaedit_plugin.plumbing.devices`)."""
+    across devices, see `betaedit_plugin.models.devices`)."""
     from .devices import input_device
 
     return input_device(model)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from betaedit_plugin.editor import BetaEditor
-from betaedit_plugin.plumbing.devices import module_device, place_model, stored_weight
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import layer_second_moments
+from betaedit_plugin.models.devices import module_device, place_model, stored_weight
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance.stats import layer_second_moments
 from support.editing import LAYERS, REQS, TEMPLATES, hp_for, spd
 
 accelerate = pytest.importorskip("accelerate", reason="pip install 'betaedit-plugin[multi-device]'")
@@ -96,7 +96,7 @@ def test_editing_a_disk_offloaded_layer_is_refused(tiny, tmp_path):
 def test_stats_on_split_model_read_the_same_cache(tiny, tmp_path, monkeypatch):
     """C0 of a split model: same numbers and same cache key as on one device (the key hashes the
     real, offloaded weights, not the meta placeholders)."""
-    import betaedit_plugin.plumbing.stats as stats
+    import betaedit_plugin.covariance.stats as stats
 
     plain, tok = tiny("llama")
     layout = ModelLayout.from_model(plain)

@@ -22,8 +22,8 @@ What differs from the reference ``layer_stats`` (one full forward pass per layer
 
 Usage::
 
-    from betaedit_plugin.plumbing.layout import ModelLayout
-    from betaedit_plugin.plumbing.stats import layer_second_moments
+    from betaedit_plugin.models.layout import ModelLayout
+    from betaedit_plugin.covariance.stats import layer_second_moments
     layout = ModelLayout.from_model(model)
     covs = layer_second_moments(model, tok, layout, [4, 5, 6, 7, 8], n_samples=1000)
     covs[4].shape   # (d_k, d_k), float64, CPU
@@ -51,8 +51,8 @@ from torch import nn
 
 from .._fileio import IntegrityError, read_tensors, sha256_file, wait_for_lock, write_tensors
 from .._suggest import did_you_mean
-from .devices import stored_weight
-from .hooks import TraceDict
+from ..models.devices import stored_weight
+from ..models.hooks import TraceDict
 
 logger = logging.getLogger(__name__)
 
@@ -422,7 +422,7 @@ def _one_pass(
     """
     from tqdm.auto import tqdm
 
-    from .devices import input_device
+    from ..models.devices import input_device
 
     device = input_device(model)
     names = {layout.rewrite_name(l): l for l in sorted(layers)}  # forward order: last name runs last
@@ -464,7 +464,7 @@ def layer_second_moments(
     Args:
         model: a causal LM (eval mode is not changed; gradients are not recorded).
         tok: its tokenizer (texts are truncated to ``max_length`` tokens).
-        layout: the model's :class:`~betaedit_plugin.plumbing.layout.ModelLayout`.
+        layout: the model's :class:`~betaedit_plugin.models.layout.ModelLayout`.
         layers: layer indices, e.g. [4, 5, 6, 7, 8].
         corpus: ``'wiki_vital'`` or a ``.txt``/``.txt.gz`` path (one text per line).
         n_samples: number of corpus texts (the first ``n_samples`` non-empty lines).
@@ -579,7 +579,7 @@ def second_moment_sums(
 
     With ``world_size`` > 1 only the batches ``rank, rank + world_size, ...`` of the one-process
     pass are run (same texts, order and batches), so the ranks' sums add up to the one-process sums
-    (`betaedit_plugin.plumbing.dist_stats`). A rank may get no batch: its sums stay empty.
+    (`betaedit_plugin.covariance.dist`). A rank may get no batch: its sums stay empty.
     """
     layers = layout.check_layers(layers)
     _check_positive_int("n_samples", n_samples)

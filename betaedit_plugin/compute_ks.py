@@ -19,10 +19,10 @@ from typing import Sequence
 
 import torch
 
-from ..requests import EditRequest, as_requests, check_context_templates
-from .hooks import StopForward, Trace, first_tensor
-from .layout import ModelLayout
-from .tokens import build_prompt, encode, fact_token_index, model_device, pad_batch
+from .requests import EditRequest, as_requests, check_context_templates
+from .models.hooks import StopForward, Trace, first_tensor
+from .models.layout import ModelLayout
+from .models.tokens import build_prompt, encode, fact_token_index, model_device, pad_batch
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import betaedit_plugin.plumbing.stats as stats
-from betaedit_plugin.plumbing.dist_stats import distributed_second_moments
-from betaedit_plugin.plumbing.layout import ModelLayout
+import betaedit_plugin.covariance.stats as stats
+from betaedit_plugin.covariance.dist import distributed_second_moments
+from betaedit_plugin.models.layout import ModelLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 

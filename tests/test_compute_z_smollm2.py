@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from betaedit_plugin.hparams import load_hparams
-from betaedit_plugin.plumbing.hooks import Trace, first_tensor, replace_first_tensor
-from betaedit_plugin.plumbing.keys import compute_ks
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, pad_batch
-from betaedit_plugin.plumbing.values import compute_current_z, optimise_value, target_token_ids
+from betaedit_plugin.models.hooks import Trace, first_tensor, replace_first_tensor
+from betaedit_plugin.compute_ks import compute_ks
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.models.tokens import build_prompt, encode, fact_token_index, pad_batch
+from betaedit_plugin.compute_z import compute_current_z, optimise_value, target_token_ids
 from betaedit_plugin.requests import EditRequest
 
 pytestmark = pytest.mark.slow

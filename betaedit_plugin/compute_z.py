@@ -46,11 +46,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..requests import EditRequest, as_requests, check_context_templates, naming_request
-from .hooks import StopForward, Trace, first_tensor
-from .kv_cache import cache_kwargs, new_cache
-from .layout import ModelLayout
-from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
+from .requests import EditRequest, as_requests, check_context_templates, naming_request
+from .models.hooks import StopForward, Trace, first_tensor
+from .models.kv_cache import cache_kwargs, new_cache
+from .models.layout import ModelLayout
+from .models.tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
 
 logger = logging.getLogger(__name__)
 
