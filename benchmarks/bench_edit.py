@@ -283,7 +283,7 @@ def main() -> None:
     common = {"model": args.config, "device": str(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor()}
     timer = PhaseTimer(device)
-    editor = BetaEditor(model, tok, hp, prior_covs=prior_covs, keep_undo=False)
+    editor = BetaEditor(model, tok, hp, prior_covs=prior_covs)
     editor.context_templates  # statistics (cached), projector and templates: one-off, not timed
     requests = load_counterfact(args.edits + 1, args.offset)
     editor.apply(requests[:1])  # first step checks the cached prefix against a forward pass: not timed

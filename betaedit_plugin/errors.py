@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["BetaEditError", "HyperParamsError", "RequestError", "DeviceError"]
+__all__ = ["BetaEditError", "HyperParamsError", "RequestError", "DeviceError", "NonFiniteUpdateError",
+           "WeightsChangedError"]
 
 
 class BetaEditError(ValueError):
@@ -32,3 +33,11 @@ class RequestError(BetaEditError):
         super().__init__(message)
         self.index = index
         self.case_id = case_id
+
+
+class NonFiniteUpdateError(BetaEditError):
+    """An update (Delta) had NaN or Inf entries; the model and the state were left as they were."""
+
+
+class WeightsChangedError(BetaEditError, RuntimeError):
+    """The edited weights were changed outside the editor, so its history no longer matches them."""

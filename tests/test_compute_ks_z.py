@@ -214,11 +214,18 @@ def test_cached_columns_used_and_same_as_whole_sequence_path(tiny, monkeypatch):
     cached = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
 
     def unavailable(*args, **kwargs):
-        raise RuntimeError("no cache")
+        raise values.PrefixCacheUnavailable("no per-layer keys/values")
 
     monkeypatch.setattr(values, "run_frozen_prefix_cached", unavailable)
     whole = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
     torch.testing.assert_close(cached.z, whole.z, rtol=1e-4, atol=1e-5)
+
+    def broken(*args, **kwargs):  # any other error is a bug, not a reason to take the slow path
+        raise IndexError("bug")
+
+    monkeypatch.setattr(values, "run_frozen_prefix_cached", broken)
+    with pytest.raises(IndexError, match="bug"):
+        optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
 
 
 def test_compute_z_flips_tiny_model_and_leaves_it_unchanged(tiny):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from betaedit_plugin.editor import BetaEditor, EditStep, NonFiniteUpdateError, WeightsChangedError
+from betaedit_plugin.adapters.undo import UndoLog
 from betaedit_plugin.linalg import IncrementalSolver, betaedit_delta, memit_delta
 from betaedit_plugin import EditRequest
 from support.editing import LAYERS, REQS, TEMPLATES, assert_bit_equal, hp_for, make_editor, params, spd
@@ -16,15 +17,15 @@ from support.editing import LAYERS, REQS, TEMPLATES, assert_bit_equal, hp_for, m
 def test_step_writes_only_edited_layers_and_keeps_history(tiny, method, arch):
     ed = make_editor(tiny, method, arch)
     before = params(ed.model)
-    deltas = ed.compute_deltas([REQS[0]])
-    assert_bit_equal(before, params(ed.model))  # compute_deltas leaves the model as it was
+    deltas = ed.compute([REQS[0]]).deltas
+    assert_bit_equal(before, params(ed.model))  # compute leaves the model as it was
     assert ed.step == 0
     info = ed.apply([REQS[0]])
     assert info["step"] == ed.step == 1
     after = params(ed.model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {ed.layout.rewrite_name(l) + ".weight" for l in LAYERS}
-    for l, d in ed.weight_deltas().items():  # apply wrote exactly what compute_deltas predicted
+    for l, d in ed.weight_deltas().items():  # apply wrote exactly what compute predicted
         torch.testing.assert_close(d, deltas[l].to(d.dtype), rtol=1e-5, atol=1e-6)
         s = ed.state.layers[l]
         assert s.n_keys == 1 and float(s.hist_cov.abs().sum()) > 0
@@ -155,10 +156,10 @@ def test_nonfinite_target_raises_naming_layer_and_step(tiny, monkeypatch):
     ed = make_editor(tiny)
     ed.apply([REQS[0]])
     before, hist = params(ed.model), {l: s.hist_cov for l, s in ed.state.layers.items()}
-    import betaedit_plugin.compute_z as values
+    import betaedit_plugin.editor as editor_mod
 
-    real = values.compute_zs
-    monkeypatch.setattr(values, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
+    real = editor_mod.compute_zs
+    monkeypatch.setattr(editor_mod, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
     with pytest.raises(NonFiniteUpdateError, match=r"layer 1, step 2"):
         ed.apply([REQS[1]])
     assert_bit_equal(before, params(ed.model))
@@ -186,13 +187,17 @@ def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
 
 def test_undo_restores_weights_and_state(tiny):
     ed = make_editor(tiny)
-    before = params(ed.model)
-    ed.apply([REQS[0]])
-    ed.undo()
+    ed.apply([REQS[1]])  # an earlier step stays
+    before, state_before = params(ed.model), ed.state_dict()
+    log = UndoLog(ed)
+    log.apply([REQS[0]])
+    assert log.weights_status() == "unchanged"
+    log.undo()
     assert_bit_equal(before, params(ed.model))
-    assert ed.step == 0
+    assert ed.step == 1 and log.weights_status() == "unchanged"
+    assert_bit_equal(state_before["tensors"], ed.state_dict()["tensors"])
     with pytest.raises(RuntimeError, match="nothing to undo"):
-        ed.undo()
+        log.undo()
 
 
 # ---------------------------------------------------------------------------- compute, then apply

@@ -274,7 +274,7 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     templates = journal.header["context_templates"] if journal is not None else None
     if templates is None and targets is not None:
         templates = targets.context_templates
-    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False, context_templates=templates)
+    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, context_templates=templates)
     results = {"protocol": _protocol(cfg)} if (bank or targets is not None) else {}
     results.update({
         "format": RESULTS_FORMAT,

@@ -84,7 +84,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=False)
     base = {l: layout.read_weight(model, l) for l in hparams.layers}
     evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base) if evaluate else None
-    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False,
+    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs,
                         context_templates=journal.header["context_templates"])
     editor.prepare()
 

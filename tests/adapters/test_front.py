@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from betaedit_plugin.adapters.front import build_records
+from betaedit_plugin.adapters.front import build_records, edit
 from support.editing import REQS, assert_bit_equal, make_editor, params
 
 
 def test_non_sequential_edit_restores_weights_and_state(tiny):
     ed = make_editor(tiny)
     before = params(ed.model)
-    metrics, model = ed.edit(
+    metrics, model = edit(ed, 
         prompts=[REQS[1].prompt, REQS[2].prompt], target_new=["soccer", "English"],
         subject=["Michael Jordan", "Japan"], rephrase_prompts=["Michael Jordan is good at", "In Japan people speak"],
         locality_inputs={"neighborhood": {"prompt": ["Rome is the capital of", "Toyota produces"],
@@ -30,7 +30,7 @@ def test_non_sequential_edit_restores_weights_and_state(tiny):
 def test_edit_checks_lengths_before_editing(tiny):
     ed = make_editor(tiny)
     with pytest.raises(ValueError, match="target_new has 1 entries but prompts has 2"):
-        ed.edit(prompts=[REQS[0].prompt, REQS[1].prompt], target_new=["x"], subject=["a", "b"])
+        edit(ed, prompts=[REQS[0].prompt, REQS[1].prompt], target_new=["x"], subject=["a", "b"])
     assert ed.step == 0
 
 

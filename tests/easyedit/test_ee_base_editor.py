@@ -67,8 +67,8 @@ def test_non_sequential_edit_restores_weights_and_history(easyedit, tiny_checkpo
     assert rewrite_accs(metrics, "post") == [1.0] * 3  # each edit held right after it was made
     assert same_weights(weights(editor.model), original)  # ... and EasyEdit restored the model after each
     assert all(next_token(editor.model, editor.tok, r[0]) != " " + r[2] for r in rows)
-    ours = easyedit.executors["BetaEdit"].editor_for(editor.model)
-    assert ours.step == 1 and ours.weights_status() == "restored"  # rolled back at the next call
+    executor = easyedit.executors["BetaEdit"]
+    assert executor.editor_for(editor.model).step == 1 and executor.weights_status(editor.model) == "restored"  # rolled back at the next call
 
 
 def test_batch_edit_writes_each_batch_as_one_step(easyedit, tiny_checkpoint, tmp_path):
