@@ -13,20 +13,11 @@ back, and the EasyEdit adapter rolls its history back when it sees that (`adapte
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Dict, Optional
 
-import torch
+from .._fileio import tensor_sha256
 
-__all__ = ["UndoLog", "tensor_digest"]
-
-
-def tensor_digest(w: torch.Tensor) -> str:
-    """Exact content hash of a tensor (bytes, shape, dtype)."""
-    t = w.detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+__all__ = ["UndoLog"]
 
 
 class UndoLog:
@@ -43,7 +34,7 @@ class UndoLog:
 
     def _digest_now(self) -> Dict[int, str]:
         ed = self.editor
-        return {l: tensor_digest(ed.layout.read_weight(ed.model, l)) for l in ed.hparams.layers}
+        return {l: tensor_sha256(ed.layout.read_weight(ed.model, l)) for l in ed.hparams.layers}
 
     def apply(self, requests, **kwargs) -> Dict[str, Any]:
         """`BetaEditor.apply`, remembering the state and the weights from before it."""
@@ -52,7 +43,7 @@ class UndoLog:
         before = {l: ed.layout.read_weight(ed.model, l) for l in ed.hparams.layers}
         info = ed.apply(requests, **kwargs)
         self._last = (snap, before)
-        self._digests = {"before": {l: tensor_digest(w) for l, w in before.items()}, "after": self._digest_now()}
+        self._digests = {"before": {l: tensor_sha256(w) for l, w in before.items()}, "after": self._digest_now()}
         return info
 
     def undo(self, restore_weights: bool = True) -> None:
