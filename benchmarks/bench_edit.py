@@ -87,7 +87,7 @@ class PhaseTimer:
 def instrument(timer: PhaseTimer) -> None:
     """Phases of one edit: z* (frozen prefix, steps), keys, current z, solver, commit."""
     import betaedit_plugin.editor as editor_mod
-    from betaedit_plugin.linalg import IncrementalSolver
+    from betaedit_plugin.linalg.solver import FormSolver
     from betaedit_plugin import compute_ks as keys, compute_z as values
 
     timer.wrap(values, "prepare_frozen_prefix", "z_prefix")
@@ -97,7 +97,7 @@ def instrument(timer: PhaseTimer) -> None:
     timer.wrap(keys.KeySweep, "keys", "keys")
     timer.wrap(keys.KeySweep, "advance", "keys")
     timer.wrap(values, "compute_current_z", "current_z")
-    timer.wrap(IncrementalSolver, "delta", "solver")
+    timer.wrap(FormSolver, "delta", "solver")  # both forms; 'auto' delegates to them
     timer.wrap(editor_mod.BetaEditor, "_commit", "commit_history")
 
 

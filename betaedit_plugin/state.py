@@ -22,7 +22,7 @@ An editor saves `editor_state_dict`: this state plus the edited weights W_t and 
 
 Tensors are never modified in place: every update builds new tensors
 (``add_keys`` returns H + K K^T, the solver replaces or appends to its inverse,
-see `IncrementalSolver.snapshot`), so a snapshot for undo
+see `Solver.snapshot` (linalg)), so a snapshot for undo
 (`EditorState.snapshot`) only keeps references.
 
 Placement: C0 and H (and W_0) live wherever the caller put them, the float64
@@ -123,7 +123,7 @@ def tensor_bytes_by_device(tensors) -> Dict[str, int]:
 class StateSnapshot:
     """References to everything one step changes (cheap: tensors are never mutated in place).
 
-    ``layers``: {layer: (H, n_keys, solver snapshot from `IncrementalSolver.snapshot`)}.
+    ``layers``: {layer: (H, n_keys, solver snapshot from `Solver.snapshot` (linalg))}.
     """
 
     step: int
@@ -213,7 +213,7 @@ class EditorState:
             layers: the edited layers the caller expects.
             make_solver: ``(layer, prior_cov) -> IncrementalSolver`` with the caller's lambdas
                 (and placement/precision); the saved solver tensors are then loaded into it,
-                with this layer's H (see `IncrementalSolver.load_state_dict`).
+                with this layer's H (see `Solver.load_state_dict` (linalg)).
             device: where the float64 C0 and H live (the solvers' storage device).
             solver_uses_history: False for a rule whose solver never takes H (AlphaEdit-NoHist):
                 a solver recomputed on load (other precision or form) then gets H = 0.
