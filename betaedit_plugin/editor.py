@@ -124,7 +124,7 @@ class BetaEditor:
         hparams: the hyperparameters of a registered method (`BetaEditHyperParams`, ...);
             their class picks the method.
         prior_covs: {layer: C0 (d_k, d_k)} to use instead of computing statistics
-            (`betaedit_plugin.covariance.stats.stats_for_hparams`), e.g. imported ones.
+            (`betaedit_plugin.covariance.stats_for_hparams`), e.g. imported ones.
         context_templates: MEMIT-style groups of templates with "{}"; default:
             generated once from the model at the first edit.
         keep_undo: keep what `undo` needs after each `apply` (references plus a copy of
@@ -307,7 +307,7 @@ class BetaEditor:
             return self.state
         priors = self._prior_covs
         if priors is None:
-            from .covariance.stats import stats_for_hparams
+            from .covariance import stats_for_hparams
 
             logger.info("computing key second moments for layers %s", self.hparams.layers)
             priors = stats_for_hparams(self.model, self.tok, self.hparams, self.layout)
