@@ -40,7 +40,7 @@ import torch
 from .checks import EditStep, check_edit_step, check_hparams, check_prior_covs, check_z_star, non_finite, placement
 from .compute_ks import KeySweep
 from .compute_z import compute_current_z, compute_zs
-from .covariance.stats import stats_for_hparams
+from .covariance import stats_for_hparams
 from .errors import HyperParamsError, NonFiniteUpdateError, WeightsChangedError
 from .hparams import EditHyperParams, load_hparams
 from .methods import method_of
@@ -63,7 +63,7 @@ class BetaEditor(StateIO):
         model, tok: a causal LM (GPT-2, GPT-J, LLaMA, Qwen2/3 layouts), edited in place, and its tokenizer.
         hparams: the hyperparameters of a registered method (`BetaEditHyperParams`, ...); their
             class picks the method.
-        prior_covs: {layer: C0 (d_k, d_k)} instead of computing statistics (`covariance.stats`).
+        prior_covs: {layer: C0 (d_k, d_k)} instead of computing statistics (`covariance.stats_for_hparams`).
         context_templates: MEMIT-style groups of templates with "{}"; default: generated from the model.
         weak_model: hold the model through a weak reference only (the EasyEdit adapter keys its
             editors by model in a WeakKeyDictionary: the editor must not keep the model alive).

@@ -83,7 +83,7 @@ def smollm2_stats(smollm2):
     read the cache). Do not change the SmolLM2 weights before requesting this fixture.
     """
     from betaedit_plugin.models.layout import ModelLayout
-    from betaedit_plugin.covariance.stats import layer_second_moments
+    from betaedit_plugin.covariance import layer_second_moments
 
     model, tok = smollm2
     layout = ModelLayout.from_model(model)

@@ -248,7 +248,7 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
 
     from ..editor import BetaEditor
     from ..models.layout import ModelLayout
-    from ..covariance.stats import stats_for_hparams
+    from ..covariance import stats_for_hparams
 
     out_dir = Path(cfg["out_dir"])
     random.seed(cfg["seed"])

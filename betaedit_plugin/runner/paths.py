@@ -100,7 +100,7 @@ def check_out_dir_path(out_dir) -> None:
 
 def check_cache_dirs(hparams) -> None:
     """``BETAEDIT_CACHE`` (when set) and the statistics directory are directories or can be made ones."""
-    from ..covariance.stats import default_stats_dir
+    from ..covariance import default_stats_dir
 
     env = os.environ.get("BETAEDIT_CACHE")
     unset = "set BETAEDIT_CACHE to a directory, or unset it (default ~/.cache/betaedit_plugin)"

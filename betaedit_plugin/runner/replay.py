@@ -49,7 +49,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
 
     from ..editor import BetaEditor
     from ..models.layout import ModelLayout
-    from ..covariance.stats import stats_for_hparams
+    from ..covariance import stats_for_hparams
     from .evaluation import Evaluator
     from .experiment import _load_model, _read_results
 

@@ -142,7 +142,7 @@ def test_easyedits_alphaedit_and_ours_side_by_side(easyedit, tiny_checkpoint, tm
     """Two editors in one process, no shared state: ours edits exactly as it does alone."""
     from betaedit_plugin.linalg import nullspace_projector
     from betaedit_plugin.models.layout import ModelLayout
-    from betaedit_plugin.covariance.stats import layer_second_moments
+    from betaedit_plugin.covariance import layer_second_moments
 
     ckpt = tiny_checkpoint("llama")
     ours_hp = tiny_hparams("AlphaEdit", ckpt, str(tmp_path / "stats"), **SIDE_BY_SIDE)

@@ -16,7 +16,7 @@ from betaedit_plugin.editor import BetaEditor
 from betaedit_plugin.adapters.undo import UndoLog
 from betaedit_plugin.models.devices import module_device, place_model, stored_weight
 from betaedit_plugin.models.layout import ModelLayout
-from betaedit_plugin.covariance.stats import layer_second_moments
+from betaedit_plugin.covariance import collect, layer_second_moments
 from support.editing import LAYERS, REQS, TEMPLATES, hp_for, spd
 
 accelerate = pytest.importorskip("accelerate", reason="pip install 'betaedit-plugin[multi-device]'")
@@ -98,8 +98,6 @@ def test_editing_a_disk_offloaded_layer_is_refused(tiny, tmp_path):
 def test_stats_on_split_model_read_the_same_cache(tiny, tmp_path, monkeypatch):
     """C0 of a split model: same numbers and same cache key as on one device (the key hashes the
     real, offloaded weights, not the meta placeholders)."""
-    import betaedit_plugin.covariance.stats as stats
-
     plain, tok = tiny("llama")
     layout = ModelLayout.from_model(plain)
     kw = dict(corpus="wiki_vital", n_samples=12, max_length=32, batch_size=4, progress=False)
@@ -107,7 +105,7 @@ def test_stats_on_split_model_read_the_same_cache(tiny, tmp_path, monkeypatch):
     model, _ = tiny("llama")
     split(model, tmp_path / "off")
     fresh = layer_second_moments(model, tok, layout, LAYERS, use_cache=False, **kw)
-    monkeypatch.setattr(stats, "_one_pass", lambda *a, **k: pytest.fail("recomputed: cache key differs"))
+    monkeypatch.setattr(collect, "_one_pass", lambda *a, **k: pytest.fail("recomputed: cache key differs"))
     cached = layer_second_moments(model, tok, layout, LAYERS, cache_dir=tmp_path / "c", **kw)
     for l in LAYERS:
         torch.testing.assert_close(fresh[l], ref[l], rtol=1e-10, atol=0)
