@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["BetaEditError", "HyperParamsError", "RequestError", "DeviceError"]
+__all__ = ["BetaEditError", "HyperParamsError", "RequestError", "DeviceError", "DatasetError"]
 
 
 class BetaEditError(ValueError):
@@ -32,3 +32,8 @@ class RequestError(BetaEditError):
         super().__init__(message)
         self.index = index
         self.case_id = case_id
+
+
+class DatasetError(BetaEditError):
+    """A data file is missing, unreadable or malformed, or holds invalid records (the message names
+    the file and the records). Also importable from `betaedit_plugin.data`."""
