@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -70,21 +71,38 @@ def test_batched_scores_equal_one_by_one_scores(llama):
 def test_edit_metrics_are_the_probability_comparisons(llama):
     model, tok = llama
     reqs = load_counterfact(n=4)
+    # two targets the random model partly predicts (its greedy next token ' German', ' is'), so that
+    # rewrite_acc is not 0 for every request: 1 of 1 and 1 of 4 target tokens
+    extra = {r.case_id: r for r in load_counterfact(n=14)}
+    reqs += [dataclasses.replace(extra[13], prompt="Ferrari F40, developed by", subject="Ferrari F40",
+                                 target_new="German"),
+             dataclasses.replace(extra[5], prompt="Thomas Joannes Stieltjes was born in",
+                                 subject="Thomas Joannes Stieltjes", target_new="is Paris")]
+    n = len(reqs)
     out = edit_metrics(model, tok, reqs, locality_ref=locality_reference(model, tok, reqs), batch_size=5)
-    eff, gen, spec = [], [], []
+    eff, gen, spec, rw, rp = [], [], [], [], []
     for r in reqs:
         def mean(p, t):
             total, _ = _hand_logprobs(model, tok, p, t)
             return total / len(encode_pair(tok, p, t)[1])
 
+        def token_acc(p, t):  # EasyEdit's token accuracy from the float64 reference's argmax
+            _, argmax = _hand_logprobs(model, tok, p, t)
+            target = encode_pair(tok, p, t)[1]
+            return sum(a == b for a, b in zip(argmax, target)) / len(target)
+
         eff.append(mean(r.prompt, r.target_new) > mean(r.prompt, r.ground_truth))
         gen.append(mean(r.rephrase_prompts[0], r.target_new) > mean(r.rephrase_prompts[0], r.ground_truth))
         spec.append(mean(r.locality_prompts[0], r.locality_ground_truth[0]) > mean(r.locality_prompts[0], r.target_new))
-    assert out["efficacy"] == pytest.approx(sum(eff) / 4)
-    assert out["generality"] == pytest.approx(sum(gen) / 4)
-    assert out["specificity"] == pytest.approx(sum(spec) / 4)
+        rw.append(token_acc(r.prompt, r.target_new))
+        rp.extend(token_acc(p, r.target_new) for p in r.rephrase_prompts)
+    assert out["efficacy"] == pytest.approx(sum(eff) / n)
+    assert out["generality"] == pytest.approx(sum(gen) / n)
+    assert out["specificity"] == pytest.approx(sum(spec) / n)
     assert out["locality_acc"] == 1.0  # the model has not changed since the reference
-    assert 0.0 <= out["rewrite_acc"] <= 1.0
+    assert rw[-2:] == [1.0, 0.25]  # the reference itself sees the two partly predicted targets
+    assert out["rewrite_acc"] == pytest.approx(sum(rw) / n)
+    assert out["rephrase_acc"] == pytest.approx(sum(rp) / len(rp))
 
 
 def test_locality_acc_drops_when_the_model_changes(llama):
