@@ -76,6 +76,15 @@ def next_token(model, tok, prompt: str) -> str:
     return tok.decode(model(ids).logits[0, -1].argmax().item())
 
 
+def predicted_tokens(model, tok, prompt: str, answer: str) -> list:
+    """The model's argmax tokens over ``answer`` after ``prompt``, teacher forced, by this package's
+    scoring (the "prompt answer" tokenisation EasyEdit uses): EasyEdit's locality ``<key>_output``
+    for the same model should equal it."""
+    from betaedit_plugin.eval.scoring import predicted_target_tokens
+
+    return list(predicted_target_tokens(model, tok, prompt, answer)[0])
+
+
 def rewrite_accs(metrics, when: str) -> list:
     return [float(m[when]["rewrite_acc"][0]) for m in metrics]
 

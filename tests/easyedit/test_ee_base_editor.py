@@ -13,7 +13,11 @@ import warnings
 import pytest
 import torch
 
-from ee_support import ROWS, edit_kwargs, next_token, rewrite_accs, same_weights, tiny_hparams, weights
+from ee_support import (
+    ROWS, edit_kwargs, next_token, predicted_tokens, rewrite_accs, same_weights, tiny_hparams, weights,
+)
+
+from betaedit_plugin.eval.scoring import token_agreement
 
 METHODS = ("BetaEdit", "AlphaEdit", "MEMIT")
 
@@ -41,6 +45,7 @@ def test_sequential_edit_flips_answers_and_keeps_them(easyedit, tiny_checkpoint,
     rows = ROWS[:3]
     editor = base_editor(easyedit, tiny_hparams(method, tiny_checkpoint(arch), str(tmp_path)))
     before = [next_token(editor.model, editor.tok, r[0]) for r in rows]
+    loc_before = [predicted_tokens(editor.model, editor.tok, r[5], r[6]) for r in rows]
     metrics, model, _ = editor.edit(**edit_kwargs(rows), sequential_edit=True, verbose=False)
 
     assert rewrite_accs(metrics, "pre") == [0.0] * 3
@@ -49,9 +54,15 @@ def test_sequential_edit_flips_answers_and_keeps_them(easyedit, tiny_checkpoint,
     after = [next_token(model, editor.tok, r[0]) for r in rows]
     assert after == [" " + r[2] for r in rows] != before  # all three still hold after the third edit
     assert easyedit.executors[editor.alg_name].editor_for(model).step == 3
-    for m in metrics:
-        acc = m["post"]["locality"]["neighborhood_acc"]
-        assert len(acc) == 1 and 0.0 <= acc[0] <= 1.0
+    # locality against this package's teacher-forced predictions ("prompt answer", as EasyEdit
+    # tokenises it): before any edit, and after the last one (each row is scored right after its
+    # own edit, so the final model is the post-edit model of the last row only)
+    for m, pre in zip(metrics, loc_before):
+        assert [list(t) for t in m["pre"]["locality"]["neighborhood_output"]] == [pre]
+        post = list(m["post"]["locality"]["neighborhood_output"][0])
+        assert m["post"]["locality"]["neighborhood_acc"] == [pytest.approx(token_agreement(pre, post))]
+    last = list(metrics[-1]["post"]["locality"]["neighborhood_output"][0])
+    assert last == predicted_tokens(model, editor.tok, rows[-1][5], rows[-1][6])
 
 
 def test_non_sequential_edit_restores_weights_and_history(easyedit, tiny_checkpoint, tmp_path):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from ee_support import next_token, rewrite_accs, smollm2_hparams
+from ee_support import next_token, predicted_tokens, rewrite_accs, smollm2_hparams
 
 from betaedit_plugin.data import load_counterfact
+from betaedit_plugin.eval.scoring import target_token_accuracy, token_agreement
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,9 @@ def test_smollm2_counterfact_edits_through_base_editor(easyedit, smollm2_dir, me
     editor = easyedit.BaseEditor.from_hparams(smollm2_hparams(method, smollm2_dir))
     assert type(editor.model).__name__ == "LlamaForCausalLM" and editor.model.config.num_hidden_layers == 30
     assert next_token(editor.model, editor.tok, reqs[0].prompt) == " French"  # it knows the fact
+    loc_before = [predicted_tokens(editor.model, editor.tok, r.locality_prompts[0], r.locality_ground_truth[0])
+                  for r in reqs]
+    rp_before = [target_token_accuracy(editor.model, editor.tok, r.rephrase_prompts[0], r.target_new) for r in reqs]
 
     metrics, model, _ = editor.edit(**edit_args(reqs), sequential_edit=True, verbose=False)
 
@@ -39,6 +43,16 @@ def test_smollm2_counterfact_edits_through_base_editor(easyedit, smollm2_dir, me
     assert max(pre) < 0.5
     assert next_token(model, editor.tok, reqs[0].prompt) == " English"  # and after all edits it answers anew
     assert easyedit.executors[editor.alg_name].editor_for(model).step == len(reqs)
-    for m in metrics:
-        assert 0.0 <= m["post"]["locality"]["neighborhood_acc"][0] <= 1.0
-        assert 0.0 <= m["post"]["rephrase_acc"][0] <= 1.0
+    # locality and rephrase metrics against this package's teacher-forced scoring of the same model:
+    # before any edit for every case, after the last edit for the last case (each case is scored
+    # right after its own edit, so the final model is the post-edit model of the last one only)
+    for m, pre_loc, pre_rp in zip(metrics, loc_before, rp_before):
+        assert [list(t) for t in m["pre"]["locality"]["neighborhood_output"]] == [pre_loc]
+        post_loc = list(m["post"]["locality"]["neighborhood_output"][0])
+        assert m["post"]["locality"]["neighborhood_acc"] == [pytest.approx(token_agreement(pre_loc, post_loc))]
+        assert [float(a) for a in m["pre"]["rephrase_acc"]] == [pytest.approx(pre_rp)]
+    last = reqs[-1]
+    assert list(metrics[-1]["post"]["locality"]["neighborhood_output"][0]) == predicted_tokens(
+        model, editor.tok, last.locality_prompts[0], last.locality_ground_truth[0])
+    assert [float(a) for a in metrics[-1]["post"]["rephrase_acc"]] == [
+        pytest.approx(target_token_accuracy(model, editor.tok, last.rephrase_prompts[0], last.target_new))]
