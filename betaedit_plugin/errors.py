@@ -12,7 +12,7 @@ import os
 from typing import Any, Optional, Union
 
 __all__ = ["BetaEditError", "HyperParamsError", "RequestError", "DeviceError", "NonFiniteUpdateError",
-           "WeightsChangedError", "IntegrityError", "UnsealedFileError", "LockHeldError"]
+           "WeightsChangedError", "IntegrityError", "UnsealedFileError", "LockHeldError", "DatasetError"]
 
 
 class BetaEditError(ValueError):
@@ -67,3 +67,8 @@ class LockHeldError(BetaEditError, RuntimeError):
         self.lock_path, self.pid = str(lock_path), pid
         holder = f"process {pid}" if pid is not None else "another process (pid unknown)"
         super().__init__(f"{holder} holds the lock {str(lock_path)!r}")
+
+
+class DatasetError(BetaEditError):
+    """A data file is missing, unreadable or malformed, or holds invalid records (the message names
+    the file and the records). Also importable from `betaedit_plugin.data`."""

@@ -16,8 +16,6 @@ import torch
 
 torch.set_num_threads(2)
 
-TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
-
 
 def pytest_collection_modifyitems(config, items):
     """``gpu``-marked tests skip where torch sees no CUDA device (scripts/gpu_check.sh runs them on one)."""

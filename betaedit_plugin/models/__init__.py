@@ -19,9 +19,7 @@ from typing import Tuple
 
 from .._suggest import did_you_mean
 from .smollm2 import SMOLLM2_MODEL_NAME
-
-TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
-"""Architectures of the tiny random test models (``"tiny-<arch>"``)."""
+from .tiny import TINY_ARCHS
 
 __all__ = ["load_model", "load_placed_model", "available_models", "SMOLLM2_MODEL_NAME", "TINY_ARCHS"]
 

@@ -217,7 +217,15 @@ def test_long_prompts_are_cut_to_the_context(llama):
     model, tok = llama
     long_prompt = "The capital of France is Paris. " * 200
     (score,) = score_targets(model, tok, [long_prompt], ["Rome"])
-    assert math.isfinite(score.sum_logprob)
+    # reference: the prompt's last (context - target) tokens, scored by hand in float64
+    p_ids, t_ids = encode_pair(tok, long_prompt, "Rome")
+    limit = model.config.max_position_embeddings
+    assert len(p_ids) + len(t_ids) > limit  # the prompt is really cut
+    ids = torch.tensor([p_ids[len(p_ids) + len(t_ids) - limit:] + t_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    want = sum(float(lp[limit - len(t_ids) - 1 + i, t]) for i, t in enumerate(t_ids))
+    assert score.sum_logprob == pytest.approx(want, rel=1e-5, abs=1e-5)
 
 
 def test_one_tokenisation_for_every_token_accuracy(llama):

@@ -17,7 +17,7 @@ from betaedit_plugin.adapters.undo import UndoLog
 from betaedit_plugin.models.devices import module_device, place_model, stored_weight
 from betaedit_plugin.models.layout import ModelLayout
 from betaedit_plugin.covariance import collect, layer_second_moments
-from support.editing import LAYERS, REQS, TEMPLATES, hp_for, spd
+from support.editing import LAYERS, METHOD_NAMES, REQS, TEMPLATES, hp_for, spd
 
 accelerate = pytest.importorskip("accelerate", reason="pip install 'betaedit-plugin[multi-device]'")
 
@@ -63,7 +63,7 @@ def test_the_split_is_real(tiny, tmp_path):
     torch.testing.assert_close(logits(model, tok), before, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["BetaEdit", "MEMIT"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_edit_on_split_model_equals_edit_on_one_device(tiny, tmp_path, method):
     plain_model, tok = tiny("llama", seed=0)
     split_model, _ = tiny("llama", seed=0)
