@@ -40,7 +40,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ._suggest import did_you_mean
 from .errors import BetaEditError
