@@ -193,6 +193,10 @@ class RunFields:
         "optimising it on the edited model; keys, residuals and updates are still computed on this run's weights. "
         "Not the sequential protocol: results say so.", default=None,
     )
+    targets_wait: bool = _help(
+        "With targets: a record the targets do not hold yet (a bank still being computed) stops the run with a "
+        "checkpoint (status 'stopped') instead of an error; resume=true continues once they hold it.", default=False,
+    )
     journal_chunk: int = _help("Journaled steps per sealed chunk file of out_dir/journal.", default=50)
 
     def __post_init__(self) -> None:
@@ -200,6 +204,9 @@ class RunFields:
         _int("journal_chunk", self.journal_chunk, 1)
         if self.mode not in MODES:
             raise ConfigError(f"expected one of {list(MODES)}", field="mode", value=self.mode)
+        if self.targets_wait and not self.targets:
+            raise ConfigError("waits for fixed targets, but none are given", field="targets_wait", value=True,
+                              fix="set targets=PATH, or drop targets_wait")
         if self.mode == "bank" and self.targets:
             raise ConfigError("a bank computes targets", field="targets", value=self.targets, fix="drop targets for mode=bank")
         _int("batch_size", self.batch_size, 1)

@@ -376,6 +376,15 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
     try:
         while step < min(n, stop):
             batch = requests[step: min(step + bs, n, stop)]
+            if cfg.get("targets_wait") and not run.targets.holds(batch):
+                logger.warning("targets=%s hold no z* for edit %d (case_id %s) yet: stopping here; resume=true "
+                               "continues once they do", cfg["targets"], step + 1, [r.case_id for r in batch])
+                ck = cfg["checkpoint_every"]
+                if not bank and step > start and not (ck and step % ck == 0):  # else written at this step already
+                    _finish_timing(run)
+                    write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
+                                     results=results.to_json(), keep=cfg["keep_checkpoints"])
+                break
             t0 = time.perf_counter()
             with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
                 if bank:
