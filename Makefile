@@ -6,6 +6,7 @@
 #   make test-newest     .venv-newest: the newest release of every dependency, the smoke suite
 #   make test-lowest     .venv-lowest: the lowest declared versions (uv --resolution lowest-direct)
 #   make lock            re-resolves requirements/lock*.txt to today's newest releases
+#   make check-layers    build/lint (requirements/lint.txt): import-linter checks .importlinter's layers
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -33,15 +34,22 @@ EE_STAMP := $(EE_VENV)/.installed
 EE_BUILD := build/easyedit
 EE_DIR   := tests/easyedit
 EE_PATH  := $(EE_BUILD)/easyedit-path
-EE_TESTS := tests/adapters/test_easyedit.py tests/plumbing/test_kv_cache.py $(EE_DIR)
+EE_TESTS := tests/adapters/test_easyedit.py tests/models/test_kv_cache.py $(EE_DIR)
 
 NEWEST_VENV := .venv-newest
 LOWEST_VENV := .venv-lowest
 
-.PHONY: test demo bench reproduce setup clean lock test-easyedit easyedit-setup easyedit-source easyedit-install \
+.PHONY: test demo bench reproduce setup clean lock check-layers test-easyedit easyedit-setup easyedit-source easyedit-install \
 	easyedit-example test-newest test-lowest
 
 setup: $(STAMP)
+
+# the layers of the package (.importlinter): a module imports only from the layers below its own
+LINT_VENV := build/lint
+check-layers: requirements/lint.txt .importlinter | $(UV)
+	test -x $(LINT_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(LINT_VENV)
+	$(UV) pip sync --quiet --python $(LINT_VENV)/bin/python requirements/lint.txt
+	PYTHONPATH=. $(LINT_VENV)/bin/lint-imports --config .importlinter
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --root-user-action=ignore --target $(UV_DIR) uv==$(UV_VERSION)

@@ -10,7 +10,7 @@ exactly ``--steps`` steps):
   back-propagates (``--weight-grads`` also lets autograd compute the model's weight
   gradients, as ``loss.backward()`` on a model with ``requires_grad`` weights does
   in the reference code; off by default).
-- ``project``: ``betaedit_plugin.plumbing.values.optimise_value``: the blocks up to
+- ``project``: ``betaedit_plugin.compute_z.optimise_value``: the blocks up to
   ``layer`` run once, each step runs blocks ``layer+1 .. v_loss_layer`` only, and the
   head only at the positions the loss reads; gradients w.r.t. delta only.
 
@@ -34,9 +34,9 @@ import torch
 
 from betaedit_plugin.hparams import load_hparams
 from betaedit_plugin.models.smollm2 import load_smollm2
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.templates import generate_context_templates
-from betaedit_plugin.plumbing.values import optimise_value, resolve_loss_layer
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.models.templates import generate_context_templates
+from betaedit_plugin.compute_z import optimise_value, resolve_loss_layer
 from betaedit_plugin.requests import EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -87,8 +87,8 @@ class PhaseTimer:
 def instrument(timer: PhaseTimer) -> None:
     """Phases of one edit: z* (frozen prefix, steps), keys, current z, solver, commit."""
     import betaedit_plugin.editor as editor_mod
-    from betaedit_plugin.linalg import IncrementalSolver
-    from betaedit_plugin.plumbing import keys, values
+    from betaedit_plugin.linalg.solver import FormSolver
+    from betaedit_plugin import compute_ks as keys, compute_z as values
 
     timer.wrap(values, "prepare_frozen_prefix", "z_prefix")
     timer.wrap(values, "run_suffix", "z_steps_forward")
@@ -97,7 +97,7 @@ def instrument(timer: PhaseTimer) -> None:
     timer.wrap(keys.KeySweep, "keys", "keys")
     timer.wrap(keys.KeySweep, "advance", "keys")
     timer.wrap(values, "compute_current_z", "current_z")
-    timer.wrap(IncrementalSolver, "delta", "solver")
+    timer.wrap(FormSolver, "delta", "solver")  # both forms; 'auto' delegates to them
     timer.wrap(editor_mod.BetaEditor, "_commit", "commit_history")
 
 
@@ -131,8 +131,8 @@ def reference_deltas(editor, requests, keys_out: Optional[dict] = None) -> dict:
     """
     from support.reference import reference_compute_z
 
-    from betaedit_plugin.plumbing.keys import compute_ks
-    from betaedit_plugin.plumbing.values import compute_current_z
+    from betaedit_plugin.compute_ks import compute_ks
+    from betaedit_plugin.compute_z import compute_current_z
 
     model, tok, hp, layout = editor.model, editor.tok, editor.hparams, editor.layout
     state = editor.state
@@ -283,7 +283,7 @@ def main() -> None:
     common = {"model": args.config, "device": str(device), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor()}
     timer = PhaseTimer(device)
-    editor = BetaEditor(model, tok, hp, prior_covs=prior_covs, keep_undo=False)
+    editor = BetaEditor(model, tok, hp, prior_covs=prior_covs)
     editor.context_templates  # statistics (cached), projector and templates: one-off, not timed
     requests = load_counterfact(args.edits + 1, args.offset)
     editor.apply(requests[:1])  # first step checks the cached prefix against a forward pass: not timed

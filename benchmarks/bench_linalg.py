@@ -6,6 +6,9 @@ formula `betaedit_delta` on a few of those steps with the same history H; the
 two are measured side by side in this one run. Deviation is the max over the
 sampled steps of ||Delta_inc - Delta_dense||_F / ||Delta_dense||_F, with the
 dense float64 result as reference; the float32 row feeds float32 inputs.
+``refresh_s`` (float64 rows) times one from-scratch recomputation of the carried
+inverse per inverse form (`refresh` with the final H: U^T A U, Cholesky, then the
+inverse or M = U G^-1 U^T), the cost the float32 mode pays every ``refresh_every`` keys.
 
     python benchmarks/bench_linalg.py [--dims 1536 4096] [--edits 200] [--dense-samples 4] [--device cpu]
 """
@@ -66,6 +69,15 @@ def run_one(d_k: int, d_v: int, n_edits: int, dense_samples: int, dtype, device,
         H = add_keys(H, Kx.double())
     inc = inc_time / n_edits
     dense = dense_time / len(sample_at)
+    refresh = {}
+    if dtype == torch.float64:
+        for form in ("factored", "dense"):
+            s = IncrementalSolver(C0, None, None, lambda1=lam1, lambda2=lam2, inverse_form=form)
+            sync(device)
+            t0 = time.perf_counter()
+            s.refresh(U, H)
+            sync(device)
+            refresh[form] = round(time.perf_counter() - t0, 3)
     return {
         "d_k": d_k,
         "dtype": str(dtype).replace("torch.", ""),
@@ -74,6 +86,7 @@ def run_one(d_k: int, d_v: int, n_edits: int, dense_samples: int, dtype, device,
         "incremental_s_per_edit": round(inc, 6),
         "ratio": round(dense / inc, 1),
         "max_rel_dev": float(f"{worst:.3g}"),
+        **({"refresh_s": refresh} if refresh else {}),
     }
 
 

@@ -44,9 +44,9 @@ def main() -> None:
     model, tok = load_smollm2()
     fresh = copy.deepcopy(model)
     requests = load_counterfact(args.edits, args.offset)
-    computing = BetaEditor(model, tok, hp, keep_undo=False)
+    computing = BetaEditor(model, tok, hp)
     computing.prepare()
-    replaying = BetaEditor(fresh, tok, hp, keep_undo=False, context_templates=computing.context_templates,
+    replaying = BetaEditor(fresh, tok, hp, context_templates=computing.context_templates,
                            prior_covs={l: s.prior_cov for l, s in computing.state.layers.items()})
     replaying.prepare()
 

@@ -29,9 +29,10 @@ import time
 import torch
 
 from betaedit_plugin.models.smollm2 import load_smollm2
-from betaedit_plugin.plumbing.hooks import Trace
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import SecondMoment, _batches, _pad_id, _tokenize, layer_second_moments, load_corpus
+from betaedit_plugin.models.hooks import Trace
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance import SecondMoment, layer_second_moments, load_corpus
+from betaedit_plugin.covariance.corpus import _batches, _pad_id, _tokenize
 
 
 def per_layer(model, layout, layer, seqs, batch_size, pad_id, stop: bool) -> torch.Tensor:

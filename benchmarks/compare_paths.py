@@ -42,8 +42,8 @@ def main() -> None:
     ref_model = copy.deepcopy(model)
     requests = load_counterfact(args.edits, args.offset)
     locality = locality_reference(model, tok, requests)
-    fast = BetaEditor(model, tok, hp, keep_undo=False)
-    ref = BetaEditor(ref_model, tok, hp, keep_undo=False, context_templates=fast.context_templates)
+    fast = BetaEditor(model, tok, hp)
+    ref = BetaEditor(ref_model, tok, hp, context_templates=fast.context_templates)
     ref.prepare()
 
     devs, seconds = [], {"fast": 0.0, "reference": 0.0}

@@ -26,6 +26,7 @@ __all__ = [
     "DeviceError",
     "BetaEditor",
     "register_easyedit",
+    "edit",
 ]
 
 __version__ = "0.1.0"
@@ -36,6 +37,10 @@ def __getattr__(name):  # lazy exports (PEP 562)
         from .editor import BetaEditor
 
         return BetaEditor
+    if name == "edit":  # EasyEdit's BaseEditor.edit shape for a BetaEditor: edit(editor, prompts=..., ...)
+        from .adapters.front import edit
+
+        return edit
     if name == "register_easyedit":
         from .adapters.easyedit import register_easyedit
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
 
-from .errors import BetaEditError
+from .errors import IntegrityError, LockHeldError, UnsealedFileError  # raised here; defined with the others
 
 try:
     import fcntl
@@ -134,22 +134,6 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 
 # ---------------------------------------------------------------- sealed safetensors files
-class IntegrityError(BetaEditError):
-    """A file's content does not match the digests written with it (or cannot be read at all).
-
-    ``path`` is the file, ``problem`` what is wrong with it (naming the tensor or field), ``remedy``
-    what to do; ``kind`` names the file in the message ("editor state file", ...).
-    """
-
-    def __init__(self, path: PathLike, problem: str, remedy: str = "", kind: str = "file"):
-        self.path, self.problem, self.remedy, self.kind = str(path), problem, remedy, kind
-        super().__init__(f"{kind} {str(path)!r}: {problem}" + (f"; {remedy}" if remedy else ""))
-
-
-class UnsealedFileError(IntegrityError):
-    """The file carries no digests (written by a version before they existed): its content cannot be verified."""
-
-
 def tensor_sha256(tensor) -> str:
     """Hex sha256 of a tensor's dtype, shape and raw bytes (as safetensors stores them)."""
     import torch
@@ -258,15 +242,6 @@ def read_tensors(path: PathLike, *, allow_unsealed: bool = False) -> Tuple[Dict[
 
 
 # ---------------------------------------------------------------- locks between processes
-class LockHeldError(BetaEditError, RuntimeError):
-    """Another live process holds an `exclusive_lock`; ``pid`` is its process id (None if unknown)."""
-
-    def __init__(self, lock_path: PathLike, pid: Optional[int]):
-        self.lock_path, self.pid = str(lock_path), pid
-        holder = f"process {pid}" if pid is not None else "another process (pid unknown)"
-        super().__init__(f"{holder} holds the lock {str(lock_path)!r}")
-
-
 @contextlib.contextmanager
 def wait_for_lock(lock_path: PathLike, what: str) -> Iterator[None]:
     """Hold the OS lock ``lock_path``, waiting (and logging once) while another process holds it.

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from ._suggest import did_you_mean
+from .methods import get_method
 
 __all__ = ["hparams_dir", "hparams_path", "available_hparams"]
 
@@ -47,8 +48,6 @@ def available_hparams() -> Dict[str, List[str]]:
 
 def _alg_dir(alg: str) -> str:
     """The YAML directory of an algorithm name (any spelling: 'BE-AlphaEdit', 'alphaedit' -> 'AlphaEdit')."""
-    from .methods import get_method
-
     return get_method(alg).name  # KeyError with "Did you mean" for unknown names
 
 

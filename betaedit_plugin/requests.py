@@ -151,7 +151,7 @@ def as_requests(requests: Any, allow_dicts: bool = True) -> List[EditRequest]:
     Args:
         requests: `EditRequest` objects or, with ``allow_dicts``, EasyEdit request dicts
             ({'prompt', 'subject', 'target_new', ...}, see `EditRequest.from_easyedit`).
-        allow_dicts: False where only typed requests are taken (the plumbing functions).
+        allow_dicts: False where only typed requests are taken (compute_ks, compute_z).
     Raises:
         TypeError: an item is neither an EditRequest nor (with ``allow_dicts``) a mapping.
         ValueError: the sequence is empty; `RequestError` (a ValueError): a request is invalid (subject

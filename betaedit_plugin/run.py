@@ -10,11 +10,17 @@
     python -m betaedit_plugin.run replay results/smollm2-counterfact-n1000/betaedit [--save edited.safetensors]
 
 Every run is `betaedit_plugin.runner.run_experiment(cfg)`; the keys are documented in
-`betaedit_plugin.runner.config`. Before Hydra creates any directory, the command line composes
-the configuration of every job (each value of a comma sweep such as ``method=memit,betaedit``)
-with Hydra's compose API and runs every check that needs no model; a user error prints one line
-naming the key and exits with status 2. Sweep functions (``range(...)``, ``choice(...)``,
-``glob(...)``) are expanded by Hydra alone: such keys are checked when each job starts.
+`betaedit_plugin.runner.config`. The overrides are Hydra's: its `OverridesParser` reads them and
+its sweeper's expansion (`BasicSweeper.split_arguments`) gives the jobs of a multirun. Before
+Hydra creates any directory, every job's configuration is composed with Hydra and checked with
+everything that needs no model; a user error prints one line naming the key (`ConfigError`) and
+exits with status 2. Sweeps over ``glob(...)`` and intervals are left to Hydra: such keys are
+checked when each job starts.
+
+A single run is composed once: that configuration is checked, then handed to Hydra's `run_job`
+(its output directory, logging and callbacks, as ``@hydra.main`` does). A multirun, and Hydra's
+own flags (``--help``, ``--cfg`` ...), go through ``hydra.main``, whose launcher composes each job
+again.
 
 Then, still before Hydra, the command line takes its hold on every job's ``out_dir``
 (`betaedit_plugin.runner.paths`): when another live run holds one, this one is refused (exit 2,
@@ -28,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import dataclasses
 import logging
 import sys
 import warnings
@@ -37,12 +45,14 @@ from typing import List, Optional, Sequence
 from ._suggest import did_you_mean
 from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment  # noqa: F401  (library entry points)
-from .runner.config import GROUPS, group_options, register_configs
+from .runner.config import GROUPS, group_options, omegaconf_error, register_configs, run_config_class
 from .runner.paths import held_out_dir, hold_out_dir
 
-__all__ = ["main", "precheck", "expand_overrides", "run_experiment", "compare", "ConfigError", "CONF_DIR"]
+__all__ = ["main", "precheck", "parse_overrides", "job_overrides", "expand_overrides", "run_experiment", "compare",
+           "ConfigError", "CONF_DIR"]
 
-_SWEEP_FUNCTIONS = ("range(", "choice(", "glob(", "interval(", "tag(", "sort(", "shuffle(")
+#: the job name Hydra gives a run (its log file is <out_dir>/run.log), as ``@hydra.main`` names it from this module
+JOB_NAME = "run"
 
 
 def _fail(message: str) -> None:
@@ -50,142 +60,170 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _split_top_level(value: str) -> List[str]:
-    """``value`` split at commas outside brackets and quotes ('a,b' -> ['a', 'b']; '[1,2]' stays whole)."""
-    parts, depth, quote, current = [], 0, None, ""
-    for ch in value:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += ch
-    return parts + [current]
+# ============================================================================ overrides: Hydra's grammar
+def parse_overrides(args: Sequence[str]) -> list:
+    """``args`` as Hydra's `Override` objects (its own grammar); ConfigError naming an unparsable one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    try:
+        return parser.parse_overrides(list(args))
+    except OverrideParseException as exc:
+        raise _unparsable_override(parser, args, exc) from None
 
 
-def expand_overrides(args: Sequence[str], multirun: bool = True) -> List[List[str]]:
-    """The override lists of the jobs to check: each value of each comma sweep, the other sweeps at
-    their first value. ``hydra.*`` overrides and sweep functions are left to Hydra.
+def _unparsable_override(parser, args: Sequence[str], exc: Exception) -> ConfigError:
+    """The override Hydra's grammar rejects (spaces, non-ASCII letters, ...) with its key, its value and
+    the override quoted as Hydra takes it."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for item in args:
+        try:
+            parser.parse_overrides([item])
+        except Exception:
+            break
+    else:
+        return ConfigError(first)
+    key, eq, value = item.partition("=")
+    if not eq:
+        return ConfigError(f"Hydra cannot parse this override ({first})", field=repr(item), fix="overrides are key=value")
+    if "'" in value and '"' not in value:
+        hint = f"'{key}=\"{value}\"'"
+    else:
+        hint = "\"" + key + "='" + value.replace("'", "\\'") + "'\""
+    return ConfigError(f"Hydra's override grammar does not take this value unquoted ({first})", field=key, value=value,
+                       fix=f"quote it: {hint}")
+
+
+def _left_to_hydra(override) -> bool:
+    """Overrides the pre-check does not compose: Hydra's own settings, and sweeps over a glob or an interval."""
+    from hydra.core.override_parser.types import ValueType
+
+    return (override.key_or_group.startswith(("hydra.", "hydra/")) or override.key_or_group == "hydra"
+            or override.value_type in (ValueType.GLOB_CHOICE_SWEEP, ValueType.INTERVAL_SWEEP))
+
+
+def job_overrides(args: Sequence[str], multirun: bool = True) -> List[List[str]]:
+    """The override lists of the jobs Hydra will run (its sweeper's expansion of every sweep), less
+    what `_left_to_hydra`.
 
     Raises:
-        ConfigError: a comma sweep without ``-m`` (Hydra would refuse it).
+        ConfigError: an override Hydra cannot parse; a sweep without ``-m`` (Hydra would refuse it).
     """
-    base, sweeps = [], []
-    for item in args:
-        key, eq, value = item.partition("=")
-        if item.startswith("hydra.") or (eq and value.strip().startswith(_SWEEP_FUNCTIONS)):
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.types import ValueType
+
+    checked = [o for o in parse_overrides(args) if not _left_to_hydra(o)]
+    for o in checked:
+        if o.is_sweep_override() and not multirun:
+            what = "a comma-separated list" if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP else "a sweep function"
+            raise ConfigError(f"{what} is a sweep", field=o.input_line, fix="add -m to run one job per value")
+    return BasicSweeper.split_arguments(checked, None)[0]
+
+
+expand_overrides = job_overrides  # the name of earlier versions
+
+
+# ============================================================================ composition and checks
+def _top_keys() -> List[str]:
+    """The configuration's top-level keys (the run schema's fields: the groups, ``hparams`` and the run's own)."""
+    return sorted(f.name for f in dataclasses.fields(run_config_class()))
+
+
+def _check_keys(overrides, top: Sequence[str]) -> None:
+    """An unknown group option or top-level key: ConfigError with "Did you mean"."""
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_delete() or key.startswith("hydra"):
             continue
-        parts = _split_top_level(value) if eq else [value]
-        if len(parts) > 1:
-            if not multirun:
-                raise ConfigError(f"{item}: a comma-separated list is a sweep; add -m to run one job per value")
-            sweeps.append((key, parts))
-        else:
-            base.append(item)
-    if not sweeps:
-        return [base]
-    firsts = [f"{k}={vals[0]}" for k, vals in sweeps]
-    out = []
-    for i, (key, values) in enumerate(sweeps):
-        for v in values:
-            out.append(base + firsts[:i] + [f"{key}={v}"] + firsts[i + 1:])
-    return out
+        value = o.get_value_element_as_str()
+        if key in GROUPS and value not in group_options(key):
+            raise ConfigError(f"unknown {key}." + did_you_mean(value, group_options(key)), field=key, value=value)
+        head = key.split(".")[0]
+        if not (o.is_add() or o.is_force_add()) and head not in top:
+            raise ConfigError(f"unknown config key {head!r}." + did_you_mean(head, top), field=key, value=value)
+
+
+def _compose(app, overrides: Sequence[str], top: Sequence[str]):
+    """One job's configuration as Hydra composes it for a run (with its ``hydra`` node); ConfigError
+    naming the key when it cannot be composed."""
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = parse_overrides(overrides)
+    _check_keys(parsed, top)
+    try:
+        return app.compose_config(config_name="config", overrides=list(overrides), run_mode=RunMode.RUN)
+    except (HydraException, OmegaConfBaseException) as exc:
+        groups_only = [o.input_line for o in parsed if o.key_or_group in GROUPS]
+        plain = app.compose_config(config_name="config", overrides=groups_only, run_mode=RunMode.RUN)
+        _unknown_nested_key(plain, parsed)
+        cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
+        raise omegaconf_error(cause) from None
+
+
+def _job_config(cfg):
+    """A composed configuration without its ``hydra`` node: what the job gets."""
+    from omegaconf import open_dict, read_write
+
+    job = copy.deepcopy(cfg)
+    with read_write(job), open_dict(job):
+        job.pop("hydra", None)
+    return job
+
+
+def _check(cfg) -> str:
+    """`check_run` on a composed configuration (no warnings: the job itself warns); returns its out_dir."""
+    from .runner import check_run
+
+    job = _job_config(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_run(job, verify_files=False)
+    return str(job.out_dir)
+
+
+@contextlib.contextmanager
+def _hydra_app():
+    """Hydra initialised on the package's config directory, as ``@hydra.main`` does for this module."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None, job_name=JOB_NAME):
+        yield GlobalHydra.instance().hydra
 
 
 def precheck(args: Sequence[str], multirun: bool = True) -> List[str]:
     """Compose every job's configuration as Hydra will and run `check_run` on it; raises `ConfigError`.
 
     Returns the ``out_dir`` of every job checked.
-
-    Unknown group options and unknown keys get "Did you mean"; other composition errors are
-    reported with their key and first line.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from .runner import check_run
-    from .runner.config import _omegaconf_message
-
-    register_configs()
-    combos = expand_overrides(args, multirun)
-    out_dirs = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        top = sorted(compose(config_name="config"))
-        for overrides in combos:
-            for item in overrides:
-                key, _, value = item.lstrip("+~").partition("=")
-                if key in GROUPS and value not in group_options(key):
-                    raise ConfigError(f"{key}={value!r}: unknown {key}." + did_you_mean(value, group_options(key)))
-                head = key.split(".")[0].split("@")[0]
-                if not item.startswith(("+", "~")) and head not in top:
-                    raise ConfigError(f"{key}={value!r}: unknown config key {head!r}." + did_you_mean(head, top))
-            try:
-                cfg = compose(config_name="config", overrides=list(overrides))
-            except OverrideParseException as exc:
-                raise ConfigError(_unparsable_override(overrides, exc)) from None
-            except (HydraException, OmegaConfBaseException) as exc:
-                groups_only = [o for o in overrides if o.partition("=")[0] in GROUPS]
-                _unknown_nested_key(compose(config_name="config", overrides=groups_only), overrides)
-                cause = exc.__cause__ if isinstance(exc.__cause__, OmegaConfBaseException) else exc
-                raise ConfigError(_omegaconf_message(cause)) from None
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the job itself warns when it runs
-                check_run(cfg, verify_files=False)
-            out_dirs.append(str(cfg.out_dir))
-    return out_dirs
+    top = _top_keys()
+    with _hydra_app() as app:
+        return [_check(_compose(app, overrides, top)) for overrides in job_overrides(args, multirun)]
 
 
-def _unparsable_override(overrides: Sequence[str], exc: Exception) -> str:
-    """One line for an override Hydra's grammar rejects (spaces, non-ASCII letters, ...): the key,
-    the value, and the override quoted as Hydra takes it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    parser = OverridesParser.create()
-    for item in overrides:
-        try:
-            parser.parse_overrides([item])
-        except Exception:
-            break
-    else:
-        return first
-    key, eq, value = item.partition("=")
-    if not eq:
-        return f"{item!r}: Hydra cannot parse this override ({first}); overrides are key=value"
-    if "'" in value and '"' not in value:
-        hint = f"'{key}=\"{value}\"'"
-    else:
-        hint = "\"" + key + "='" + value.replace("'", "\\'") + "'\""
-    return (f"{key}={value!r}: Hydra's override grammar does not take this value unquoted ({first}); "
-            f"quote it: {hint}")
-
-
-def _unknown_nested_key(cfg, overrides: Sequence[str]) -> None:
-    """Raise ConfigError with "Did you mean" for the first override whose dotted key is not in ``cfg``."""
-    for item in overrides:
-        if item.startswith(("+", "~")):
+def _unknown_nested_key(cfg, overrides) -> None:
+    """ConfigError with "Did you mean" for the first override whose dotted key is not in ``cfg``."""
+    for o in overrides:
+        if o.is_add() or o.is_force_add() or o.is_delete():
             continue
-        key, _, value = item.partition("=")
+        key, value = o.key_or_group, o.get_value_element_as_str()
         node, path = cfg, []
         for part in key.split("."):
             if not hasattr(node, "keys") or part not in node:
                 siblings = sorted(str(k) for k in node.keys()) if hasattr(node, "keys") else []
                 where = ".".join(path) or "the config"
                 raise ConfigError(
-                    f"{key}={value!r}: {where} has no key {part!r}." + did_you_mean(part, siblings)
-                    + ("" if siblings else " (add it with +key=value)")
+                    f"{where} has no key {part!r}." + did_you_mean(part, siblings)
+                    + ("" if siblings else " (add it with +key=value)"), field=key, value=value,
                 )
             node, path = node[part], path + [part]
 
 
+# ============================================================================ sub-commands
 def _compare_cli(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="betaedit-run compare", description="Comparison table and plots from several run out_dirs.")
     parser.add_argument("out_dirs", nargs="+", help="run directories holding results.json")
@@ -273,6 +311,40 @@ def _task(cfg) -> None:
         print(f"comparison of the methods in {root}: {root / 'comparison.md'}")
 
 
+def _launch(app, cfg) -> None:
+    """Run ``_task`` on the composed ``cfg`` as Hydra runs a job: its output directory, logging and
+    callbacks (what ``Hydra.run`` does after composing)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+    from omegaconf import open_dict, read_write
+
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        if cfg.hydra.mode is None:
+            cfg.hydra.mode = RunMode.RUN
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name="config")
+    ret = run_job(hydra_context=HydraContext(config_loader=app.config_loader, callbacks=callbacks), task_function=_task,
+                  config=cfg, job_dir_key="hydra.run.dir", job_subdir_key=None, configure_logging=True)
+    callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+    _ = ret.return_value  # raises the job's exception, if any
+
+
+def _run_one(overrides: Sequence[str]) -> int:
+    """One run: composed once, checked, out_dir held, then launched."""
+    with _hydra_app() as app, contextlib.ExitStack() as hold:
+        try:
+            job_overrides(overrides, multirun=False)  # a sweep needs -m
+            cfg = _compose(app, overrides, _top_keys())
+            hold.enter_context(hold_out_dir(_check(cfg)))  # before Hydra writes anything there
+        except ConfigError as exc:
+            hold.close()
+            _fail(str(exc))
+        _launch(app, cfg)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``betaedit-run`` / ``python -m betaedit_plugin.run``.
 
@@ -291,11 +363,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ConfigError as exc:
             _fail(str(exc))
     flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    if not flags:
+        return _run_one(overrides)
     with contextlib.ExitStack() as holds:
         if all(f in ("-m", "--multirun") for f in flags):
             try:
-                out_dirs = precheck([a for a in args if not a.startswith("-")], multirun=bool(flags))
-                for out_dir in dict.fromkeys(out_dirs):  # before Hydra writes anything there
+                for out_dir in dict.fromkeys(precheck(overrides, multirun=True)):  # before Hydra writes anything there
                     holds.enter_context(hold_out_dir(out_dir))
             except ConfigError as exc:
                 holds.close()

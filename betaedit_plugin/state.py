@@ -22,7 +22,7 @@ An editor saves `editor_state_dict`: this state plus the edited weights W_t and 
 
 Tensors are never modified in place: every update builds new tensors
 (``add_keys`` returns H + K K^T, the solver replaces or appends to its inverse,
-see `IncrementalSolver.snapshot`), so a snapshot for undo
+see `Solver.snapshot` (linalg)), so a snapshot for undo
 (`EditorState.snapshot`) only keeps references.
 
 Placement: C0 and H (and W_0) live wherever the caller put them, the float64
@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
+from .linalg import add_keys
 from ._fileio import IntegrityError, UnsealedFileError, read_tensors, write_tensors
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def tensor_bytes_by_device(tensors) -> Dict[str, int]:
 class StateSnapshot:
     """References to everything one step changes (cheap: tensors are never mutated in place).
 
-    ``layers``: {layer: (H, n_keys, solver snapshot from `IncrementalSolver.snapshot`)}.
+    ``layers``: {layer: (H, n_keys, solver snapshot from `Solver.snapshot` (linalg))}.
     """
 
     step: int
@@ -147,6 +148,19 @@ class EditorState:
     step: int = 0
     last_refresh: int = 0
     context_templates: Optional[List[List[str]]] = None
+
+    def commit(self, keys: Mapping[int, torch.Tensor], devices: Mapping[int, torch.device], solver_takes_keys: bool,
+               n: int) -> None:
+        """A written step of ``n`` requests: H += K K^T per layer (K in float64 on the layer's device), the
+        solver takes the keys where the method keeps a history, step += n."""
+        for l, K in keys.items():
+            s = self.layers[l]
+            K = K.to(devices[l], torch.float64)
+            s.hist_cov = add_keys(s.hist_cov, K)
+            if solver_takes_keys:
+                s.solver.add_keys(K, hist_cov=s.hist_cov)  # H with K: the float32 mode recomputes from it
+            s.n_keys += K.shape[1]
+        self.step += n
 
     # ------------------------------------------------------------ undo
     def snapshot(self) -> StateSnapshot:
@@ -199,7 +213,7 @@ class EditorState:
             layers: the edited layers the caller expects.
             make_solver: ``(layer, prior_cov) -> IncrementalSolver`` with the caller's lambdas
                 (and placement/precision); the saved solver tensors are then loaded into it,
-                with this layer's H (see `IncrementalSolver.load_state_dict`).
+                with this layer's H (see `Solver.load_state_dict` (linalg)).
             device: where the float64 C0 and H live (the solvers' storage device).
             solver_uses_history: False for a rule whose solver never takes H (AlphaEdit-NoHist):
                 a solver recomputed on load (other precision or form) then gets H = 0.
@@ -356,3 +370,105 @@ def editor_state_from_dict(
             raise ValueError(f"state: missing tensor 'layers.{l}.w' (the edited weight of layer {l})")
         weights[l] = w
     return state, weights
+
+
+def weights_to_restore(
+    current: Mapping[int, torch.Tensor], state: EditorState, saved: Mapping[int, torch.Tensor], restore_weights: bool
+) -> Dict[int, torch.Tensor]:
+    """{layer: saved W_t} to write so that a model holding ``current`` weights matches a loaded state.
+
+    Each layer must hold either the saved edited weights W_t (nothing to write) or the original
+    W_0 (W_t is written, with ``restore_weights``).
+
+    Raises:
+        ValueError: a layer holds neither, or W_0 without ``restore_weights``.
+    """
+    to_write = {}
+    for l, saved_w in saved.items():
+        now = current[l]
+        saved_w = saved_w.to(now.device, now.dtype)
+        if torch.equal(now, saved_w):
+            continue
+        if torch.equal(now, state.layers[l].w0.to(now.device, now.dtype)):
+            if not restore_weights:
+                raise ValueError(
+                    f"layer {l}: the model holds the original weights but the state is at step "
+                    f"{state.step}; pass restore_weights=True to write the saved weights"
+                )
+            to_write[l] = saved_w
+            continue
+        raise ValueError(
+            f"layer {l}: the model's weights match neither the saved edited weights nor the saved "
+            "original weights; load the state into the model it was saved from (or a copy of it)"
+        )
+    return to_write
+
+
+def _fingerprint(model, layout, hparams, method: str) -> dict:
+    """What a saved state must match: method, model identity and shapes, layers, hparams."""
+    cfg = getattr(model, "config", None)
+    fp = {
+        "format": FORMAT,
+        "method": method,
+        "model_type": layout.model_type,
+        "name_or_path": str(getattr(cfg, "_name_or_path", "")),
+        "layers": list(hparams.layers),
+        "d_k": [layout.key_dim(model, l) for l in hparams.layers],
+        "d_v": [layout.value_dim(model, l) for l in hparams.layers],
+        "hparams": hparams.fingerprint(),
+    }
+    return json.loads(json.dumps(fp))
+
+class StateIO:
+    """`BetaEditor`'s state I/O (``fingerprint``, ``state_dict`` / ``load_state_dict``, ``save_state`` /
+    ``load_state``, ``weight_deltas``), a base class of it. It reads the editor's ``model``, ``layout``,
+    ``hparams``, ``method``, ``rule``, ``prepare()``, ``_make_solver``, ``_storage``, ``state`` and
+    ``_restore_weights``.
+    """
+
+    def fingerprint(self) -> dict:
+        """What a saved state must match: method, model identity and shapes, layers, hparams."""
+        return _fingerprint(self.model, self.layout, self.hparams, self.method)
+
+    def _weights(self) -> Dict[int, torch.Tensor]:
+        return {l: self.layout.read_weight(self.model, l) for l in self.hparams.layers}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """``{"tensors", "meta"}``: the state plus the current edited weights and the fingerprint."""
+        return editor_state_dict(self.prepare(), self._weights(), self.fingerprint())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], restore_weights: bool = True) -> None:
+        """Load a state saved from an editor with the same model, method, layers and hparams.
+
+        The model must hold either the saved weights (W_t) or the original ones (W_0) at every
+        edited layer; with ``restore_weights`` the latter are replaced by W_t (resume from a
+        fresh copy of the original model). Raises ValueError naming what differs; on error
+        nothing is changed.
+        """
+        new_state, saved = editor_state_from_dict(
+            state_dict, self.fingerprint(), self.hparams.layers, self._make_solver,
+            device=self._storage[self.hparams.layers[0]], solver_uses_history=self.rule.uses_history,
+        )
+        for l, s in new_state.layers.items():  # each layer's C0 and H beside its solver
+            s.prior_cov, s.hist_cov = s.prior_cov.to(self._storage[l]), s.hist_cov.to(self._storage[l])
+        to_write = weights_to_restore(self._weights(), new_state, saved, restore_weights)
+        self._restore_weights(to_write)
+        if to_write:
+            logger.info("wrote the saved edited weights of layers %s into the model", sorted(to_write))
+        self.state = new_state
+
+    def save_state(self, path: Union[str, Path]) -> Path:
+        """Save `state_dict` as safetensors (tensors) + JSON metadata (fingerprint, step, templates)."""
+        sd = self.state_dict()
+        return save_state_file(path, sd["tensors"], sd["meta"])
+
+    def load_state(self, path: Union[str, Path], restore_weights: bool = True, allow_unverified: bool = False) -> None:
+        """Load a file written by `save_state` (see `load_state_dict`); every tensor and metadata field is
+        checked against its sha256 first (``allow_unverified``: a file saved before digests existed)."""
+        tensors, meta = load_state_file(path, allow_unverified=allow_unverified)
+        self.load_state_dict({"tensors": tensors, "meta": meta}, restore_weights=restore_weights)
+
+    def weight_deltas(self) -> Dict[int, torch.Tensor]:
+        """{layer: W_t - W_0} (d_v, d_k), the cumulative update of each edited layer."""
+        state = self.prepare()
+        return {l: w - state.layers[l].w0.to(w.device) for l, w in self._weights().items()}

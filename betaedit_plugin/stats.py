@@ -23,6 +23,14 @@ import sys
 import time
 from typing import List, Optional
 
+import torch
+import torch.distributed as dist
+
+from .covariance import distributed_second_moments, layer_second_moments
+from .models import load_model
+from .models.devices import as_device
+from .models.layout import ModelLayout
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m betaedit_plugin.stats", description=__doc__.split("\n\n")[0])
@@ -39,12 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _device(arg: str):
-    import torch
-
+def _device(arg: str) -> torch.device:
     if arg != "auto":
-        from .plumbing.devices import as_device
-
         return as_device(arg)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -53,17 +57,9 @@ def _device(arg: str):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    import torch
-
-    from .models import load_model
-    from .plumbing.layout import ModelLayout
-    from .plumbing.stats import layer_second_moments
-
     distributed = "WORLD_SIZE" in os.environ  # set by torchrun
     device = _device(args.device)
     if distributed:
-        import torch.distributed as dist
-
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -78,8 +74,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                   batch_size=args.batch_size, cache_dir=args.cache_dir, progress=args.progress)
         t0 = time.perf_counter()
         if distributed:
-            from .plumbing.dist_stats import distributed_second_moments
-
             out = distributed_second_moments(model, tok, layout, args.layers, **kw)
             rank, world = dist.get_rank(), dist.get_world_size()
             summary = {"tokens": out["counts"][args.layers[0]], "rank_tokens": out["rank_tokens"],

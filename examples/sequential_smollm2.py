@@ -23,8 +23,8 @@ from betaedit_plugin.data.loaders import load_counterfact
 from betaedit_plugin.editor import BetaEditor
 from betaedit_plugin.eval.scoring import predicted_target_tokens, target_token_accuracy, token_agreement
 from betaedit_plugin.models.smollm2 import load_smollm2
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import stats_for_hparams
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance import stats_for_hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 

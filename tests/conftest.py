@@ -16,8 +16,6 @@ import torch
 
 torch.set_num_threads(2)
 
-TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
-
 
 def pytest_collection_modifyitems(config, items):
     """``gpu``-marked tests skip where torch sees no CUDA device (scripts/gpu_check.sh runs them on one)."""
@@ -82,8 +80,8 @@ def smollm2_stats(smollm2):
     $BETAEDIT_CACHE/stats (computed once, about a minute on 2 cores; later sessions
     read the cache). Do not change the SmolLM2 weights before requesting this fixture.
     """
-    from betaedit_plugin.plumbing.layout import ModelLayout
-    from betaedit_plugin.plumbing.stats import layer_second_moments
+    from betaedit_plugin.models.layout import ModelLayout
+    from betaedit_plugin.covariance import layer_second_moments
 
     model, tok = smollm2
     layout = ModelLayout.from_model(model)

@@ -6,32 +6,39 @@ import pytest
 import torch
 
 from betaedit_plugin.editor import BetaEditor, EditStep, NonFiniteUpdateError, WeightsChangedError
+from betaedit_plugin.adapters.undo import UndoLog
 from betaedit_plugin.linalg import IncrementalSolver, betaedit_delta, memit_delta
+from betaedit_plugin.linalg.solver import FormSolver
 from betaedit_plugin import EditRequest
-from support.editing import LAYERS, REQS, TEMPLATES, assert_bit_equal, hp_for, make_editor, params, spd
+from support.editing import (
+    LAYERS, METHOD_NAMES, REQS, TEMPLATES, arch_for, assert_bit_equal, hp_for, make_editor, params, spd,
+)
 
 
 # ---------------------------------------------------------------------------- stepping
-@pytest.mark.parametrize("method, arch", [("BetaEdit", "llama"), ("AlphaEdit", "gpt2"), ("MEMIT", "qwen3")])
-def test_step_writes_only_edited_layers_and_keeps_history(tiny, method, arch):
-    ed = make_editor(tiny, method, arch)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_step_writes_only_edited_layers_and_keeps_history(tiny, method):
+    ed = make_editor(tiny, method, arch_for(method))
     before = params(ed.model)
-    deltas = ed.compute_deltas([REQS[0]])
-    assert_bit_equal(before, params(ed.model))  # compute_deltas leaves the model as it was
+    deltas = ed.compute([REQS[0]]).deltas
+    assert_bit_equal(before, params(ed.model))  # compute leaves the model as it was
     assert ed.step == 0
     info = ed.apply([REQS[0]])
     assert info["step"] == ed.step == 1
     after = params(ed.model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {ed.layout.rewrite_name(l) + ".weight" for l in LAYERS}
-    for l, d in ed.weight_deltas().items():  # apply wrote exactly what compute_deltas predicted
+    for l, d in ed.weight_deltas().items():  # apply wrote exactly what compute predicted
         torch.testing.assert_close(d, deltas[l].to(d.dtype), rtol=1e-5, atol=1e-6)
         s = ed.state.layers[l]
         assert s.n_keys == 1 and float(s.hist_cov.abs().sum()) > 0
-    if method == "MEMIT":
-        assert all(s.basis is None for s in ed.state.layers.values())
-    else:
-        assert all(s.basis.shape[1] == s.prior_cov.shape[0] // 2 for s in ed.state.layers.values())
+    for s in ed.state.layers.values():  # the rule's projector: none (MEMIT), or C0's null space (half of it)
+        expected = ed.rule.initial_basis(s.prior_cov)
+        if expected is None:
+            assert s.basis is None
+        else:
+            d = s.prior_cov.shape[0]
+            assert s.basis.shape == expected.shape == (d, d // 2)
 
 
 def test_solver_delta_equals_the_dense_formulas(tiny):
@@ -78,8 +85,9 @@ def test_two_editors_two_histories(tiny):
 
 
 # ---------------------------------------------------------------------------- save / resume
-@pytest.mark.parametrize("method, arch", [("BetaEdit", "llama"), ("AlphaEdit", "gpt2")])
-def test_resume_after_three_edits_is_bit_equal(tiny, tmp_path, method, arch):
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_resume_after_three_edits_is_bit_equal(tiny, tmp_path, method):
+    arch = arch_for(method)
     full = make_editor(tiny, method, arch)
     for r in REQS:
         full.apply([r])
@@ -155,20 +163,21 @@ def test_nonfinite_target_raises_naming_layer_and_step(tiny, monkeypatch):
     ed = make_editor(tiny)
     ed.apply([REQS[0]])
     before, hist = params(ed.model), {l: s.hist_cov for l, s in ed.state.layers.items()}
-    import betaedit_plugin.plumbing.values as values
+    import betaedit_plugin.editor as editor_mod
 
-    real = values.compute_zs
-    monkeypatch.setattr(values, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
+    real = editor_mod.compute_zs
+    monkeypatch.setattr(editor_mod, "compute_zs", lambda *a, **k: torch.full_like(real(*a, **k), float("inf")))
     with pytest.raises(NonFiniteUpdateError, match=r"layer 1, step 2"):
         ed.apply([REQS[1]])
     assert_bit_equal(before, params(ed.model))
     assert ed.step == 1 and all(ed.state.layers[l].hist_cov is hist[l] for l in LAYERS)
 
 
-def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
-    ed = make_editor(tiny)
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch, method):
+    ed = make_editor(tiny, method)
     before = params(ed.model)
-    real = IncrementalSolver.delta
+    real = FormSolver.delta
     calls = []
 
     def flaky(self, keys, resid):
@@ -176,7 +185,7 @@ def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
         out = real(self, keys, resid)
         return out if len(calls) == 1 else torch.full_like(out, float("nan"))
 
-    monkeypatch.setattr(IncrementalSolver, "delta", flaky)
+    monkeypatch.setattr(FormSolver, "delta", flaky)
     with pytest.raises(NonFiniteUpdateError, match=r"layer 2, step 1"):
         ed.apply([REQS[0]])
     assert len(calls) == 2  # layer 1 was written, then rolled back
@@ -184,19 +193,24 @@ def test_nan_at_second_layer_rolls_back_the_first(tiny, monkeypatch):
     assert ed.step == 0 and all(float(s.hist_cov.abs().sum()) == 0 for s in ed.state.layers.values())
 
 
-def test_undo_restores_weights_and_state(tiny):
-    ed = make_editor(tiny)
-    before = params(ed.model)
-    ed.apply([REQS[0]])
-    ed.undo()
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_undo_restores_weights_and_state(tiny, method):
+    ed = make_editor(tiny, method)
+    ed.apply([REQS[1]])  # an earlier step stays
+    before, state_before = params(ed.model), ed.state_dict()
+    log = UndoLog(ed)
+    log.apply([REQS[0]])
+    assert log.weights_status() == "unchanged"
+    log.undo()
     assert_bit_equal(before, params(ed.model))
-    assert ed.step == 0
+    assert ed.step == 1 and log.weights_status() == "unchanged"
+    assert_bit_equal(state_before["tensors"], ed.state_dict()["tensors"])
     with pytest.raises(RuntimeError, match="nothing to undo"):
-        ed.undo()
+        log.undo()
 
 
 # ---------------------------------------------------------------------------- compute, then apply
-@pytest.mark.parametrize("method", ["BetaEdit", "MEMIT"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_apply_of_a_computed_step_equals_apply_of_the_requests(tiny, method):
     direct, split = make_editor(tiny, method), make_editor(tiny, method)
     for r in REQS[:3]:
@@ -276,7 +290,7 @@ def test_from_hparams_with_a_yaml_path_and_a_given_model(tiny, tmp_path):
     p.write_text(yaml.safe_dump({"alg_name": "BetaEdit", "model_name": "tiny-llama", "layers": [1, 2],
                                  "v_num_grad_steps": 2, "lambda1": 5.0, "tau": 3}))
     model, tok = tiny("llama")
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     d_k = ModelLayout.from_model(model).key_dim(model, 1)
     ed = BetaEditor.from_hparams(p, model, tok, prior_covs={l: spd(d_k, l) for l in LAYERS},
@@ -288,11 +302,11 @@ def test_from_hparams_with_a_yaml_path_and_a_given_model(tiny, tmp_path):
         BetaEditor(model, tok, {"alg_name": "BetaEdit"})
 
 
-@pytest.mark.parametrize("method", ["BetaEdit", "MEMIT"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_float32_solver_options_track_the_float64_editor(tiny, tmp_path, method):
     """solver_options (float32 per-edit tensors, recomputed in float64 every 3 keys) write the same
     edits as the default float64 solver to 1e-4, and a saved float32 state resumes."""
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     layers = LAYERS
 

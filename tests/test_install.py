@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from betaedit_plugin import BetaEditHyperParams, hparams_path, load_hparams
+from betaedit_plugin import BetaEditHyperParams, edit, hparams_path, load_hparams
 from betaedit_plugin.models import TINY_ARCHS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_wheel_installs_finds_its_yamls_and_edits(tmp_path):
         hp = dataclasses.replace(load_hparams(hparams_path("BetaEdit", "smollm2-135m")), model_name={str(ckpt)!r},
                                  **{json.dumps(TINY_EDIT)})
         editor = BetaEditor.from_hparams(hp)
-        metrics, _ = editor.edit(prompts=[{PROMPT!r}], target_new=[{TARGET!r}], subject=[{SUBJECT!r}])
+        metrics, _ = betaedit_plugin.edit(editor, prompts=[{PROMPT!r}], target_new=[{TARGET!r}], subject=[{SUBJECT!r}])
         print(json.dumps({{"package": betaedit_plugin.__file__, "shipped": str(shipped),
                           "llama3_layers": load_hparams(shipped).layers, "model_type": editor.layout.model_type,
                           "pre": metrics[0]["pre"]["rewrite_acc"][0], "post": metrics[0]["post"]["rewrite_acc"][0]}}))
@@ -127,5 +127,5 @@ def test_model_name_may_be_a_local_checkpoint_of_any_supported_arch(tmp_path, mo
     hp = BetaEditHyperParams(model_name=str(ckpt), **TINY_EDIT)
     editor = BetaEditor.from_hparams(hp)
     assert editor.layout.model_type == model.config.model_type
-    metrics, _ = editor.edit(prompts=[PROMPT], target_new=[TARGET], subject=[SUBJECT])
+    metrics, _ = edit(editor, prompts=[PROMPT], target_new=[TARGET], subject=[SUBJECT])
     assert (metrics[0]["pre"]["rewrite_acc"][0], metrics[0]["post"]["rewrite_acc"][0]) == (0.0, 1.0)

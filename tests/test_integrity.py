@@ -20,8 +20,9 @@ from betaedit_plugin._fileio import (
     read_tensors,
     write_tensors,
 )
-from betaedit_plugin.plumbing import stats as stats_mod
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.covariance import layer_second_moments
+from betaedit_plugin.covariance.cache import _read_cached
+from betaedit_plugin.models.layout import ModelLayout
 from betaedit_plugin.runner.checkpoint import CheckpointError, latest_checkpoint, write_checkpoint
 
 from support.editing import REQS, assert_bit_equal, make_editor, params
@@ -79,18 +80,17 @@ def test_a_tensor_renamed_or_dropped_is_detected(tmp_path):
 def test_every_bit_flip_in_a_statistics_cache_file_is_detected(tiny, tmp_path):
     model, tok = tiny("llama")
     layout = ModelLayout.from_model(model)
-    stats_mod.layer_second_moments(model, tok, layout, [1], n_samples=8, max_length=16, cache_dir=tmp_path,
-                                   progress=False)
+    layer_second_moments(model, tok, layout, [1], n_samples=8, max_length=16, cache_dir=tmp_path, progress=False)
     (path,) = tmp_path.glob("*.safetensors")
     raw = path.read_bytes()
     key = json.loads(read_metadata(path)["key"])
     d_k = layout.key_dim(model, 1)
-    assert stats_mod._read_cached(path, key, d_k) is not None
+    assert _read_cached(path, key, d_k) is not None
     for byte, bit in _flips(raw, seed=1):
         path.write_bytes(_flipped(raw, byte, bit))
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            got = stats_mod._read_cached(path, key, d_k)
+            got = _read_cached(path, key, d_k)
         assert got is None, f"flip of bit {bit} of byte {byte} not detected"
         assert len(seen) == 1 and "ignoring the statistics cache file" in str(seen[0].message)
 
@@ -143,8 +143,8 @@ def umask_022():
 def test_written_files_follow_the_umask(tiny, tmp_path, umask_022):
     model, tok = tiny("gpt2")
     layout = ModelLayout.from_model(model)
-    stats_mod.layer_second_moments(model, tok, layout, [1], n_samples=4, max_length=8, cache_dir=tmp_path / "stats",
-                                   progress=False)
+    layer_second_moments(model, tok, layout, [1], n_samples=4, max_length=8, cache_dir=tmp_path / "stats",
+                         progress=False)
     editor = make_editor(tiny)
     state = editor.save_state(tmp_path / "state.safetensors")
     ckpt = write_checkpoint(tmp_path / "run", 0, identity=IDENTITY, save_editor_state=editor.save_state,

@@ -70,10 +70,10 @@ def test_runner_command_line_edits_tiny_llama(tmp_path):
 def test_python_api_edits_tiny_qwen3(tmp_path):
     out = _python(f"""
         import json
-        from betaedit_plugin import BetaEditHyperParams, BetaEditor
+        from betaedit_plugin import BetaEditHyperParams, BetaEditor, edit
         hp = BetaEditHyperParams(model_name="tiny-qwen3", **{TINY_EDIT!r})
         editor = BetaEditor.from_hparams(hp)
-        metrics, _ = editor.edit(prompts=[{PROMPT!r}], target_new=[{TARGET!r}], subject=[{SUBJECT!r}])
+        metrics, _ = edit(editor, prompts=[{PROMPT!r}], target_new=[{TARGET!r}], subject=[{SUBJECT!r}])
         print(json.dumps([metrics[0]["pre"]["rewrite_acc"][0], metrics[0]["post"]["rewrite_acc"][0]]))
     """, tmp_path)
     assert out == [0.0, 1.0]

@@ -32,6 +32,7 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..editor import BetaEditor, WeightsChangedError
+from .undo import UndoLog
 from ..methods import METHODS, EditHyperParams, Method, get_method, method_of
 from ..requests import as_requests
 from ..state import fingerprint_diff
@@ -81,6 +82,7 @@ class BetaEditExecutor:
         self.hparams_class = method.hparams_class
         self.editor_kwargs = dict(editor_kwargs)
         self._editors: "weakref.WeakKeyDictionary[Any, BetaEditor]" = weakref.WeakKeyDictionary()
+        self._logs: "weakref.WeakKeyDictionary[Any, UndoLog]" = weakref.WeakKeyDictionary()  # each editor's last step
 
     def __repr__(self) -> str:
         return f"BetaEditExecutor({self.alg_name!r}, models={len(self._editors)})"
@@ -90,15 +92,22 @@ class BetaEditExecutor:
         """The editor bound to ``model``, or None before its first edit."""
         return self._editors.get(model)
 
+    def weights_status(self, model) -> str:
+        """Whether ``model``'s edited weights are as its editor last wrote them: 'unchanged', 'restored'
+        (back to before its last step: EasyEdit's non-sequential mode) or 'changed' (`UndoLog`)."""
+        log = self._logs.get(model)
+        return "unchanged" if log is None else log.weights_status()
+
     def reset(self, model) -> None:
         """Forget ``model``'s history (its weights are not touched)."""
         self._editors.pop(model, None)
+        self._logs.pop(model, None)
 
     def _get_editor(self, model, tok, hparams, editor_kwargs: dict) -> BetaEditor:
         editor = self._editors.get(model)
         if editor is None:
             editor = BetaEditor(model, tok, hparams, weak_model=True, **{**self.editor_kwargs, **editor_kwargs})
-            self._editors[model] = editor
+            self._editors[model], self._logs[model] = editor, UndoLog(editor)
             return editor
         diff = fingerprint_diff({"hparams": editor.fingerprint()["hparams"]},
                                 {"hparams": json.loads(json.dumps(hparams.fingerprint()))})
@@ -146,21 +155,23 @@ class BetaEditExecutor:
             source = self._editors.get(model)
             model = _copy.deepcopy(model)
             if source is not None:
-                self._editors[model] = _clone_editor(source, model, tok)
+                self._editors[model] = clone = _clone_editor(source, model, tok)
+                self._logs[model] = UndoLog(clone)
         editor = self._get_editor(model, tok, hparams, editor_kwargs)
-        self._sync_with_weights(editor)
+        log = self._logs[model]
+        self._sync_with_weights(editor, log)
         weights_copy: Dict[str, Any] = {}
         if return_orig_weights:
             for l in hparams.layers:
                 name = editor.layout.rewrite_name(l) + ".weight"
                 weights_copy[name] = editor.layout.rewrite_module(model, l).weight.detach().clone()
-        editor.apply(reqs)
+        log.apply(reqs)
         return model, weights_copy
 
-    def _sync_with_weights(self, editor: BetaEditor) -> None:
-        status = editor.weights_status()
+    def _sync_with_weights(self, editor: BetaEditor, log: UndoLog) -> None:
+        status = log.weights_status()
         if status == "restored":
-            editor.undo(restore_weights=False)
+            log.undo(restore_weights=False)
             warnings.warn(
                 f"{self.alg_name}: the edited weights were restored to before the last edit (EasyEdit's "
                 f"non-sequential mode); the editor's history was rolled back by one step to step {editor.step}",
@@ -176,7 +187,7 @@ class BetaEditExecutor:
 
 def _clone_editor(source: BetaEditor, model, tok) -> BetaEditor:
     """A new editor for a deep copy of ``source.model``, with a copy of its state."""
-    editor = BetaEditor(model, tok, source.hparams, keep_undo=source.keep_undo, weak_model=True)
+    editor = BetaEditor(model, tok, source.hparams, weak_model=True)
     if source.state is not None:
         editor.load_state_dict(source.state_dict(), restore_weights=False)
     return editor

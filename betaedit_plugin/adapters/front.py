@@ -3,7 +3,7 @@
     metrics, model = edit(editor, prompts=[...], target_new=[...], subject=[...],
                           rephrase_prompts=[...], locality_inputs={"neighborhood": {...}})
 
-``BetaEditor.edit(...)`` calls this. The metrics have EasyEdit's format (one dict per request with
+The metrics have EasyEdit's format (one dict per request with
 ``pre`` and ``post``: ``rewrite_acc``, ``rephrase_acc``, ``locality``), computed by this package's
 one scoring path (`betaedit_plugin.eval.scoring`).
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+from ..eval.scoring import predicted_target_tokens, target_token_accuracy, token_agreement
 from ..requests import EditRequest
+from .undo import UndoLog
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +48,15 @@ def edit(
         with 'rewrite_acc', 'rephrase_acc' (lists of one float) and 'locality'
         {'<key>_output': tokens, and after the edit '<key>_acc': [agreement with pre]}.
     """
-    from ..eval.scoring import token_agreement
-
     if kwargs:
         logger.debug("edit(): ignoring EasyEdit-only arguments %s", sorted(kwargs))
     records, reqs = build_records(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs)
-    if not sequential_edit and not editor.keep_undo:
-        raise ValueError("sequential_edit=False needs keep_undo=True (the editor restores after each step)")
+    log = UndoLog(editor)  # sequential_edit=False takes each step back
     metrics = [{"case_id": i, "requested_rewrite": rec, "pre": _score(editor, rec)} for i, rec in enumerate(records)]
     bs = editor.hparams.batch_size
     for start in range(0, len(reqs), bs):
         idx = list(range(start, min(start + bs, len(reqs))))
-        info = editor.apply([reqs[i] for i in idx])
+        info = log.apply([reqs[i] for i in idx])
         for i in idx:
             post = _score(editor, records[i])
             for key, pre_tokens in metrics[i]["pre"]["locality"].items():
@@ -67,13 +66,11 @@ def edit(
                 ]
             metrics[i].update({"post": post, "step": info["step"]})
         if not sequential_edit:
-            editor.undo(restore_weights=True)
+            log.undo(restore_weights=True)
     return metrics, editor.model
 
 
 def _score(editor, rec: dict) -> dict:
-    from ..eval.scoring import predicted_target_tokens, target_token_accuracy
-
     model, tok = editor.model, editor.tok
     device = None  # the input embedding's device (see eval.scoring.model_device)
     out: Dict[str, Any] = {"rewrite_acc": [target_token_accuracy(model, tok, rec["prompt"], rec["target_new"], device)]}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, List
 
+from ..errors import DatasetError
 from ..requests import EditRequest, fill_subject
 
 __all__ = ["FORMATS", "detect_format", "memit_counterfact_request", "to_memit_counterfact"]
@@ -35,12 +36,6 @@ FORMATS = {
 """Record formats the loaders read, with the fields that identify them."""
 
 
-def _error(message: str) -> Exception:
-    from .loaders import DatasetError
-
-    return DatasetError(message)
-
-
 def detect_format(records: list, source: str = "<records>") -> str:
     """``"counterfact"``, ``"counterfact-memit"`` or ``"zsre"``, from the first record's fields.
 
@@ -49,10 +44,10 @@ def detect_format(records: list, source: str = "<records>") -> str:
             lists the fields found and the formats accepted).
     """
     if not records:
-        raise _error(f"{source}: holds no records")
+        raise DatasetError(f"{source}: holds no records")
     first = records[0]
     if not isinstance(first, dict):
-        raise _error(f"{source}: record 0 is a {type(first).__name__}, expected a JSON object")
+        raise DatasetError(f"{source}: record 0 is a {type(first).__name__}, expected a JSON object")
     if "requested_rewrite" in first:
         return "counterfact-memit"
     if "src" in first:
@@ -60,7 +55,7 @@ def detect_format(records: list, source: str = "<records>") -> str:
     if "prompt" in first:
         return "counterfact"
     accepted = "; ".join(f"{name} ({fields})" for name, fields in FORMATS.items())
-    raise _error(
+    raise DatasetError(
         f"{source}: record 0 has fields {sorted(first)}, which match no known format. Accepted: {accepted}"
     )
 
@@ -69,7 +64,7 @@ def _text(value: Any, where: str) -> str:
     if isinstance(value, dict):  # MEMIT stores objects as {"str": ..., "id": ...}
         value = value.get("str")
     if not isinstance(value, str):
-        raise _error(f"{where}: expected a string (or {{'str': ...}}), got {value!r}")
+        raise DatasetError(f"{where}: expected a string (or {{'str': ...}}), got {value!r}")
     return value
 
 
@@ -79,7 +74,7 @@ def _strings(value: Any, where: str) -> tuple:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _error(f"{where}: expected a list of strings, got {value!r}")
+        raise DatasetError(f"{where}: expected a list of strings, got {value!r}")
     return tuple(value)
 
 
@@ -92,15 +87,15 @@ def memit_counterfact_request(record: Any, index: int, source: str) -> EditReque
     """
     where = f"{source}: record {index}"
     if not isinstance(record, dict) or not isinstance(record.get("requested_rewrite"), dict):
-        raise _error(f"{where} has no field 'requested_rewrite' (an object)")
+        raise DatasetError(f"{where} has no field 'requested_rewrite' (an object)")
     rewrite = record["requested_rewrite"]
     for name in ("prompt", "subject", "target_new", "target_true"):
         if name not in rewrite:
-            raise _error(f"{where} has no field 'requested_rewrite.{name}'")
+            raise DatasetError(f"{where} has no field 'requested_rewrite.{name}'")
     template = _text(rewrite["prompt"], f"{where}, requested_rewrite.prompt")
     subject = _text(rewrite["subject"], f"{where}, requested_rewrite.subject")
     if "{}" not in template:
-        raise _error(f"{where}: requested_rewrite.prompt={template!r} has no '{{}}' for the subject")
+        raise DatasetError(f"{where}: requested_rewrite.prompt={template!r} has no '{{}}' for the subject")
     truth = _text(rewrite["target_true"], f"{where}, requested_rewrite.target_true")
     neighbours = _strings(record.get("neighborhood_prompts"), f"{where}, neighborhood_prompts")
     return EditRequest(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .._suggest import did_you_mean
-from ..errors import BetaEditError, RequestError
+from ..errors import DatasetError, RequestError
 from ..requests import EditRequest
 from .formats import FORMATS, detect_format, memit_counterfact_request
 
@@ -36,11 +36,6 @@ ZSRE_SPLITS = {
     "train": "zsre/zsre_mend_train-1k.json.gz",
 }
 NQ_PREFIX = "nq question: "
-
-
-class DatasetError(BetaEditError):
-    """A data file is missing, unreadable or malformed, or holds invalid records (the message names
-    the file and the records)."""
 
 
 class TooFewRecords(DatasetError):

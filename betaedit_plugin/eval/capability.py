@@ -13,7 +13,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..data import read_json_records, resource_path
-from .scoring import context_limit, model_device, next_token_logprobs, score_targets
+from ..models.tokens import context_limit, model_device
+from .scoring import next_token_logprobs, score_targets
 
 WIKITEXT_TEST = "wikitext/wikitext2_test.tokens.txt.gz"
 MMLU = "glue_eval/mmlu.json.gz"

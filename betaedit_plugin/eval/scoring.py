@@ -4,8 +4,9 @@ Every function takes the model and tokenizer explicitly, runs under ``torch.no_g
 several sequences into one forward pass (right padding for scoring, left padding for generation),
 without changing the tokenizer's settings.
 
-This is the one scoring path: a (prompt, target) pair is tokenised by `encode_pair` (the target
-after a space, as in "prompt target") everywhere, for the runner's metrics and for EasyEdit's
+This is the one scoring path: a (prompt, target) pair is tokenised by
+`betaedit_plugin.models.tokens.encode_pair` (the target after a space, as in "prompt target"), the
+same encoding `compute_z` optimises, for the runner's metrics and for EasyEdit's
 token metrics alike (`target_token_accuracy`, `predicted_target_tokens`, `token_agreement`:
 EasyEdit's ``rewrite_acc`` / ``rephrase_acc`` and locality ``<key>_output`` / ``<key>_acc``).
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from ..models.tokens import context_limit, encode_pair, model_device, pad_batch, pad_id
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,6 @@ class TargetScore:
         return sum(a == t for a, t in zip(self.argmax, self.target_ids)) / self.n_tokens
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's inputs go: the input embedding's device (the model may be split across devices)."""
-    from ..plumbing.devices import input_device
-
-    return input_device(model)
-
-
-def context_limit(model: torch.nn.Module) -> Optional[int]:
-    """Longest sequence the model accepts (``n_positions`` / ``max_position_embeddings``), or None."""
-    cfg = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _fit(prompt_ids: list, target_ids: list, limit: Optional[int]) -> list:
     """Drop tokens from the start of the prompt so that prompt + target fits in ``limit``."""
     if limit is None or len(prompt_ids) + len(target_ids) <= limit:
@@ -73,39 +59,9 @@ def _fit(prompt_ids: list, target_ids: list, limit: Optional[int]) -> list:
     return prompt_ids[-keep:]
 
 
-def pad_id(tok) -> int:
-    """Padding id: the tokenizer's pad token, else its eos token, else 0 (masked out anyway)."""
-    for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
-        if isinstance(value, int):
-            return value
-    return 0
-
-
-def encode_pair(tok, prompt: str, target: str) -> tuple:
-    """Token ids of ``prompt`` and of `` target`` after it: (prompt_ids, target_ids).
-
-    The target gets a leading space (the usual "prompt target" join). The joint encoding is used
-    when the prompt's ids are a prefix of it; otherwise the two parts are encoded separately.
-    """
-    text_target = target if target.startswith(" ") else " " + target
-    prompt_ids = list(tok(prompt)["input_ids"])
-    full = list(tok(prompt + text_target)["input_ids"])
-    if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
-        return prompt_ids, full[len(prompt_ids):]
-    target_ids = list(tok(text_target, add_special_tokens=False)["input_ids"])
-    if not target_ids:
-        raise ValueError(f"target={target!r} encodes to no tokens; expected a non-empty target text")
-    return prompt_ids, target_ids
-
-
-def _right_pad(seqs: Sequence[Sequence[int]], fill: int, device: torch.device) -> tuple:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), fill, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
+def _right_padded(seqs: Sequence[Sequence[int]], tok, device: torch.device) -> tuple:
+    batch = pad_batch(seqs, tok, device, padding_side="right")
+    return batch.input_ids, batch.attention_mask
 
 
 @contextlib.contextmanager
@@ -167,7 +123,7 @@ def score_targets(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start: start + batch_size]
         seqs = [p + t for p, t in chunk]
-        ids, mask = _right_pad(seqs, pad_id(tok), device)
+        ids, mask = _right_padded(seqs, tok, device)
         width = max(len(t) for _, t in chunk)
         # the positions that predict each target token, padded by repeating the last one
         at = torch.tensor(
@@ -209,7 +165,7 @@ def next_token_logprobs(
     rows = []
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start: start + batch_size]
-        ids, mask = _right_pad(chunk, pad_id(tok), device)
+        ids, mask = _right_padded(chunk, tok, device)
         logits = model(input_ids=ids, attention_mask=mask).logits
         last = torch.tensor([len(s) - 1 for s in chunk], device=logits.device)  # the head's device
         lp = torch.log_softmax(logits[torch.arange(len(chunk), device=logits.device), last].double(), dim=-1)
@@ -234,15 +190,11 @@ def greedy_generate(
     texts = []
     for start in range(0, len(prompts), batch_size):
         seqs = [_fit(list(tok(p)["input_ids"]), [0] * max_new_tokens, limit) for p in prompts[start: start + batch_size]]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), fill, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[i, width - len(seq):] = 1
+        batch = pad_batch(seqs, tok, device, padding_side="left")
+        width = batch.input_ids.shape[1]
         gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=fill,

@@ -12,7 +12,7 @@
   enter it, and what happens after a step is committed.
 
 Module templates (``rewrite_module_tmp`` ...) may be left out: the model layout
-(`betaedit_plugin.plumbing.layout`) supplies them from the model's config.
+(`betaedit_plugin.models.layout`) supplies them from the model's config.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ def checked_nullspace(cov, threshold: float, what: str):
     Warns:
         when every eigenvalue is below it: no direction is protected, the projection does nothing.
     """
-    from ..linalg.nullspace import nullspace_split
+    from ..linalg.nullspace import nullspace_split  # torch on first use: `import betaedit_plugin` stays light
 
     basis, eigvals = nullspace_split(cov, threshold)
     d_k, m = basis.shape
@@ -384,7 +384,7 @@ class UpdateRule:
         per-edit tensors live (compute_device, compute_dtype, storage_device, refresh_every,
         inverse_form); the editor passes them (``BetaEditor(solver_options=...)``).
         """
-        from ..linalg import IncrementalSolver
+        from ..linalg import IncrementalSolver  # torch on first use: `import betaedit_plugin` stays light
 
         lambda1, lambda2 = self.solver_lambdas(layer)
         return IncrementalSolver(

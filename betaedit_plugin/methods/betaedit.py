@@ -69,7 +69,7 @@ class BetaEditRule(UpdateRule):
         """Every ``tau`` edits: P from S = (H / t + lambda1 C0) / (lambda1 + 1), solvers rebuilt."""
         if state.step - state.last_refresh < self.hparams.tau:
             return False
-        from ..linalg import protected_cov
+        from ..linalg import protected_cov  # torch on first use: `import betaedit_plugin` stays light
 
         hp = self.hparams
         changes = {}

@@ -19,11 +19,9 @@ from typing import Tuple
 
 from .._suggest import did_you_mean
 from .smollm2 import SMOLLM2_MODEL_NAME
+from .tiny import TINY_ARCHS
 
-TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
-"""Architectures of the tiny random test models (``"tiny-<arch>"``)."""
-
-__all__ = ["load_model", "available_models", "SMOLLM2_MODEL_NAME", "TINY_ARCHS"]
+__all__ = ["load_model", "load_placed_model", "available_models", "SMOLLM2_MODEL_NAME", "TINY_ARCHS"]
 
 
 def available_models() -> list[str]:
@@ -61,3 +59,18 @@ def load_model(name: str) -> Tuple["object", "object"]:
         f"Unknown model {name!r}." + did_you_mean(name, available, n=3, cutoff=0.5)
         + ", or a local directory containing a Hugging Face checkpoint (config.json and weights)."
     )
+
+
+def load_placed_model(hparams) -> Tuple["object", "object"]:
+    """``load_model(hparams.model_name)`` on ``hparams.device`` (or split with ``model_parallel``).
+
+    Raises:
+        DeviceError: ``hparams.device`` is not available here (checked before loading).
+    """
+    from .devices import place_model, resolve_device  # torch: loaded with the model, not with this package
+
+    if not hparams.model_parallel:
+        resolve_device(hparams.device, "hparams.device")
+    model, tok = load_model(hparams.model_name)
+    place_model(model, hparams.device, device_map="auto" if hparams.model_parallel else None)
+    return model, tok

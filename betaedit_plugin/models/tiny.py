@@ -20,6 +20,8 @@ from .._suggest import did_you_mean
 logger = logging.getLogger(__name__)
 
 TINY_ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
+"""Architectures of the tiny random test models (``"tiny-<arch>"``); the one definition, imported
+by `betaedit_plugin.models` and the tests."""
 TINY_VOCAB_SIZE = 384
 TINY_LAYERS = 4
 TINY_WIDTH = 32

@@ -7,12 +7,15 @@ command line over it (`betaedit_plugin.run`).
 
 from .checkpoint import CheckpointError
 from .compare import compare, update_comparison
-from .config import CONF_DIR, ConfigError, build_hparams, load_requests, run_config_class, validate_config
+from .config import CONF_DIR, build_hparams, load_requests, run_config_class, validate_config
+from .errors import ConfigError
 from .evaluation import Evaluator, eval_sample
 from .experiment import check_out_dir, check_run, run_experiment
+from .results import RunResults
 
 __all__ = [
     "run_experiment",
+    "RunResults",
     "check_run",
     "check_out_dir",
     "compare",

@@ -39,7 +39,7 @@ from typing import Callable, Mapping, Optional
 
 from ..errors import BetaEditError
 from .._fileio import IntegrityError, _fsync_dir, atomic_write, atomic_write_text, read_metadata, sha256_file
-from .config import config_hash, identity_difference
+from .identity import config_hash, identity_difference
 
 logger = logging.getLogger(__name__)
 

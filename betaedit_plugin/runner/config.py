@@ -12,7 +12,11 @@
 ``conf/config.yaml`` holds only the defaults list and Hydra's own settings; ``conf/model/`` and
 ``conf/data/`` hold the model and data options (checked against `ModelConfig` / `DataConfig`).
 
-User errors raise `ConfigError`, whose message names the key, the value and a fix.
+User errors raise `ConfigError` (`betaedit_plugin.runner.errors`) with the key as its ``field``.
+
+The rest of what a configuration means lives beside this module: `betaedit_plugin.runner.identity`
+(the keys that make a run, their hash) and `betaedit_plugin.runner.inputs` (hyperparameters merged
+from their YAML file and overrides, the data, the MMLU probe); their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from .._suggest import did_you_mean
-from ..errors import BetaEditError
+from .errors import ConfigError
+from .identity import RUNTIME_KEYS, config_hash, identity_difference, run_identity
+from .inputs import build_hparams, check_mmlu, hparams_file, load_requests
 
 __all__ = [
     "ConfigError",
@@ -53,21 +59,14 @@ __all__ = [
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "model", "data")
-#: config keys that do not change a run's results (left out of its identity)
-RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir",
-                "journal_chunk")
 MODES = ("edit", "bank")
-
-
-class ConfigError(BetaEditError):
-    """A user error in the run configuration; the message names the key, the value and a fix."""
 
 
 def _int(key: str, value: Any, minimum: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{key}={value!r}: expected an int >= {minimum}" + (" or null" if allow_none else ""))
+        raise ConfigError(f"expected an int >= {minimum}" + (" or null" if allow_none else ""), field=key, value=value)
 
 
 def _help(text: str, **kw) -> Any:
@@ -88,7 +87,7 @@ class MethodConfig:
         try:
             get_method(self.alg)
         except KeyError as exc:
-            raise ConfigError(f"method.alg={self.alg!r}: {exc.args[0]}") from None
+            raise ConfigError(exc.args[0], field="method.alg", value=self.alg) from None
 
 
 @dataclass
@@ -109,13 +108,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError(
-                f"model.path={self.path!r}: model={self.name} needs a local checkpoint directory; "
-                "pass model.path=/path/to/checkpoint"
-            )
+            raise ConfigError(f"model={self.name} needs a local checkpoint directory", field="model.path", value=self.path,
+                              fix="pass model.path=/path/to/checkpoint")
         strategies = ("auto", "balanced", "balanced_low_0", "sequential")
         if isinstance(self.device_map, str) and self.device_map not in strategies:
-            raise ConfigError(f"model.device_map={self.device_map!r}: expected one of {list(strategies)}, a dict or null")
+            raise ConfigError(f"expected one of {list(strategies)}, a dict or null", field="model.device_map",
+                              value=self.device_map)
 
 
 @dataclass
@@ -135,7 +133,7 @@ class DataConfig:
         from ..data import DATASETS
 
         if self.name not in DATASETS:
-            raise ConfigError(f"data.name={self.name!r}: unknown dataset." + did_you_mean(self.name, sorted(DATASETS)))
+            raise ConfigError("unknown dataset." + did_you_mean(self.name, sorted(DATASETS)), field="data.name", value=self.name)
 
 
 @dataclass
@@ -159,7 +157,7 @@ class EvalConfig:
                              ("ppl_window", 2), ("mmlu_n", 0)):
             _int(f"eval.{key}", getattr(self, key), minimum)
         if self.ppl_tokens == 1:
-            raise ConfigError("eval.ppl_tokens=1: expected 0 (skip) or at least 2 tokens")
+            raise ConfigError("expected 0 (skip) or at least 2 tokens", field="eval.ppl_tokens", value=1)
 
 
 @dataclass
@@ -195,15 +193,22 @@ class RunFields:
         "optimising it on the edited model; keys, residuals and updates are still computed on this run's weights. "
         "Not the sequential protocol: results say so.", default=None,
     )
+    targets_wait: bool = _help(
+        "With targets: a record the targets do not hold yet (a bank still being computed) stops the run with a "
+        "checkpoint (status 'stopped') instead of an error; resume=true continues once they hold it.", default=False,
+    )
     journal_chunk: int = _help("Journaled steps per sealed chunk file of out_dir/journal.", default=50)
 
     def __post_init__(self) -> None:
         _int("num_edits", self.num_edits, 1)
         _int("journal_chunk", self.journal_chunk, 1)
         if self.mode not in MODES:
-            raise ConfigError(f"mode={self.mode!r}: expected one of {list(MODES)}")
+            raise ConfigError(f"expected one of {list(MODES)}", field="mode", value=self.mode)
+        if self.targets_wait and not self.targets:
+            raise ConfigError("waits for fixed targets, but none are given", field="targets_wait", value=True,
+                              fix="set targets=PATH, or drop targets_wait")
         if self.mode == "bank" and self.targets:
-            raise ConfigError(f"targets={self.targets!r}: a bank computes targets; drop targets for mode=bank")
+            raise ConfigError("a bank computes targets", field="targets", value=self.targets, fix="drop targets for mode=bank")
         _int("batch_size", self.batch_size, 1)
         _int("eval_every", self.eval_every, 1)
         _int("checkpoint_every", self.checkpoint_every, 0)
@@ -211,11 +216,10 @@ class RunFields:
         _int("seed", self.seed, 0)
         _int("stop_after", self.stop_after, 1, allow_none=True)
         if self.stop_after is not None and self.stop_after >= self.num_edits:
-            raise ConfigError(
-                f"stop_after={self.stop_after}: must be below num_edits={self.num_edits} (or null to run to the end)"
-            )
+            raise ConfigError(f"must be below num_edits={self.num_edits} (or null to run to the end)", field="stop_after",
+                              value=self.stop_after)
         if not self.out_dir:
-            raise ConfigError(f"out_dir={self.out_dir!r}: expected a directory path")
+            raise ConfigError("expected a directory path", field="out_dir", value=self.out_dir)
 
 
 def _override_type(annotation: Any) -> Any:
@@ -314,164 +318,24 @@ def validate_config(cfg: Any) -> dict:
     for group in GROUPS:
         node = plain.get(group)
         if not isinstance(node, Mapping) or "name" not in node:
-            raise ConfigError(f"{group}={node!r}: expected a {group} config group." + did_you_mean("", group_options(group)))
+            raise ConfigError(f"expected a {group} config group." + did_you_mean("", group_options(group)), field=group, value=node)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(run_config_class()), plain)
         OmegaConf.to_object(merged)  # runs the dataclasses' __post_init__ checks
     except OmegaConfBaseException as exc:
-        raise ConfigError(_omegaconf_message(exc)) from None
+        raise omegaconf_error(exc) from None
     return OmegaConf.to_container(merged, resolve=True)
 
 
-def _omegaconf_message(exc: Exception) -> str:
-    """One line naming the key of an OmegaConf error (with "Did you mean" for an unknown key)."""
-    key = getattr(exc, "full_key", None) or ""
+def omegaconf_error(exc: Exception) -> ConfigError:
+    """An OmegaConf error as a ConfigError whose field is the error's key (its first line the problem)."""
+    if isinstance(exc, ConfigError):  # raised by a schema class's __post_init__
+        return exc
+    cause = exc.__cause__
+    if isinstance(cause, ConfigError):
+        return cause
+    key = getattr(exc, "full_key", None) or None
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{key}: {first}" if key else first
+    return ConfigError(first, field=key)
 
 
-def run_identity(cfg: Mapping) -> dict:
-    """The config keys that change a run's results (everything but where/how it runs)."""
-    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS and k != "hydra"}
-
-
-#: (group, key) added to the configuration after runs were written, with the value that leaves
-#: results as before: left out of the identity at that value, so existing out_dirs still match
-_ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "targets"): None}
-
-
-def _normalised(identity: Mapping) -> dict:
-    """An identity without the ``hparams`` overrides left at null (they change nothing), so that
-    adding a method (and with it override keys) does not change the identity of existing runs;
-    likewise without the `_ADDED_KEYS` at their neutral value."""
-    out = dict(identity)
-    if isinstance(out.get("model"), Mapping):  # where the model runs does not change the results
-        out["model"] = {k: v for k, v in out["model"].items() if k not in ("model_parallel", "device_map")}
-    if isinstance(out.get("hparams"), Mapping):
-        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
-    for (group, key), neutral in _ADDED_KEYS.items():
-        if group is None:
-            if out.get(key, neutral) == neutral:
-                out.pop(key, None)
-        elif isinstance(out.get(group), Mapping) and out[group].get(key, neutral) == neutral:
-            out[group] = {k: v for k, v in out[group].items() if k != key}
-    return out
-
-
-def config_hash(identity: Mapping) -> str:
-    """sha256 of the canonical JSON of a run's (normalised) identity."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(_normalised(identity), sort_keys=True, default=str).encode()).hexdigest()
-
-
-def identity_difference(saved: Mapping, here: Mapping) -> Optional[tuple]:
-    """(dotted key, saved value, value here) of the first difference between two run identities,
-    or None when they are the same run (null hparams overrides and 1000 vs 1000.0 do not count)."""
-    return _first_difference(_normalised(saved), _normalised(here))
-
-
-def _first_difference(a: Mapping, b: Mapping, prefix: str = "") -> Optional[tuple]:
-    for key in sorted(set(a) | set(b), key=str):
-        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
-        name = f"{prefix}{key}"
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            found = _first_difference(va, vb, name + ".")
-            if found is not None:
-                return found
-        elif va != vb and json.dumps(va, default=str, sort_keys=True) != json.dumps(vb, default=str, sort_keys=True):
-            return name, va, vb
-    return None
-
-
-# ============================================================================ what a config names
-def hparams_file(cfg: Mapping) -> Path:
-    """``<hparams dir>/<Alg>/<model.hparams_file>.yaml``: from ``hparams_dir`` if set, else the package's
-    YAMLs, then ``./hparams``."""
-    from ..hparams_files import hparams_dir
-    from ..methods import get_method
-
-    alg, stem = get_method(cfg["method"]["alg"]).name, cfg["model"]["hparams_file"]
-    if cfg.get("hparams_dir"):
-        roots = [Path(cfg["hparams_dir"])]
-    else:
-        roots = [Path.cwd() / "hparams"]
-        try:
-            roots.insert(0, hparams_dir())
-        except FileNotFoundError:
-            pass
-    for root in roots:
-        path = root / alg / f"{stem}.yaml"
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"model.hparams_file={stem!r}: no {alg}/{stem}.yaml under {', '.join(str(r) for r in roots)}; "
-        "add one or set hparams_dir=/dir/with/<Alg>/<model>.yaml"
-    )
-
-
-def build_hparams(cfg: Mapping):
-    """Hyperparameters: the YAML file, then ``model.hparams_overrides``, then the user's ``hparams.*``.
-
-    Model overrides for fields a method lacks (e.g. ``nullspace_threshold`` for MEMIT) are skipped;
-    a user override that the method lacks is an error.
-    """
-    from ..methods import get_method
-    from ..methods.base import read_hparams_file
-
-    path = hparams_file(cfg)
-    raw, _ = read_hparams_file(path)
-    cls = get_method(raw.get("alg_name", cfg["method"]["alg"])).hparams_class
-    fields = {f.name for f in dataclasses.fields(cls)}
-    merged = dict(raw)
-    for key, value in (cfg["model"].get("hparams_overrides") or {}).items():
-        if key in fields:
-            merged[key] = value
-    for key, value in (cfg.get("hparams") or {}).items():
-        if value is None:
-            continue
-        if key not in fields:
-            raise ConfigError(
-                f"hparams.{key}={value!r}: method={cfg['method']['name']} ({cls.__name__}) has no field {key!r}; "
-                "drop it for this method"
-            )
-        merged[key] = value
-    merged["batch_size"] = cfg["batch_size"]
-    merged.setdefault("model_name", cfg["model"]["path"])
-    try:
-        return cls.from_dict(merged, source=str(path))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"hparams ({path.name} + overrides): {exc}") from None
-
-
-def load_requests(cfg: Mapping) -> list:
-    """The first ``num_edits`` requests of the configured dataset, an `EditList` whose ``skipped``
-    names the invalid records left out (``data.skip_invalid=true``; otherwise they are an error)."""
-    from ..data import DatasetError, TooFewRecords, load_dataset
-
-    data, n = cfg["data"], cfg["num_edits"]
-    source = data.get("path") or data.get("split")
-    try:
-        return load_dataset(data["name"], n=n, split=source, skip_invalid=bool(data.get("skip_invalid")))
-    except TooFewRecords as exc:
-        valid = "valid " if data.get("skip_invalid") else ""
-        raise ConfigError(
-            f"num_edits={n}: data={data['name']} ({source}) has only {exc.available} {valid}edits; "
-            f"ask for at most {exc.available}"
-        ) from None
-    except DatasetError as exc:
-        key = "data.path" if data.get("path") else "data.split"
-        raise ConfigError(f"{key}={source!r}: {exc}") from None
-    except KeyError as exc:
-        raise ConfigError(f"data.split={source!r}: {exc.args[0]}") from None
-
-
-def check_mmlu(cfg: Mapping) -> None:
-    """The MMLU probe set has ``eval.mmlu_n`` questions (ConfigError otherwise)."""
-    from ..eval.capability import load_mmlu
-
-    if cfg["eval"]["mmlu_n"]:
-        try:
-            load_mmlu(cfg["eval"]["mmlu_n"])
-        except ValueError as exc:
-            raise ConfigError(f"eval.mmlu_n={cfg['eval']['mmlu_n']}: {exc}") from None

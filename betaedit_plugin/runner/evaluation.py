@@ -60,14 +60,14 @@ class Evaluator:
         """
         from ..eval.capability import heldout_token_ids, load_mmlu
         from ..eval.metrics import locality_reference
-        from .config import ConfigError
+        from .errors import ConfigError
 
         ev = cfg["eval"]
         locality_ref = locality_reference(model, tok, requests, batch_size=ev["batch_size"])
         try:
             heldout = heldout_token_ids(tok, ev["ppl_tokens"]) if ev["ppl_tokens"] else None
         except ValueError as exc:
-            raise ConfigError(f"eval.ppl_tokens={ev['ppl_tokens']}: {exc}") from None
+            raise ConfigError.about("eval.ppl_tokens", ev["ppl_tokens"], exc) from None
         mmlu = load_mmlu(ev["mmlu_n"]) if ev["mmlu_n"] else None
         return cls(model, tok, requests, ev, cfg["num_edits"], cfg["seed"], locality_ref, heldout, mmlu,
                    prior_covs, base_weights)

@@ -35,26 +35,65 @@ from .._fileio import IntegrityError
 from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
 from .checkpoint import SEALED_FORMAT
 from .compare import update_comparison
-from .config import (
-    ConfigError,
-    build_hparams,
-    check_mmlu,
-    config_hash,
-    identity_difference,
-    load_requests,
-    run_identity,
-    validate_config,
-)
+from .config import validate_config
+from .errors import ConfigError
 from .evaluation import Evaluator
+from .identity import config_hash, identity_difference, run_identity
+from .inputs import build_hparams, check_mmlu, data_key, load_requests
 from .journal import (Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, request_fields, target_fields,
                       weights_fingerprint)
 from .paths import RUN_LOCK, RUN_PID, check_cache_dirs, check_out_dir_path, hold_out_dir, remove_stale_temporaries  # noqa: F401
+from .results import RESULTS_FORMAT, RunResults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_experiment", "check_run", "check_out_dir", "RESULTS_FORMAT"]
+__all__ = ["run_experiment", "check_run", "check_out_dir", "RESULTS_FORMAT", "RunResults", "EditSetup", "set_up_editing"]
 
-RESULTS_FORMAT = 1
+
+@dataclass
+class EditSetup:
+    """A run's model made ready to edit (`set_up_editing`): shared by a run and by `replay_run`."""
+
+    model: Any
+    tok: Any
+    layout: Any
+    prior_covs: Any
+    base_weights: dict
+    editor: Any
+    evaluator: Optional[Evaluator]
+
+    def fingerprint(self) -> dict:
+        """The edited layers' fingerprint against their weights before editing."""
+        weights = {l: self.layout.read_weight(self.model, l) for l in self.base_weights}
+        return weights_fingerprint(weights, self.base_weights)
+
+
+def set_up_editing(cfg: Mapping, hparams, requests, *, evaluate: bool, context_templates=None,
+                   timing: Optional[dict] = None, progress: bool = False) -> EditSetup:
+    """Load the model, check ``hparams.layers`` against it, collect (or load) the statistics, note the
+    edited layers' weights and build the evaluator (``evaluate``) and the editor.
+
+    ``context_templates``: those of the run's journal (or targets), or None to sample them;
+    ``timing``: gets ``load_model_s`` and ``statistics_s``.
+    """
+    from ..covariance import stats_for_hparams
+    from ..editor import BetaEditor
+    from ..models.layout import ModelLayout
+
+    timing = {} if timing is None else timing
+    with _timed(timing, "load_model_s"):
+        model, tok = _load_model(cfg, hparams)
+    layout = ModelLayout.from_model(model, hparams)
+    try:
+        layout.check_layers(hparams.layers, hparams.v_loss_layer)
+    except ValueError as exc:
+        raise ConfigError.inside("hparams", exc, f" (model {cfg['model']['name']})") from None
+    with _timed(timing, "statistics_s"):
+        prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=progress)
+    base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
+    evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights) if evaluate else None
+    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, context_templates=context_templates)
+    return EditSetup(model, tok, layout, prior_covs, base_weights, editor, evaluator)
 
 
 @dataclass
@@ -62,14 +101,19 @@ class _Run:
     """Everything one run holds while it edits and evaluates."""
 
     cfg: dict
-    model: Any
-    editor: Any
-    evaluator: Evaluator
-    results: dict
+    setup: EditSetup
+    results: RunResults
     timing: dict = field(default_factory=dict)
     journal: Optional[Journal] = None
     targets: Optional[TargetSource] = None
-    base_weights: Optional[dict] = None
+
+    @property
+    def editor(self):
+        return self.setup.editor
+
+    @property
+    def evaluator(self) -> Optional[Evaluator]:
+        return self.setup.evaluator
 
     def evaluate(self, step: int) -> dict:
         point = self.evaluator.evaluate(step, self.editor.weight_deltas)
@@ -78,8 +122,7 @@ class _Run:
         return point
 
     def fingerprint(self) -> dict:
-        layout, model = self.editor.layout, self.model
-        return weights_fingerprint({l: layout.read_weight(model, l) for l in self.base_weights}, self.base_weights)
+        return self.setup.fingerprint()
 
 
 # ============================================================================ checks before any work
@@ -97,17 +140,15 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
     try:
         ckpt = latest_checkpoint(out_dir, identity, verify_files)
     except CheckpointError as exc:
-        raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
+        raise ConfigError.about("out_dir", str(out_dir), exc) from None
     results_file = out_dir / "results.json"
     if results_file.is_file():
         previous = _read_results(results_file)
         diff = identity_difference(previous.get("identity", {}), identity) if "identity" in previous else None
         if diff is not None:
             key, theirs, ours = diff
-            raise ConfigError(
-                f"out_dir={str(out_dir)!r} holds results of another run ({key}={theirs!r} there, {ours!r} here); "
-                "use another out_dir or delete it"
-            )
+            raise ConfigError(f"holds results of another run ({key}={theirs!r} there, {ours!r} here)", field="out_dir",
+                              value=str(out_dir), fix="use another out_dir or delete it", sep=" ")
     if Journal.exists(out_dir):
         _check_journal(out_dir, identity, cfg)
     return ckpt if cfg["resume"] else None
@@ -119,26 +160,26 @@ def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Optional[J
     try:
         journal = Journal.open(out_dir, chunk_size=cfg.get("journal_chunk", 50))
     except JournalError as exc:
-        raise ConfigError(f"out_dir={str(out_dir)!r}: {exc}") from None
+        raise ConfigError.about("out_dir", str(out_dir), exc) from None
     if not journal.records:
         return None  # a header alone (a run stopped by a user error before its first edit): it is started again
     diff = identity_difference(journal.header.get("identity", {}), identity)
     if diff is not None:
         key, theirs, ours = diff
-        raise ConfigError(
-            f"out_dir={str(out_dir)!r} holds the journal of another run ({key}={theirs!r} there, {ours!r} here); "
-            "use another out_dir, or the same settings to continue it"
-        )
+        raise ConfigError(f"holds the journal of another run ({key}={theirs!r} there, {ours!r} here)", field="out_dir",
+                          value=str(out_dir), fix="use another out_dir, or the same settings to continue it", sep=" ")
     if not cfg["resume"]:
         raise ConfigError(
-            f"out_dir={str(out_dir)!r} holds the journal of {journal.last_step} edits of this run; resume=true continues "
-            f"it (it is replayed if no checkpoint is left); to start over delete {str(out_dir / 'journal')!r}"
+            f"holds the journal of {journal.last_step} edits of this run", field="out_dir", value=str(out_dir), sep=" ",
+            fix=f"resume=true continues it (it is replayed if no checkpoint is left); to start over delete "
+                f"{str(out_dir / 'journal')!r}",
         )
     return journal
 
 
 def _read_results(path: Path) -> dict:
-    """A results.json as a dict; ConfigError naming the file when it is not one (truncated, edited)."""
+    """A results.json as a dict; ConfigError naming the file when it is not one (truncated, edited).
+    (A mapping, not `RunResults`: a results.json of another run is read for its identity only.)"""
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -178,19 +219,19 @@ def _open_targets(cfg: Mapping, hparams) -> TargetSource:
         source = TargetSource.open(cfg["targets"])
         source.check_compatible(cfg["model"], target_fields(hparams))
     except JournalError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError.naming("targets", exc) from None
     return source
 
 
 def _check_device(hparams) -> None:
     """The device of ``hparams.device`` exists here (ConfigError otherwise)."""
-    from ..plumbing.devices import resolve_device
+    from ..models.devices import resolve_device
     from ..errors import DeviceError
 
     try:
         resolve_device(hparams.device, "hparams.device")
     except DeviceError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError.naming("hparams.device", exc) from None
 
 
 @contextlib.contextmanager
@@ -205,12 +246,12 @@ def _timed(timing: dict, key: str):
 
 def _load_model(cfg: dict, hparams):
     from ..models import load_model
-    from ..plumbing.devices import place_model
+    from ..models.devices import place_model
 
     try:
         model, tok = load_model(cfg["model"]["path"])
     except KeyError as exc:
-        raise ConfigError(f"model.path={cfg['model']['path']!r}: {exc.args[0]}") from None
+        raise ConfigError(exc.args[0], field="model.path", value=cfg["model"]["path"]) from None
     device_map = cfg["model"].get("device_map")
     if device_map is None and (cfg["model"].get("model_parallel") or hparams.model_parallel):
         device_map = "auto"
@@ -226,7 +267,7 @@ def run_experiment(cfg: Any) -> dict:
             `betaedit_plugin.runner.config.run_config_class` and the groups ``method``, ``model``, ``data``).
 
     Returns:
-        the results dict also written to ``<out_dir>/results.json``: ``config``, ``identity``,
+        the results also written to ``<out_dir>/results.json`` (`RunResults.to_json`): ``config``, ``identity``,
         ``config_hash``, ``hparams``, ``evals`` (evaluation points at step 0, every ``eval_every``
         edits and at the end), ``edits`` (per-edit log), ``timing`` (seconds per phase),
         ``status`` ("complete" or "stopped"), ``edits_done``.
@@ -239,16 +280,12 @@ def run_experiment(cfg: Any) -> dict:
     with hold_out_dir(cfg["out_dir"]):  # before anything is written; a user error puts out_dir back
         ckpt = check_out_dir(cfg, identity)  # what out_dir holds now that no other run can change it
         remove_stale_temporaries(cfg["out_dir"])
-        return _run_locked(cfg, identity, hparams, requests, ckpt)
+        return _run_locked(cfg, identity, hparams, requests, ckpt).to_json()
 
 
-def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
+def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> RunResults:
     """`run_experiment` after its checks, with ``out_dir`` held."""
     import torch
-
-    from ..editor import BetaEditor
-    from ..plumbing.layout import ModelLayout
-    from ..plumbing.stats import stats_for_hparams
 
     out_dir = Path(cfg["out_dir"])
     random.seed(cfg["seed"])
@@ -257,42 +294,27 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     journal = _check_journal(out_dir, identity, cfg) if Journal.exists(out_dir) else None
     targets = _open_targets(cfg, hparams) if cfg.get("targets") else None
 
-    timing: dict = {}
-    with _timed(timing, "load_model_s"):
-        model, tok = _load_model(cfg, hparams)
-    layout = ModelLayout.from_model(model, hparams)
-    try:
-        layout.check_layers(hparams.layers, hparams.v_loss_layer)
-    except ValueError as exc:
-        raise ConfigError(f"hparams.{exc} (model {cfg['model']['name']})") from None
-    with _timed(timing, "statistics_s"):
-        prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=cfg["progress"])
-    base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
-    evaluator = None if bank else Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights)
-
     # the journal's (or the targets') context templates: they were sampled from the model once
     templates = journal.header["context_templates"] if journal is not None else None
     if templates is None and targets is not None:
         templates = targets.context_templates
-    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False, context_templates=templates)
-    results = {"protocol": _protocol(cfg)} if (bank or targets is not None) else {}
-    results.update({
-        "format": RESULTS_FORMAT,
-        "method": cfg["method"]["name"],
-        "alg_name": hparams.alg_name,
-        "model": cfg["model"]["name"],
-        "data": cfg["data"]["name"],
-        "config": cfg,
-        "identity": identity,
-        "config_hash": config_hash(identity),
-        "hparams": hparams.to_dict(),
-        "evals": [],
-        "edits": [],
-        "skipped_invalid": [asdict(b) for b in getattr(requests, "skipped", [])],
-        "status": "running",
-        "edits_done": 0,
-    })
-    run = _Run(cfg, model, editor, evaluator, results, timing, journal, targets, base_weights)
+    timing: dict = {}
+    setup = set_up_editing(cfg, hparams, requests, evaluate=not bank, context_templates=templates, timing=timing,
+                           progress=cfg["progress"])
+    editor = setup.editor
+    results = RunResults(
+        protocol=_protocol(cfg) if (bank or targets is not None) else None,
+        method=cfg["method"]["name"],
+        alg_name=hparams.alg_name,
+        model=cfg["model"]["name"],
+        data=cfg["data"]["name"],
+        config=cfg,
+        identity=identity,
+        config_hash=config_hash(identity),
+        hparams=hparams.to_dict(),
+        skipped_invalid=[asdict(b) for b in getattr(requests, "skipped", [])],
+    )
+    run = _Run(cfg, setup, results, timing, journal, targets)
     if ckpt is not None:
         start = _resume(run, ckpt)
     else:
@@ -316,11 +338,11 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
         logger.warning("%s has no journal (the run started before journals existed): it is not journaled", out_dir)
     if run.journal is not None and run.journal.last_step > start:
         start = _replay(run, requests, start)
-    if start == 0 and not bank and not any(p["step"] == 0 for p in results["evals"]):
+    if start == 0 and not bank and not results.has_point(0):
         with _timed(timing, "eval_total_s"):
-            results["evals"].append(run.evaluate(0))
+            results.add_point(run.evaluate(0))
     _edit_loop(run, requests, start)
-    if run.journal is not None and results["status"] == "complete":
+    if run.journal is not None and results.complete:
         run.journal.seal()  # a finished run's journal is chunks only: nothing in it changes again
     _finish_timing(run)
     _save_outputs(run, final=True)
@@ -348,12 +370,21 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
     n, bs, every = cfg["num_edits"], cfg["batch_size"], cfg["eval_every"]
     stop = cfg["stop_after"] or n
     bar = tqdm(total=n, initial=start, desc=cfg["method"]["name"], disable=not cfg["progress"], unit="edit")
-    if results["evals"]:
-        bar.set_postfix(_postfix(results["evals"][-1]))
+    if results.evals:
+        bar.set_postfix(_postfix(results.last_point))
     step = start
     try:
         while step < min(n, stop):
             batch = requests[step: min(step + bs, n, stop)]
+            if cfg.get("targets_wait") and not run.targets.holds(batch):
+                logger.warning("targets=%s hold no z* for edit %d (case_id %s) yet: stopping here; resume=true "
+                               "continues once they do", cfg["targets"], step + 1, [r.case_id for r in batch])
+                ck = cfg["checkpoint_every"]
+                if not bank and step > start and not (ck and step % ck == 0):  # else written at this step already
+                    _finish_timing(run)
+                    write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
+                                     results=results.to_json(), keep=cfg["keep_checkpoints"])
+                break
             t0 = time.perf_counter()
             with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
                 if bank:
@@ -365,11 +396,11 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
             prev, step = step, step + len(batch)
             if run.journal is not None:
                 run.journal.append(StepRecord(step, [request_fields(r) for r in batch], info["z_star"]))
-            _log_edit(results, step, batch, seconds, info)
+            results.log_edit(step, [r.case_id for r in batch], seconds, info)
             if not bank and (step // every > prev // every or step == n):
                 with _timed(timing, "eval_total_s"):
-                    results["evals"].append(run.evaluate(step))
-                bar.set_postfix(_postfix(results["evals"][-1]))
+                    results.add_point(run.evaluate(step))
+                bar.set_postfix(_postfix(results.last_point))
             if run.journal is not None:
                 run.journal.maybe_seal()
             if step // every > prev // every or step == n:
@@ -379,31 +410,18 @@ def _edit_loop(run: _Run, requests, start: int) -> None:
             ck = cfg["checkpoint_every"]
             if not bank and ((ck and step // ck > prev // ck) or (step >= stop and step < n)):
                 _finish_timing(run)
-                write_checkpoint(out_dir, step, identity=results["identity"], save_editor_state=editor.save_state,
-                                 results=results, keep=cfg["keep_checkpoints"])
+                write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
+                                 results=results.to_json(), keep=cfg["keep_checkpoints"])
     finally:
         bar.close()
-    results["status"] = "complete" if step >= n else "stopped"
-    results["edits_done"] = step
+    results.finish(step, n)
 
 
 def _fixed_targets(run: _Run, batch):
     try:
         return run.targets.lookup(batch)
     except JournalError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def _log_edit(results: dict, step: int, batch, seconds: float, info: Mapping, replayed: bool = False) -> None:
-    entry = {"step": step, "case_ids": [r.case_id for r in batch], "seconds": seconds,
-             "delta_norm": {str(k): v for k, v in info["delta_norm"].items()},
-             "refreshed": bool(info.get("refreshed"))}
-    if info.get("refresh"):
-        entry["refresh"] = info["refresh"]
-    if replayed:
-        entry["replayed"] = True
-    results["edits"].append(entry)
-    results["edits_done"] = step
+        raise ConfigError.naming("targets", exc) from None
 
 
 def _replay(run: _Run, requests, start: int) -> int:
@@ -415,18 +433,17 @@ def _replay(run: _Run, requests, start: int) -> int:
     try:
         journal.check_requests(requests, last)
     except JournalError as exc:
-        raise ConfigError(f"out_dir={cfg['out_dir']!r}: {exc}") from None
+        raise ConfigError.about("out_dir", cfg["out_dir"], exc) from None
     # results of the run up to the journal's last step (results.json is written at evaluation points)
-    previous = _previous_results(Path(cfg["out_dir"]), results["identity"])
-    if previous is not None and len(previous.get("edits", [])) >= len(results["edits"]):
-        results["evals"], results["edits"] = previous["evals"], previous["edits"]
-    results["evals"] = [p for p in results["evals"] if p["step"] <= last]
-    results["edits"] = [e for e in results["edits"] if e["step"] <= last]
-    logged = {e["step"] for e in results["edits"]}
+    previous = _previous_results(Path(cfg["out_dir"]), results.identity)
+    if previous is not None and len(previous.edits) >= len(results.edits):
+        results.take_history(previous)
+    results.truncate(last)
+    logged = results.logged_steps()
     bank = cfg["mode"] == "bank"
-    if start == 0 and not bank and not any(p["step"] == 0 for p in results["evals"]):
+    if start == 0 and not bank and not results.has_point(0):
         with _timed(run.timing, "eval_total_s"):
-            results["evals"].insert(0, run.evaluate(0))
+            results.add_point(run.evaluate(0))
     every, n = cfg["eval_every"], cfg["num_edits"]
     logger.info("replaying steps %d-%d of the journal (z* journaled, not optimised)", start + 1, last)
     t_all = time.perf_counter()
@@ -444,29 +461,28 @@ def _replay(run: _Run, requests, start: int) -> int:
                 info = run.editor.apply(batch, z_star=record.z_star)
         prev, step = step, record.step
         if step not in logged:  # the edit log of results.json keeps the seconds the edit first took
-            _log_edit(results, step, batch, time.perf_counter() - t0, info, replayed=True)
+            results.log_edit(step, [r.case_id for r in batch], time.perf_counter() - t0, info, replayed=True)
         if record.fingerprint is not None and not bank:
             try:
                 got = compare_fingerprint(record.fingerprint, run.fingerprint(), step)
             except JournalError as exc:
-                raise ConfigError(f"out_dir={cfg['out_dir']!r}: {exc}") from None
+                raise ConfigError.about("out_dir", cfg["out_dir"], exc) from None
             checked["fingerprints"] += 1
             checked["identical"] += int(got["identical"])
             checked["max_rel_diff"] = max(checked["max_rel_diff"], got["max_rel_diff"])
         due = step // every > prev // every or step == n
-        if not bank and due and not any(p["step"] == step for p in results["evals"]):
+        if not bank and due and not results.has_point(step):
             with _timed(run.timing, "eval_total_s"):
                 point = run.evaluator.evaluate(step, run.editor.weight_deltas)
-            results["evals"].append(point)
-            results["evals"].sort(key=lambda p: p["step"])
+            results.add_point(point)
     run.timing["replay_s"] = run.timing.get("replay_s", 0.0) + time.perf_counter() - t_all
-    results["replayed"] = {"from_step": start, "to_step": last, **checked}
+    results.replayed = {"from_step": start, "to_step": last, **checked}
     logger.info("replayed %d edits in %.1f s; %d fingerprints checked (%d bit-identical, max relative ||D|| difference %.3g)",
                 last - start, run.timing["replay_s"], checked["fingerprints"], checked["identical"], checked["max_rel_diff"])
     return last
 
 
-def _previous_results(out_dir: Path, identity: Mapping) -> Optional[dict]:
+def _previous_results(out_dir: Path, identity: Mapping) -> Optional[RunResults]:
     """``out_dir/results.json`` of this run, or None (missing, or of another run: check_out_dir refused that)."""
     path = out_dir / "results.json"
     if not path.is_file():
@@ -476,7 +492,7 @@ def _previous_results(out_dir: Path, identity: Mapping) -> Optional[dict]:
         return None
     if not isinstance(previous.get("evals"), list) or not isinstance(previous.get("edits"), list):
         return None
-    return previous
+    return RunResults.from_json(previous)
 
 
 @contextlib.contextmanager
@@ -488,28 +504,29 @@ def _user_errors(cfg: Mapping, where: str = ""):
     try:
         yield
     except HyperParamsError as exc:
-        raise ConfigError(f"hparams.{exc}") from None
+        raise ConfigError.inside("hparams", exc) from None
     except RequestError as exc:
         data = cfg["data"]
-        key = "data.path" if data.get("path") else "data.split"
-        raise ConfigError(f"{key}={data.get('path') or data.get('split')!r}, {where}{exc}") from None
+        raise ConfigError(f"{where}{exc}", field=data_key(data), value=data.get("path") or data.get("split"),
+                          sep=", ") from None
 
 
 def _resume(run: _Run, ckpt) -> int:
     """Load a verified checkpoint into the editor (its weights included) and the results; returns its step."""
     previous = _read_results(ckpt.file("results.json"))
     if not isinstance(previous.get("evals"), list) or not isinstance(previous.get("edits"), list):
-        raise ConfigError(f"{str(ckpt.file('results.json'))!r} lacks 'evals' or 'edits'; delete checkpoint {ckpt.path.name}")
+        raise ConfigError(f"{str(ckpt.file('results.json'))!r} lacks 'evals' or 'edits'",
+                          fix=f"delete checkpoint {ckpt.path.name}")
     try:
         run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True,
                               allow_unverified=ckpt.manifest["format"] < SEALED_FORMAT)  # older: manifest sha256 only
     except IntegrityError as exc:
-        raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name}: {exc}") from None
+        raise ConfigError(f"checkpoint {ckpt.path.name}: {exc}", field="out_dir", value=run.cfg["out_dir"]) from None
     except ValueError as exc:
-        raise ConfigError(f"out_dir={run.cfg['out_dir']!r}: checkpoint {ckpt.path.name} does not fit this run ({exc}); delete it") from None
-    run.results["evals"] = previous["evals"]
-    run.results["edits"] = previous["edits"]
-    run.results["resumed_from"] = ckpt.step
+        raise ConfigError(f"checkpoint {ckpt.path.name} does not fit this run ({exc})", field="out_dir",
+                          value=run.cfg["out_dir"], fix="delete it") from None
+    run.results.take_history(RunResults.from_json(previous))
+    run.results.resumed_from = ckpt.step
     logger.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
     return ckpt.step
 
@@ -520,19 +537,20 @@ def _save_outputs(run: _Run, final: bool) -> None:
 
     out_dir = Path(run.cfg["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
+    results = run.results
+    atomic_write_text(out_dir / "results.json", results.dumps())
     if run.cfg["mode"] == "bank":
         return  # no evaluation points
-    write_metrics_csv(run.results["evals"], out_dir / "metrics.csv")
+    write_metrics_csv(results.evals, out_dir / "metrics.csv")
     if final:
         label = run.cfg["method"]["name"]
-        run.results["plots"] = [p.name for p in plot_runs({label: run.results["evals"]}, out_dir)]
-        atomic_write_text(out_dir / "results.json", json.dumps(run.results, indent=1, default=str))
-        first = f"> {run.results['protocol']}\n\n" if "protocol" in run.results else ""
+        results.plots = [p.name for p in plot_runs({label: results.evals}, out_dir)]
+        atomic_write_text(out_dir / "results.json", results.dumps())
+        first = f"> {results.protocol}\n\n" if results.protocol is not None else ""
         atomic_write_text(
             out_dir / "report.md",
-            first + f"# {label} on {run.cfg['model']['name']}, {run.cfg['data']['name']}, {run.results['edits_done']} edits\n\n"
-            + before_after_table(run.results["evals"]) + "\n",
+            first + f"# {label} on {run.cfg['model']['name']}, {run.cfg['data']['name']}, {results.edits_done} edits\n\n"
+            + before_after_table(results.evals) + "\n",
         )
 
 
@@ -542,13 +560,4 @@ def _postfix(point: Mapping) -> dict:
 
 
 def _finish_timing(run: _Run) -> None:
-    edits = run.results["edits"]
-    seconds = [e["seconds"] for e in edits]
-    per_edit = sum(seconds) / max(1, sum(len(e["case_ids"]) for e in edits)) if edits else float("nan")
-    run.results["timing"] = {
-        **run.timing,
-        "edit_total_s": sum(seconds),
-        "edit_mean_s": per_edit,
-        "eval_points_s": sum(p.get("eval_s", 0.0) for p in run.results["evals"]),
-    }
-    run.results["edits_done"] = edits[-1]["step"] if edits else 0
+    run.results.finish_timing(run.timing)

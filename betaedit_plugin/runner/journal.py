@@ -364,6 +364,10 @@ class TargetSource:
                     f"{target_fields.get(key)!r}; z* depends on it: use the same value or other targets"
                 )
 
+    def holds(self, requests: Sequence) -> bool:
+        """Whether every one of ``requests`` has a z* here."""
+        return all(json.dumps(request_fields(r), sort_keys=True) in self._by_request for r in requests)
+
     def lookup(self, requests: Sequence) -> torch.Tensor:
         """(d_v, n) targets of ``requests`` (JournalError naming the first one the source lacks)."""
         cols = []

@@ -34,7 +34,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from .._fileio import TEMPORARY_NAME, HeldLock, LockHeldError, atomic_write_text, read_pid, try_lock
 from ..errors import BetaEditError
-from .config import ConfigError
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ def check_dir_path(path, key: str, fix: str) -> None:
     if found is None:
         return
     part, problem = found
-    where = f"{key}={str(path)!r}" + ("" if part == path else f": {str(part)!r}")
-    raise ConfigError(f"{where} {problem}; {fix}")
+    if part == path:
+        raise ConfigError(problem, field=key, value=str(path), fix=fix, sep=" ")
+    raise ConfigError(f"{str(part)!r} {problem}", field=key, value=str(path), fix=fix)
 
 
 def check_out_dir_path(out_dir) -> None:
@@ -100,7 +101,7 @@ def check_out_dir_path(out_dir) -> None:
 
 def check_cache_dirs(hparams) -> None:
     """``BETAEDIT_CACHE`` (when set) and the statistics directory are directories or can be made ones."""
-    from ..plumbing.stats import default_stats_dir
+    from ..covariance import default_stats_dir
 
     env = os.environ.get("BETAEDIT_CACHE")
     unset = "set BETAEDIT_CACHE to a directory, or unset it (default ~/.cache/betaedit_plugin)"

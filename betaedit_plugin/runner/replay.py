@@ -18,8 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .config import ConfigError, build_hparams, identity_difference, load_requests, validate_config
-from .journal import Journal, JournalError, compare_fingerprint, weights_fingerprint
+from .config import validate_config
+from .errors import ConfigError
+from .identity import identity_difference
+from .inputs import build_hparams, load_requests
+from .journal import Journal, JournalError, compare_fingerprint
+from .results import RunResults
 
 logger = logging.getLogger(__name__)
 
@@ -45,28 +49,26 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         ConfigError: no results.json or journal, a journal of another run, or a replay that diverges
             (the step and layer named).
     """
-    import torch
-
-    from ..editor import BetaEditor
-    from ..plumbing.layout import ModelLayout
-    from ..plumbing.stats import stats_for_hparams
-    from .evaluation import Evaluator
-    from .experiment import _load_model, _read_results
+    from .experiment import _read_results, set_up_editing
 
     src = Path(src)
     if not (src / "results.json").is_file():
         raise ConfigError(f"replay {str(src)!r}: no results.json there; give a run's out_dir or a published results folder")
-    results = _read_results(src / "results.json")
-    if "config" not in results:
+    raw = _read_results(src / "results.json")
+    if "config" not in raw:
         raise ConfigError(f"replay {str(src)!r}: results.json holds no 'config'; it was not written by the runner")
-    cfg = validate_config({**results["config"], "out_dir": str(src), "resume": True})
+    try:
+        results = RunResults.from_json(raw)
+    except ValueError as exc:
+        raise ConfigError(f"replay {str(src)!r}: {exc}") from None
+    cfg = validate_config({**results.config, "out_dir": str(src), "resume": True})
     if cfg["mode"] == "bank":
         raise ConfigError(f"replay {str(src)!r}: a target bank edits nothing; replay the runs that use it")
     try:
         journal = Journal.open(src)
     except JournalError as exc:
         raise ConfigError(f"replay {str(src)!r}: {exc}") from None
-    diff = identity_difference(journal.header.get("identity", {}), results.get("identity", {}))
+    diff = identity_difference(journal.header.get("identity", {}), results.identity or {})
     if diff is not None:
         key, theirs, ours = diff
         raise ConfigError(f"replay {str(src)!r}: the journal is of another run than results.json ({key}={theirs!r} vs {ours!r})")
@@ -79,13 +81,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     except JournalError as exc:
         raise ConfigError(f"replay {str(src)!r}: {exc}") from None
 
-    model, tok = _load_model(cfg, hparams)
-    layout = ModelLayout.from_model(model, hparams)
-    prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=False)
-    base = {l: layout.read_weight(model, l) for l in hparams.layers}
-    evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base) if evaluate else None
-    editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, keep_undo=False,
-                        context_templates=journal.header["context_templates"])
+    setup = set_up_editing(cfg, hparams, requests, evaluate=evaluate, context_templates=journal.header["context_templates"])
+    editor = setup.editor
     editor.prepare()
 
     out: Dict[str, Any] = {"steps": journal.last_step, "fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
@@ -94,9 +91,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         editor.apply(requests[step: record.step], z_star=record.z_star)
         step = record.step
         if record.fingerprint is not None:
-            here = weights_fingerprint({l: layout.read_weight(model, l) for l in base}, base)
             try:
-                got = compare_fingerprint(record.fingerprint, here, step)
+                got = compare_fingerprint(record.fingerprint, setup.fingerprint(), step)
             except JournalError as exc:
                 raise ConfigError(f"replay {str(src)!r}: {exc}") from None
             out["fingerprints"] += 1
@@ -106,13 +102,13 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     logger.info("replayed %d edits in %.1f s", step, out["replay_s"])
 
     if evaluate:
-        recorded = next((p for p in results.get("evals", []) if p.get("step") == step), None)
-        point = evaluator.evaluate(step, editor.weight_deltas)
+        recorded = results.point(step)
+        point = setup.evaluator.evaluate(step, editor.weight_deltas)
         out["replayed"] = point
         out["recorded"] = recorded
         out["differences"] = metric_differences(recorded, point) if recorded is not None else {}
     if save:
-        out["saved"] = str(save_weights(model, tok, save))
+        out["saved"] = str(save_weights(setup.model, setup.tok, save))
     return out
 
 

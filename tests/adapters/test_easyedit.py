@@ -20,7 +20,7 @@ from betaedit_plugin.adapters.easyedit import (
     register_easyedit,
 )
 from betaedit_plugin.editor import WeightsChangedError
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.models.layout import ModelLayout
 from support.editing import spd
 
 LAYERS = [1, 2]

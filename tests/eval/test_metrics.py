@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -41,6 +43,14 @@ def llama():
     return build_tiny("llama")
 
 
+def _predicted_word(model, tok, prompt: str):
+    """The model's greedy next token after ``prompt`` if it is a word (a space, then letters), else None."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([encode_pair(tok, prompt, "x")[0]])).logits[0, -1]
+    text = tok.decode([int(logits.argmax())])
+    return text if len(text) > 1 and text[0] == " " and text[1:].isalpha() else None
+
+
 def _hand_logprobs(model, tok, prompt, target):
     """Unbatched float64 reference: (sum log p(target | prompt), argmax tokens)."""
     p_ids, t_ids = encode_pair(tok, prompt, target)
@@ -69,22 +79,33 @@ def test_batched_scores_equal_one_by_one_scores(llama):
 
 def test_edit_metrics_are_the_probability_comparisons(llama):
     model, tok = llama
-    reqs = load_counterfact(n=4)
+    pool = load_counterfact(n=30)
+    # two cases whose target is the word the model predicts itself, so that the accuracies are not all 0
+    own = [dataclasses.replace(r, target_new=w) for r in pool if (w := _predicted_word(model, tok, r.prompt))]
+    reqs = pool[:2] + own[:2]
     out = edit_metrics(model, tok, reqs, locality_ref=locality_reference(model, tok, reqs), batch_size=5)
-    eff, gen, spec = [], [], []
+    eff, gen, spec, rw, rp = [], [], [], [], []
     for r in reqs:
         def mean(p, t):
             total, _ = _hand_logprobs(model, tok, p, t)
             return total / len(encode_pair(tok, p, t)[1])
 
+        def token_acc(p, t):
+            target = encode_pair(tok, p, t)[1]
+            return sum(a == b for a, b in zip(_hand_logprobs(model, tok, p, t)[1], target)) / len(target)
+
         eff.append(mean(r.prompt, r.target_new) > mean(r.prompt, r.ground_truth))
         gen.append(mean(r.rephrase_prompts[0], r.target_new) > mean(r.rephrase_prompts[0], r.ground_truth))
         spec.append(mean(r.locality_prompts[0], r.locality_ground_truth[0]) > mean(r.locality_prompts[0], r.target_new))
-    assert out["efficacy"] == pytest.approx(sum(eff) / 4)
-    assert out["generality"] == pytest.approx(sum(gen) / 4)
-    assert out["specificity"] == pytest.approx(sum(spec) / 4)
+        rw.append(token_acc(r.prompt, r.target_new))
+        rp.extend(token_acc(p, r.target_new) for p in r.rephrase_prompts)
+    assert out["efficacy"] == pytest.approx(sum(eff) / len(reqs))
+    assert out["generality"] == pytest.approx(sum(gen) / len(reqs))
+    assert out["specificity"] == pytest.approx(sum(spec) / len(reqs))
     assert out["locality_acc"] == 1.0  # the model has not changed since the reference
-    assert 0.0 <= out["rewrite_acc"] <= 1.0
+    assert 0 < sum(rw) + sum(rp), "a check that cannot tell a right metric from one stuck at 0"
+    assert out["rewrite_acc"] == pytest.approx(sum(rw) / len(rw))
+    assert out["rephrase_acc"] == pytest.approx(sum(rp) / len(rp))
 
 
 def test_locality_acc_drops_when_the_model_changes(llama):
@@ -196,7 +217,15 @@ def test_long_prompts_are_cut_to_the_context(llama):
     model, tok = llama
     long_prompt = "The capital of France is Paris. " * 200
     (score,) = score_targets(model, tok, [long_prompt], ["Rome"])
-    assert math.isfinite(score.sum_logprob)
+    # reference: the prompt's last (context - target) tokens, scored by hand in float64
+    p_ids, t_ids = encode_pair(tok, long_prompt, "Rome")
+    limit = model.config.max_position_embeddings
+    assert len(p_ids) + len(t_ids) > limit  # the prompt is really cut
+    ids = torch.tensor([p_ids[len(p_ids) + len(t_ids) - limit:] + t_ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    want = sum(float(lp[limit - len(t_ids) - 1 + i, t]) for i, t in enumerate(t_ids))
+    assert score.sum_logprob == pytest.approx(want, rel=1e-5, abs=1e-5)
 
 
 def test_one_tokenisation_for_every_token_accuracy(llama):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import betaedit_plugin.plumbing.values as values
-from betaedit_plugin import BetaEditHyperParams
-from betaedit_plugin.plumbing.layout import ModelLayout
+import betaedit_plugin.compute_z as values
+from betaedit_plugin import BetaEditHyperParams, edit
+from betaedit_plugin.models.layout import ModelLayout
 from betaedit_plugin.requests import EditRequest
 
 pytestmark = pytest.mark.gpu
@@ -43,6 +43,6 @@ def test_betaedit_edits_tiny_llama_on_cuda(tmp_path, monkeypatch):
     monkeypatch.setenv("BETAEDIT_CACHE", str(tmp_path / "cache"))
     hp = BetaEditHyperParams(model_name="tiny-llama", device="cuda", **TINY_EDIT)
     editor = BetaEditor.from_hparams(hp)
-    metrics, model = editor.edit(prompts=[REQ.prompt], target_new=["German"], subject=[REQ.subject])
+    metrics, model = edit(editor, prompts=[REQ.prompt], target_new=["German"], subject=[REQ.subject])
     assert next(model.parameters()).device.type == "cuda"
     assert (metrics[0]["pre"]["rewrite_acc"][0], metrics[0]["post"]["rewrite_acc"][0]) == (0.0, 1.0)

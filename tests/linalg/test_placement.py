@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from betaedit_plugin.linalg import (
+    AutoFormSolver,
+    DenseSolver,
+    FactoredSolver,
     IncrementalSolver,
+    Placement,
+    Solver,
     add_keys,
     betaedit_delta,
     memit_delta,
@@ -188,16 +193,21 @@ def test_snapshot_restore_is_exact_across_a_refresh(form):
     del H1
 
 
-def test_offloaded_solver_moves_replaced_inverses_off_the_compute_device():
-    """On a CPU-only machine both devices are the CPU; this runs the offloaded code paths
-    (old inverse moved to storage at a refresh, moved back by restore) and checks the results."""
+class ForcedOffload(Placement):
+    """Both devices are the CPU here; this runs the offloaded code paths anyway."""
 
-    class Offloaded(IncrementalSolver):
-        _offloaded = True
+    offloaded = True
 
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("cls", [FactoredSolver, DenseSolver])
+def test_offloaded_solver_moves_replaced_inverses_off_the_compute_device(cls):
+    """Old inverse parked on storage at a refresh, moved back by restore; results checked."""
     C0, keys, _ = problem(64, seed=8)
     U = nullspace_basis(C0, 0.02)
-    s = Offloaded(C0, U, None, 3.0, 1.0, compute_dtype=torch.float32, refresh_every=3, storage_device="cpu")
+    s = cls(C0, U, None, 3.0, 1.0, placement=ForcedOffload(CPU, CPU, torch.float32), refresh_every=3)
     ref = IncrementalSolver(C0, U, None, 3.0, 1.0)
     H = torch.zeros_like(C0)
     probe, R = keys(1), torch.ones(3, 1, dtype=torch.float64)

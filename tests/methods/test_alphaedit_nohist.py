@@ -15,7 +15,7 @@ from support.editing import LAYERS, REQS, TEMPLATES, make_editor, spd
 
 def _nohist_editor(tiny, **over):
     from betaedit_plugin.editor import BetaEditor
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     model, tok = tiny("llama")
     hp = AlphaEditNoHistHyperParams(layers=LAYERS, v_num_grad_steps=4, L2=1.0, **over)
@@ -86,7 +86,7 @@ def test_a_state_loaded_into_another_precision_keeps_ignoring_the_history(tiny):
     """A float32 state loaded into a float64 editor is recomputed on load; a history-free rule
     must recompute it without H, so the loaded editor writes what the saving one writes."""
     from betaedit_plugin.editor import BetaEditor
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     model, tok = tiny("llama")
     hp = AlphaEditNoHistHyperParams(layers=LAYERS, v_num_grad_steps=4, L2=1.0)

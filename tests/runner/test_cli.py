@@ -118,6 +118,22 @@ def test_multirun_writes_results_csv_plots_and_a_comparison(multirun):
     assert len(set(norms.values())) == 3
 
 
+def test_results_json_of_a_run_round_trips_through_run_results(multirun):
+    """RunResults reads what a real run wrote (results.json and its checkpoint's) and writes it back the same."""
+    from betaedit_plugin.runner import RunResults
+
+    _, root, _ = multirun
+    for method in METHODS:
+        for path in (root / method / "results.json", root / method / "checkpoints" / "step-0000006" / "results.json"):
+            text = path.read_text()
+            results = RunResults.from_json(json.loads(text))
+            assert results.dumps() == text, path  # byte for byte: the same keys, order and values
+            assert results.method == method and results.edits_done == 6
+            assert results.complete == (path.parent.name == method)  # a checkpoint is written while the run goes on
+            assert [p["step"] for p in results.evals] == [0, 3, 6] and results.point(3) is results.evals[1]
+            assert results.timing["edit_mean_s"] > 0 and results.extra == {}
+
+
 def test_compare_entry_point_rebuilds_the_table(multirun, tmp_path):
     _, root, _ = multirun
     path = compare([root / m for m in METHODS], tmp_path)

@@ -95,3 +95,59 @@ def test_compare_reads_results_of_the_runner_before_the_registry(tmp_path):
     table = path.read_text()
     assert table.index("| memit | 20 |") < table.index("| betaedit | 20 |")  # the registry's order
     assert (tmp_path / "cmp" / "efficacy.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "over, field, value",
+    [
+        ({"num_edits": 0}, "num_edits", 0),
+        ({"stop_after": 5, "num_edits": 5}, "stop_after", 5),
+        ({"eval": {"ppl_tokens": 1}}, "eval.ppl_tokens", 1),
+        ({"data": {"name": "zsr"}}, "data.name", "zsr"),
+        ({"mode": "x"}, "mode", "x"),
+    ],
+)
+def test_a_config_error_carries_its_field_and_value(over, field, value):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_cfg(**over))
+    err = info.value
+    assert (err.field, err.value) == (field, value)
+    assert str(err) == err.format() and str(err).startswith(f"{field}={value!r}: {err.problem}")
+
+
+def test_a_config_error_from_merging_hparams_names_its_field_and_fix():
+    from betaedit_plugin.runner.config import build_hparams
+
+    cfg = validate_config(_cfg(method={"name": "memit", "alg": "MEMIT"}, hparams={"tau": 3}))
+    with pytest.raises(ConfigError) as info:
+        build_hparams(cfg)
+    assert (info.value.field, info.value.value, info.value.fix) == ("hparams.tau", 3, "drop it for this method")
+    assert str(info.value) == "hparams.tau=3: method=memit (MEMITHyperParams) has no field 'tau'; drop it for this method"
+
+
+def test_committed_results_json_round_trips_through_run_results():
+    """results.json of the committed results (a target bank: with ``protocol``) read and written back unchanged."""
+    from pathlib import Path
+
+    from betaedit_plugin.runner.results import RunResults
+
+    files = sorted((Path(__file__).resolve().parents[2] / "results").rglob("results.json"))
+    assert files
+    for path in files:
+        data = json.loads(path.read_text())
+        results = RunResults.from_json(data)
+        assert results.to_json() == data and list(results.to_json()) == list(data)
+        assert results.config_hash == data["config_hash"] and results.edits_done == data["edits_done"]
+
+
+def test_results_of_an_older_runner_keep_their_keys():
+    from betaedit_plugin.runner.results import RunResults
+
+    old = {"format": 1, "method": "memit", "evals": [{"step": 0}], "edits": [], "status": "complete", "mine": 1}
+    results = RunResults.from_json(old)
+    assert results.to_json() == old and results.extra == {"mine": 1}
+    results.add_point({"step": 3})
+    results.add_point({"step": 1})
+    assert [p["step"] for p in results.evals] == [0, 1, 3]
+    with pytest.raises(ValueError, match="'evals' is a dict"):
+        RunResults.from_json({**old, "evals": {}})

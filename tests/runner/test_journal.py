@@ -172,6 +172,25 @@ def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
         run_experiment(_cfg(tmp_path, tmp_path / "y", "num_edits=5", f"targets={bank}"))
 
 
+def test_a_fixed_target_run_can_trail_a_bank_still_being_computed(tmp_path):
+    bank = tmp_path / "bank"
+    partial = run_experiment(_cfg(tmp_path, bank, "mode=bank", "num_edits=4", "stop_after=2"))
+    assert partial["status"] == "stopped" and partial["edits_done"] == 2
+    out = tmp_path / "trailing"
+    args = ("num_edits=4", "method=memit", "checkpoint_every=3", f"targets={bank}", "targets_wait=true")
+    r = run_experiment(_cfg(tmp_path, out, *args))
+    assert r["status"] == "stopped" and r["edits_done"] == 2  # stopped where the bank ends, no error
+    assert (out / "checkpoints").exists()  # written at the stop, so that resuming replays nothing
+    run_experiment(_cfg(tmp_path, bank, "mode=bank", "num_edits=4", "resume=true"))  # the bank goes on
+    done = run_experiment(_cfg(tmp_path, out, *args, "resume=true"))
+    assert done["status"] == "complete" and done["edits_done"] == 4
+    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole", "num_edits=4", "method=memit", f"targets={bank}"))
+    # the same run as with the whole bank from the start: the same final metrics (||W_t - W_0|| included)
+    assert _metrics(done["evals"][-1]) == _metrics(whole["evals"][-1])
+    with pytest.raises(ConfigError, match="targets_wait"):
+        run_experiment(_cfg(tmp_path, tmp_path / "z", "num_edits=4", "targets_wait=true"))
+
+
 def test_journal_of_a_run_stores_only_what_an_edit_needs(tmp_path):
     out = tmp_path / "out"
     run_experiment(_cfg(tmp_path, out, "num_edits=2", "checkpoint_every=0"))

@@ -2,7 +2,7 @@
 
 Slow on purpose. It is what MEMIT-style code does (full-vocabulary logits at every
 position, the frozen layers recomputed at every step) and serves as the reference
-that the fast path in `betaedit_plugin/plumbing/values.py` is checked against (tests) and timed
+that the fast path in `betaedit_plugin/compute_z.py` is checked against (tests) and timed
 against (`benchmarks/`). Imported as ``support.reference``: the tests' conftest and the
 benchmarks put ``tests/`` on ``sys.path``. Same objective, same Adam steps, same clamp.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from betaedit_plugin.plumbing.hooks import Trace, first_tensor, replace_first_tensor
-from betaedit_plugin.plumbing.tokens import model_device
-from betaedit_plugin.plumbing.values import build_value_problem, resolve_loss_layer
+from betaedit_plugin.models.hooks import Trace, first_tensor, replace_first_tensor
+from betaedit_plugin.models.tokens import model_device
+from betaedit_plugin.compute_z import build_value_problem, resolve_loss_layer
 
 __all__ = ["reference_compute_z"]
 

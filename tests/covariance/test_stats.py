@@ -13,15 +13,15 @@ import torch
 
 from betaedit_plugin._fileio import sha256_file
 
-from betaedit_plugin.plumbing import stats as stats_mod
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import (
+from betaedit_plugin.covariance import (
     SecondMoment,
+    corpus_path,
     import_npz_stats,
     layer_second_moments,
     load_corpus,
     stats_for_hparams,
 )
+from betaedit_plugin.models.layout import ModelLayout
 
 N_TEXTS, MAX_LEN = 24, 24
 
@@ -398,7 +398,7 @@ def test_load_corpus_bundled_and_files(tmp_path):
 
 
 def test_bundled_corpus_matches_its_recorded_checksum():
-    path = stats_mod.corpus_path("wiki_vital")
+    path = corpus_path("wiki_vital")
     assert sha256_file(path) == "e41dd3d8f628c6bd755f6285293962ebba0d71338d0ecc24d6a723f99f58061f"
 
 
@@ -460,7 +460,7 @@ def test_smollm2_stats_fixture(smollm2, smollm2_stats):
         ridge = 1e-9 * c0.diagonal().mean() * torch.eye(c0.shape[0], dtype=c0.dtype)
         assert torch.linalg.cholesky_ex(c0 + ridge).info.item() == 0
     # cached: a second request reads the files and runs no forward pass
-    from betaedit_plugin.plumbing.layout import ModelLayout
+    from betaedit_plugin.models.layout import ModelLayout
 
     counter = _ForwardCounter(model)
     try:
@@ -475,8 +475,8 @@ def test_smollm2_stats_fixture(smollm2, smollm2_stats):
 _COMPUTE_SLOWLY = """
 import sys, time
 from betaedit_plugin.models.tiny import build_tiny
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import layer_second_moments
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance import layer_second_moments
 model, tok = build_tiny("llama", seed=0)
 layout = ModelLayout.from_model(model)
 handle = None

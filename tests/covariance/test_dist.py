@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import betaedit_plugin.plumbing.stats as stats
-from betaedit_plugin.plumbing.dist_stats import distributed_second_moments
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.covariance import collect, distributed_second_moments
+from betaedit_plugin.models.layout import ModelLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,17 +42,17 @@ def one_process(model, tok, layers, **kw):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return stats.layer_second_moments(model, tok, ModelLayout.from_model(model), layers, use_cache=False,
-                                          progress=False, **kw)
+        return collect.layer_second_moments(model, tok, ModelLayout.from_model(model), layers, use_cache=False,
+                                            progress=False, **kw)
     finally:
         torch.set_num_threads(threads)
 
 
 def check_against_cache(model, tok, layers, ref, cache_dir, monkeypatch, **kw):
     """The files rank 0 wrote are found (same key) and valid, and hold the one-process C0."""
-    monkeypatch.setattr(stats, "_one_pass", lambda *a, **k: pytest.fail("cache miss: the key differs"))
-    got = stats.layer_second_moments(model, tok, ModelLayout.from_model(model), layers, cache_dir=cache_dir,
-                                     progress=False, **kw)
+    monkeypatch.setattr(collect, "_one_pass", lambda *a, **k: pytest.fail("cache miss: the key differs"))
+    got = collect.layer_second_moments(model, tok, ModelLayout.from_model(model), layers, cache_dir=cache_dir,
+                                       progress=False, **kw)
     for l in layers:
         rel = float((got[l] - ref[l]).norm() / ref[l].norm())
         assert rel < 1e-10, (l, rel)
@@ -94,7 +93,7 @@ def test_shards_add_up_to_the_one_process_sums(tiny):
     model, tok = tiny("llama")
     layout = ModelLayout.from_model(model)
     kw = dict(corpus="wiki_vital", n_samples=10, max_length=24, batch_size=3)
-    whole = stats.second_moment_sums(model, tok, layout, [1], **kw)[1]
-    parts = [stats.second_moment_sums(model, tok, layout, [1], rank=r, world_size=3, **kw)[1] for r in range(3)]
+    whole = collect.second_moment_sums(model, tok, layout, [1], **kw)[1]
+    parts = [collect.second_moment_sums(model, tok, layout, [1], rank=r, world_size=3, **kw)[1] for r in range(3)]
     assert sum(p.count for p in parts) == whole.count and all(p.count > 0 for p in parts)
     assert float((sum(p.mom2 for p in parts) - whole.mom2).norm() / whole.mom2.norm()) < 1e-12

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from betaedit_plugin.hparams import BetaEditHyperParams
-from betaedit_plugin.plumbing.hooks import Trace, hook_count
-from betaedit_plugin.plumbing.keys import KeySweep, compute_ks
-from betaedit_plugin.plumbing.layout import ModelLayout
+from betaedit_plugin.models.hooks import Trace, hook_count
+from betaedit_plugin.compute_ks import KeySweep, compute_ks
+from betaedit_plugin.models.layout import ModelLayout
 from support.reference import reference_compute_z
-from betaedit_plugin.plumbing.templates import generate_context_templates
-from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, subject_token_range
-from betaedit_plugin.plumbing.values import (
+from betaedit_plugin.models.templates import generate_context_templates
+from betaedit_plugin.models.tokens import build_prompt, encode, fact_token_index, subject_token_range
+from betaedit_plugin.compute_z import (
     build_value_problem,
     compute_current_z,
     compute_z,
@@ -156,7 +156,7 @@ REQS3 = REQS + [EditRequest("{}, who works as a", "Ada Lovelace", "plumber", "ma
 def test_batched_values_equal_one_request_at_a_time(tiny, arch, stop_at, monkeypatch):
     """n requests in one optimisation == each alone: same z*, same steps (early stops differ per request;
     a stopped request's rows leave the batch)."""
-    from betaedit_plugin.plumbing.values import FrozenPrefix
+    from betaedit_plugin.compute_z import FrozenPrefix
 
     model, tok = tiny(arch)
     layout = ModelLayout.from_model(model)
@@ -202,7 +202,7 @@ def test_key_sweep_matches_compute_ks_after_each_write(tiny, arch, layers):
 
 
 def test_cached_columns_used_and_same_as_whole_sequence_path(tiny, monkeypatch):
-    import betaedit_plugin.plumbing.values as values
+    import betaedit_plugin.compute_z as values
 
     model, tok = tiny("qwen2")
     layout = ModelLayout.from_model(model)
@@ -214,11 +214,18 @@ def test_cached_columns_used_and_same_as_whole_sequence_path(tiny, monkeypatch):
     cached = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
 
     def unavailable(*args, **kwargs):
-        raise RuntimeError("no cache")
+        raise values.PrefixCacheUnavailable("no per-layer keys/values")
 
     monkeypatch.setattr(values, "run_frozen_prefix_cached", unavailable)
     whole = optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
     torch.testing.assert_close(cached.z, whole.z, rtol=1e-4, atol=1e-5)
+
+    def broken(*args, **kwargs):  # any other error is a bug, not a reason to take the slow path
+        raise IndexError("bug")
+
+    monkeypatch.setattr(values, "run_frozen_prefix_cached", broken)
+    with pytest.raises(IndexError, match="bug"):
+        optimise_value(model, tok, REQS[0], hp, layout, 1, CTX)
 
 
 def test_compute_z_flips_tiny_model_and_leaves_it_unchanged(tiny):

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from betaedit_plugin.hparams import load_hparams
-from betaedit_plugin.plumbing.hooks import Trace, first_tensor, replace_first_tensor
-from betaedit_plugin.plumbing.keys import compute_ks
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.tokens import build_prompt, encode, fact_token_index, pad_batch
-from betaedit_plugin.plumbing.values import compute_current_z, optimise_value, target_token_ids
+from betaedit_plugin.models.hooks import Trace, first_tensor, replace_first_tensor
+from betaedit_plugin.compute_ks import compute_ks
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.models.tokens import build_prompt, encode_pair, fact_token_index, pad_batch
+from betaedit_plugin.compute_z import compute_current_z, optimise_value
 from betaedit_plugin.requests import EditRequest
 
 pytestmark = pytest.mark.slow
@@ -47,8 +47,7 @@ def _cases() -> list[EditRequest]:
 def mean_logprob(model, tok, layout, hp, request, target, z=None, layer=None) -> float:
     """Mean per-token log P(target | prompt), optionally with block ``layer``'s output set to z at the fact token."""
     prompt = build_prompt(request)
-    ids = encode(tok, prompt)
-    tgt = target_token_ids(tok, target)
+    ids, tgt = encode_pair(tok, prompt.text, target)
     idx = fact_token_index(tok, prompt, hp.fact_token, len(ids))
     batch = pad_batch([ids + tgt[:-1]], tok, torch.device("cpu"))
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
+import torch.distributed as dist
 
-from .stats import second_moment_sums, write_second_moments
+from .collect import second_moment_sums, write_second_moments
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ def distributed_second_moments(
     Raises:
         RuntimeError: no process group (launch with torchrun) or a corpus that gave no tokens.
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "distributed_second_moments: no torch.distributed process group; launch with "

@@ -9,12 +9,12 @@ import warnings
 import pytest
 import torch
 
-import betaedit_plugin.plumbing.values as values
+import betaedit_plugin.compute_z as values
 from betaedit_plugin.hparams import BetaEditHyperParams
-from betaedit_plugin.plumbing.kv_cache import cache_kwargs, new_cache, returned_cache
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.templates import generate_context_templates
-from betaedit_plugin.plumbing.values import build_value_problem, optimise_value
+from betaedit_plugin.models.kv_cache import cache_kwargs, new_cache, returned_cache
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.models.templates import generate_context_templates
+from betaedit_plugin.compute_z import build_value_problem, optimise_value
 from betaedit_plugin.requests import EditRequest
 
 ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
@@ -89,7 +89,7 @@ def test_no_deprecation_notice_and_cached_prefix_taken(tiny, arch, monkeypatch, 
 def test_keep_rows_cuts_per_row_arguments_and_leaves_per_column_ones():
     """transformers 4.x passes blocks ``cache_position`` (T,): per column, so dropping rows leaves it as it
     is, also when T equals the number of rows B (the case a cut by first dimension would get wrong)."""
-    from betaedit_plugin.plumbing.values import FrozenPrefix
+    from betaedit_plugin.compute_z import FrozenPrefix
 
     B = T = 3
     positions = torch.arange(10, 10 + T)

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from betaedit_plugin.editor import BetaEditor
-from betaedit_plugin.plumbing.devices import module_device, place_model, stored_weight
-from betaedit_plugin.plumbing.layout import ModelLayout
-from betaedit_plugin.plumbing.stats import layer_second_moments
-from support.editing import LAYERS, REQS, TEMPLATES, hp_for, spd
+from betaedit_plugin.adapters.undo import UndoLog
+from betaedit_plugin.models.devices import module_device, place_model, stored_weight
+from betaedit_plugin.models.layout import ModelLayout
+from betaedit_plugin.covariance import collect, layer_second_moments
+from support.editing import LAYERS, METHOD_NAMES, REQS, TEMPLATES, hp_for, spd
 
 accelerate = pytest.importorskip("accelerate", reason="pip install 'betaedit-plugin[multi-device]'")
 
@@ -62,14 +63,15 @@ def test_the_split_is_real(tiny, tmp_path):
     torch.testing.assert_close(logits(model, tok), before, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", ["BetaEdit", "MEMIT"])
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_edit_on_split_model_equals_edit_on_one_device(tiny, tmp_path, method):
     plain_model, tok = tiny("llama", seed=0)
     split_model, _ = tiny("llama", seed=0)
     split(split_model, tmp_path)
     ref, got = editor(plain_model, tok, method), editor(split_model, tok, method)
+    ref_log, got_log = UndoLog(ref), UndoLog(got)
     for r in REQS[:2]:  # two sequential steps: the second reads weights the first wrote
-        a, b = ref.apply([r]), got.apply([r])
+        a, b = ref_log.apply([r]), got_log.apply([r])
         assert a["step"] == b["step"]
     ref_d, got_d = ref.weight_deltas(), got.weight_deltas()
     for l in LAYERS:
@@ -78,8 +80,8 @@ def test_edit_on_split_model_equals_edit_on_one_device(tiny, tmp_path, method):
         torch.testing.assert_close(got.state.layers[l].hist_cov, ref.state.layers[l].hist_cov, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(logits(split_model, tok), logits(plain_model, tok), rtol=1e-5, atol=1e-5)
     # undo restores the offloaded weights too
-    got.undo()
-    ref.undo()
+    got_log.undo()
+    ref_log.undo()
     torch.testing.assert_close(logits(split_model, tok), logits(plain_model, tok), rtol=1e-5, atol=1e-5)
 
 
@@ -96,8 +98,6 @@ def test_editing_a_disk_offloaded_layer_is_refused(tiny, tmp_path):
 def test_stats_on_split_model_read_the_same_cache(tiny, tmp_path, monkeypatch):
     """C0 of a split model: same numbers and same cache key as on one device (the key hashes the
     real, offloaded weights, not the meta placeholders)."""
-    import betaedit_plugin.plumbing.stats as stats
-
     plain, tok = tiny("llama")
     layout = ModelLayout.from_model(plain)
     kw = dict(corpus="wiki_vital", n_samples=12, max_length=32, batch_size=4, progress=False)
@@ -105,7 +105,7 @@ def test_stats_on_split_model_read_the_same_cache(tiny, tmp_path, monkeypatch):
     model, _ = tiny("llama")
     split(model, tmp_path / "off")
     fresh = layer_second_moments(model, tok, layout, LAYERS, use_cache=False, **kw)
-    monkeypatch.setattr(stats, "_one_pass", lambda *a, **k: pytest.fail("recomputed: cache key differs"))
+    monkeypatch.setattr(collect, "_one_pass", lambda *a, **k: pytest.fail("recomputed: cache key differs"))
     cached = layer_second_moments(model, tok, layout, LAYERS, cache_dir=tmp_path / "c", **kw)
     for l in LAYERS:
         torch.testing.assert_close(fresh[l], ref[l], rtol=1e-10, atol=0)

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from betaedit_plugin.plumbing.hooks import StopForward, Trace, TraceDict, get_module, hook_count
-from betaedit_plugin.plumbing.layout import ARCHITECTURES, ModelLayout
+from betaedit_plugin.models.hooks import BlockRecorder, StopForward, Trace, TraceDict, get_module, hook_count
+from betaedit_plugin.models.layout import ARCHITECTURES, ModelLayout
 
 ARCHS = ("gpt2", "gptj", "llama", "qwen2", "qwen3")
 
@@ -158,3 +158,34 @@ def test_edit_output_replaces_block_output(tiny):
     expected = layout.lm_head(model)(layout.ln_f(model)(torch.zeros(1, ids.shape[1], 32)))
     torch.testing.assert_close(zeroed, expected)
     assert not torch.allclose(base, zeroed)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_block_recorder_replays_blocks_as_the_forward_pass_called_them(tiny, arch):
+    model, tok = tiny(arch)
+    layout = ModelLayout.from_model(model)
+    batch = tok(["The mother tongue of Danielle Darrieux is"], return_tensors="pt")
+    blocks = {b: layout.layer_module(model, b) for b in (1, 2, 3)}
+    with torch.no_grad():
+        with Trace(model, layout.layer_name(3), retain_output=True) as full:
+            model(**batch)
+        with BlockRecorder(blocks, stop=3) as rec:
+            model(**batch)  # stops before block 3 runs
+        assert list(rec.calls) == [1, 2, 3] and hook_count(model) == 0
+        hidden = rec.calls[1].hidden
+        for b in (1, 2, 3):  # blocks 1..3 called again from block 1's input give the pass's output
+            out = rec.calls[b](blocks[b], hidden)
+            hidden = out[0] if isinstance(out, tuple) else out
+    torch.testing.assert_close(hidden, full.output[0] if isinstance(full.output, tuple) else full.output,
+                               rtol=0, atol=0)
+
+
+def test_block_recorder_removes_its_hooks_when_the_pass_fails(tiny):
+    model, _ = tiny("llama")
+    layout = ModelLayout.from_model(model)
+    with pytest.raises(IndexError):
+        with BlockRecorder({1: layout.layer_module(model, 1)}):
+            model(input_ids=torch.tensor([[10**6]]))  # an id past the vocabulary
+    assert hook_count(model) == 0
+    with pytest.raises(ValueError, match="stop=5"):
+        BlockRecorder({1: layout.layer_module(model, 1)}, stop=5)

@@ -20,7 +20,7 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import DeviceError
 from .hooks import get_module
 
-__all__ = ["as_device", "resolve_device", "same_device", "module_device", "input_device", "output_device", "stored_weight", "place_model"]
+__all__ = ["as_device", "resolve_device", "same_device", "check_edit_devices", "module_device", "input_device", "output_device", "stored_weight", "place_model"]
 
 
 def as_device(value: Union[int, str, torch.device]) -> torch.device:
@@ -70,6 +70,24 @@ def same_device(a: torch.device, b: torch.device) -> bool:
         return True
     index = [torch.cuda.current_device() if d.index is None else d.index for d in (a, b)]
     return index[0] == index[1]
+
+
+def check_edit_devices(layer_devices: Mapping[int, torch.device], device: Any, model_parallel: bool) -> None:
+    """On one device (not ``model_parallel``) every edited layer must be on the one ``device`` names.
+
+    Raises:
+        DeviceError: names ``hparams.device``, the layer and where it is, and the fixes.
+    """
+    if model_parallel:  # split across devices: each layer computes where it is
+        return
+    wanted = resolve_device(device, "hparams.device")
+    for l, dev in layer_devices.items():
+        if not same_device(wanted, dev):
+            raise DeviceError(
+                f"hparams.device={device!r}, but the model's layer {l} is on {dev}; move the "
+                f"model there (model.to({str(wanted)!r})), set device to {str(dev)!r}, or set "
+                "model_parallel: true for a model split across devices"
+            )
 
 
 def _hooks(module: nn.Module) -> List[object]:

@@ -16,6 +16,10 @@ Usage::
     with Trace(model, "model.layers.5", edit_output=add):
         logits = model(**batch).logits
 
+``BlockRecorder`` records how a run of transformer blocks is called (the hidden input, the other
+arguments, the keyword arguments) so that they can be called again on new hidden states: what
+`compute_ks` and `compute_z` replay instead of whole forward passes.
+
 Hooks are removed in ``__exit__``, also when the forward pass raises.
 """
 
@@ -23,7 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -75,7 +80,34 @@ def replace_first_tensor(value: Any, new: torch.Tensor) -> Any:
     return (new,) + tuple(value[1:])
 
 
-class Trace:
+class _Hooks:
+    """A ``with`` block holding hooks: ``_register`` adds them, ``close`` removes them (also when
+    registering or the forward pass fails); a `StopForward` ends the block quietly when ``_stops``."""
+
+    def _register(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def _stops(self) -> bool:
+        return bool(self.stop)
+
+    def __enter__(self):
+        try:
+            self._register()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close()
+        return self._stops and exc_type is not None and issubclass(exc_type, StopForward)
+
+
+class Trace(_Hooks):
     """Hook one module for the duration of a ``with`` block.
 
     Args:
@@ -133,13 +165,8 @@ class Trace:
             raise StopForward(self.name)
         return output
 
-    def __enter__(self) -> "Trace":
+    def _register(self) -> None:
         self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self.close()
-        return self.stop and exc_type is not None and issubclass(exc_type, StopForward)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -147,7 +174,66 @@ class Trace:
             self._handle = None
 
 
-class TraceDict(OrderedDict):
+@dataclass
+class BlockCall:
+    """How a block was called: ``hidden`` (its hidden-state input), the other positional ``args``,
+    the other ``kwargs``, and whether the hidden states came as the ``hidden_states`` keyword."""
+
+    hidden: torch.Tensor
+    args: tuple
+    kwargs: dict
+    as_kwarg: bool
+
+    def __call__(self, block: nn.Module, hidden: torch.Tensor) -> Any:
+        """Call ``block`` again as recorded, on ``hidden`` instead."""
+        if self.as_kwarg:
+            return block(hidden_states=hidden, **self.kwargs)
+        return block(hidden, *self.args, **self.kwargs)
+
+
+class BlockRecorder(_Hooks):
+    """Pre-hooks on ``blocks`` ({index: module}) recording each one's first call as a `BlockCall`.
+
+    With ``stop`` (an index in ``blocks``) the forward pass ends before that block runs (its call is
+    recorded); the ``with`` block swallows the `StopForward`. ``calls`` is in call order.
+    """
+
+    def __init__(self, blocks: Mapping[int, nn.Module], stop: Optional[int] = None) -> None:
+        if stop is not None and stop not in blocks:
+            raise ValueError(f"stop={stop}: not one of the recorded blocks {sorted(blocks)}")
+        self.blocks = dict(blocks)
+        self.stop = stop
+        self.calls: Dict[int, BlockCall] = {}
+        self._handles: list = []
+
+    def _hook(self, index: int):
+        def pre_hook(module, args, kwargs):
+            if index not in self.calls:
+                if args:
+                    self.calls[index] = BlockCall(args[0], tuple(args[1:]), dict(kwargs), False)
+                else:
+                    rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+                    self.calls[index] = BlockCall(kwargs["hidden_states"], (), rest, True)
+            if index == self.stop:
+                raise StopForward(f"block {index}")
+
+        return pre_hook
+
+    @property
+    def _stops(self) -> bool:
+        return self.stop is not None
+
+    def _register(self) -> None:
+        for index, block in self.blocks.items():
+            self._handles.append(block.register_forward_pre_hook(self._hook(index), with_kwargs=True))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class TraceDict(_Hooks, OrderedDict):
     """``Trace`` on several modules at once: ``td[name].input`` / ``td[name].output``.
 
     ``stop=True`` stops after the LAST name in ``names`` has run. ``edit_output``
@@ -178,18 +264,9 @@ class TraceDict(OrderedDict):
                 edit_output=edit_output, stop=stop and i == len(names) - 1, clone=clone, detach=detach,
             )
 
-    def __enter__(self) -> "TraceDict":
-        try:
-            for trace in self.values():
-                trace.__enter__()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        self.close()
-        return self.stop and exc_type is not None and issubclass(exc_type, StopForward)
+    def _register(self) -> None:
+        for trace in self.values():
+            trace.__enter__()
 
     def close(self) -> None:
         for trace in self.values():

@@ -1,4 +1,11 @@
-"""Token positions that do not depend on the tokenizer's padding side.
+"""Tokenisation for editing and scoring alike: prompts, targets, fact-token positions, padding.
+
+One encoding of a (prompt, target) pair, `encode_pair`, is what `compute_z` optimises and what
+`betaedit_plugin.eval.scoring` reads, so an edit trains on exactly the tokens its score reads.
+One padding id (`pad_id`), one padding routine (`pad_batch`, `pad_aligned`), one input device
+(`model_device`), one context limit (`context_limit`).
+
+Token positions do not depend on the tokenizer's padding side.
 
 Texts are built as ``context_prefix + prompt_prefix + subject + prompt_suffix``
 so the subject's character span is known exactly; its tokens are the ones
@@ -12,13 +19,15 @@ learned position embeddings see the same positions either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..requests import FACT_TOKENS, EditRequest, fill_subject
+from ..requests import FACT_TOKENS, EditRequest, fill_subject, naming_request
+from .devices import input_device
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,83 @@ def build_prompt(request: EditRequest, context: str = "{}", template: Optional[s
 def encode(tok, prompt: PromptText) -> list[int]:
     """Token ids of ``prompt.text`` (with the tokenizer's special tokens, e.g. a BOS)."""
     return list(tok(prompt.text)["input_ids"])
+
+
+def encode_pair(tok, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of `` target`` after it: (prompt_ids, target_ids).
+
+    The target gets a leading space (the usual "prompt target" join). The joint encoding is used
+    when the prompt's ids are a prefix of it; otherwise the two parts are encoded separately.
+
+    Raises:
+        ValueError: the target encodes to no tokens.
+    """
+    text_target = target if target.startswith(" ") else " " + target
+    prompt_ids = list(tok(prompt)["input_ids"])
+    full = list(tok(prompt + text_target)["input_ids"])
+    if len(full) > len(prompt_ids) and full[: len(prompt_ids)] == prompt_ids:
+        return prompt_ids, full[len(prompt_ids):]
+    target_ids = list(tok(text_target, add_special_tokens=False)["input_ids"])
+    if not target_ids:
+        raise ValueError(f"target={target!r} encodes to no tokens; expected a non-empty target text")
+    return prompt_ids, target_ids
+
+
+def pad_id(tok) -> int:
+    """Padding id: the tokenizer's pad token, else its eos token, else 0 (masked out anyway)."""
+    for value in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def context_limit(model: torch.nn.Module) -> Optional[int]:
+    """Longest sequence the model accepts (``n_positions`` / ``max_position_embeddings``), or None."""
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(model, tok, requests: Sequence[EditRequest], contexts: Sequence[str]) -> None:
+    """Every sequence an edit builds (the prompt in each context template, then target_new) fits the
+    model's context (nothing to check for a model without a limit).
+
+    Raises:
+        RequestError: names the request (index, case_id), the lengths and the limit.
+    """
+    limit = context_limit(model)
+    if limit is None:
+        return
+    for i, r in enumerate(requests):
+        with naming_request(i, r):
+            longest = max((encode_pair(tok, build_prompt(r, c).text, r.target_new) for c in contexts),
+                          key=lambda pair: len(pair[0]) + len(pair[1]))
+            prompt, target = len(longest[0]), len(longest[1])
+            if prompt + target > limit:
+                raise ValueError(
+                    f"the prompt ({prompt} tokens in its longest context template) and target_new ({target} "
+                    f"tokens) take {prompt + target} tokens, more than the model's context of {limit} positions; "
+                    "shorten them or leave the case out"
+                )
+
+
+@contextlib.contextmanager
+def edit_mode(model, tok) -> Iterator[None]:
+    """Eval mode (no dropout) and right padding while editing; both restored afterwards."""
+    was_training = model.training
+    side = getattr(tok, "padding_side", None)
+    model.eval()
+    if side is not None:
+        tok.padding_side = "right"
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        if side is not None:
+            tok.padding_side = side
 
 
 def subject_token_range(tok, prompt: PromptText) -> tuple[int, int]:
@@ -141,9 +227,8 @@ def pad_batch(
     side = padding_side or getattr(tok, "padding_side", "right") or "right"
     if side not in ("left", "right"):
         raise ValueError(f"padding_side={side!r}: expected 'left' or 'right'")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id(tok), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
         cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
@@ -163,8 +248,7 @@ def pad_aligned(seqs: Sequence[Sequence[int]], anchors: Sequence[int], tok, devi
     col = max(anchors)
     left = [col - a for a in anchors]
     width = max(l + len(s) for l, s in zip(left, seqs))
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), width), pad_id(tok), dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, (l, seq) in enumerate(zip(left, seqs)):
         ids[row, l: l + len(seq)] = torch.tensor(list(seq), dtype=torch.long)
@@ -175,7 +259,5 @@ def pad_aligned(seqs: Sequence[Sequence[int]], anchors: Sequence[int], tok, devi
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where the model's inputs must go: the input embedding's device (also when the model is split
-    across devices, see `betaedit_plugin.plumbing.devices`)."""
-    from .devices import input_device
-
+    across devices, see `betaedit_plugin.models.devices`)."""
     return input_device(model)

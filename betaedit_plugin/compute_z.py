@@ -43,14 +43,15 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..requests import EditRequest, as_requests, check_context_templates, naming_request
-from .hooks import StopForward, Trace, first_tensor
-from .kv_cache import cache_kwargs, new_cache
-from .layout import ModelLayout
-from .tokens import PaddedBatch, build_prompt, encode, fact_token_index, model_device, pad_aligned, pad_batch
+from .requests import EditRequest, as_requests, check_context_templates, naming_request
+from .models.hooks import BlockRecorder, Trace, first_tensor
+from .models.kv_cache import cache_kwargs, new_cache
+from .models.layout import ModelLayout
+from .models.tokens import (
+    PaddedBatch, build_prompt, encode, encode_pair, fact_token_index, model_device, pad_aligned, pad_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +118,6 @@ class ZResult:
     steps: int = 0
 
 
-def target_token_ids(tok, target: str) -> list[int]:
-    """Token ids of ``target`` as a continuation (a leading space is added when missing)."""
-    text = target if target.startswith(" ") else " " + target
-    ids = list(tok(text, add_special_tokens=False)["input_ids"])
-    if not ids:
-        raise ValueError(f"target_new={target!r} tokenizes to no tokens; give a non-empty target")
-    return ids
-
-
 def resolve_loss_layer(hparams, layout: ModelLayout, layer: int) -> int:
     loss_layer = hparams.v_loss_layer if hparams.v_loss_layer != -1 else layout.n_layers - 1
     layout.check_layer(loss_layer)
@@ -150,10 +142,9 @@ def build_value_problem(
     t_rows, t_idx, t_ids, t_len = [], [], [], []
     for q, request in enumerate(requests):
         with naming_request(q, request):
-            target = target_token_ids(tok, request.target_new)
             for ctx in templates:
                 prompt = build_prompt(request, ctx)
-                ids = encode(tok, prompt)
+                ids, target = encode_pair(tok, prompt.text, request.target_new)  # what scoring reads
                 row = len(seqs)
                 fact_idx.append(fact_token_index(tok, prompt, fact_token, len(ids)))
                 seqs.append(ids + target[:-1])
@@ -254,35 +245,17 @@ class FrozenPrefix:
         return True
 
 
+class PrefixCacheUnavailable(RuntimeError):
+    """The model cannot run the column-cut prefix (no cache argument, or no per-layer keys/values)."""
+
+
 def _record_block_calls(model, layout, model_kwargs: dict, layer: int, loss_layer: int) -> tuple[torch.Tensor, list]:
     """Forward pass recording block ``layer``'s output and the calls of blocks ``layer+1 .. loss_layer``."""
-    calls: list = []
-    handles = []
-
-    def make_pre_hook(block: nn.Module, is_last: bool):
-        def pre_hook(module, args, kwargs):
-            if args:
-                calls.append((block, tuple(args[1:]), dict(kwargs), False))
-            else:
-                calls.append((block, (), {k: v for k, v in kwargs.items() if k != "hidden_states"}, True))
-            if is_last:
-                raise StopForward(layout.layer_name(loss_layer))
-            return None
-
-        return pre_hook
-
-    try:
-        for b in range(layer + 1, loss_layer + 1):
-            block = layout.layer_module(model, b)
-            handles.append(block.register_forward_pre_hook(make_pre_hook(block, b == loss_layer), with_kwargs=True))
-        with Trace(model, layout.layer_name(layer), retain_output=True, stop=loss_layer == layer) as tr:
-            try:
-                model(**model_kwargs)
-            except StopForward:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    blocks = {b: layout.layer_module(model, b) for b in range(layer + 1, loss_layer + 1)}
+    with BlockRecorder(blocks, stop=loss_layer if blocks else None) as rec, \
+            Trace(model, layout.layer_name(layer), retain_output=True, stop=not blocks) as tr:
+        model(**model_kwargs)
+    calls = [(blocks[b], c.args, c.kwargs, c.as_kwarg) for b, c in rec.calls.items()]
     return first_tensor(tr.output).detach(), calls
 
 
@@ -301,17 +274,21 @@ def run_frozen_prefix_cached(
     so their keys/values are cached once and the steps recompute columns ``start ..`` only.
 
     Raises:
-        RuntimeError: the model's cache does not expose per-layer keys/values.
+        PrefixCacheUnavailable: the model takes no cache, or its cache has no per-layer keys/values.
     """
     cache = new_cache(model)
+    try:
+        cache_arg = cache_kwargs(model, cache)
+    except TypeError as exc:
+        raise PrefixCacheUnavailable(str(exc)) from None
     with Trace(model, layout.layer_name(loss_layer), retain_output=False, stop=True):
         model(
             input_ids=batch.input_ids[:, :start], attention_mask=batch.attention_mask[:, :start],
-            position_ids=batch.position_ids[:, :start], **cache_kwargs(model, cache),
+            position_ids=batch.position_ids[:, :start], **cache_arg,
         )
     layers = getattr(cache, "layers", None)
     if not layers or not all(hasattr(l, "keys") and hasattr(l, "values") for l in layers):
-        raise RuntimeError(f"{type(cache).__name__} exposes no per-layer keys/values")
+        raise PrefixCacheUnavailable(f"{type(cache).__name__} exposes no per-layer keys/values")
     saved = [[l, l.keys, l.values] for l in layers]
 
     def restore() -> None:
@@ -380,7 +357,7 @@ def prepare_frozen_prefix(
                 "compute_z: the cached prefix does not reproduce the forward pass (max diff %.3g); "
                 "using the whole-sequence path", float((got - ref).abs().max()),
             )
-        except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        except PrefixCacheUnavailable as exc:
             logger.warning("compute_z: cached prefix unavailable (%s); using the whole-sequence path", exc)
     return run_frozen_prefix(model, layout, problem.batch, layer, loss_layer)
 

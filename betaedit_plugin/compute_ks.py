@@ -15,14 +15,14 @@ keys and once more, after its weights were written, to give the next layer its i
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
-from ..requests import EditRequest, as_requests, check_context_templates
-from .hooks import StopForward, Trace, first_tensor
-from .layout import ModelLayout
-from .tokens import build_prompt, encode, fact_token_index, model_device, pad_batch
+from .requests import EditRequest, as_requests, check_context_templates
+from .models.hooks import BlockRecorder, Trace, first_tensor
+from .models.layout import ModelLayout
+from .models.tokens import build_prompt, encode, fact_token_index, model_device, pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -102,39 +102,16 @@ class KeySweep:
         self._hidden, self._first_keys = self._record(batch)
 
     @torch.no_grad()
-    def _record(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _record(self, batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         first, last = self.layers[0], self.layers[-1]
-        hidden: dict = {}
-        handles = []
-
-        def make_hook(b: int):
-            def pre_hook(module, args, kwargs):
-                if args:
-                    hidden.setdefault(b, args[0])
-                    self._calls[b] = (tuple(args[1:]), dict(kwargs), False)
-                else:
-                    hidden.setdefault(b, kwargs["hidden_states"])
-                    self._calls[b] = ((), {k: v for k, v in kwargs.items() if k != "hidden_states"}, True)
-                if b == last:
-                    raise StopForward(self.layout.layer_name(b))
-
-            return pre_hook
-
-        try:
-            for b in range(first, last + 1):
-                block = self.layout.layer_module(self.model, b)
-                handles.append(block.register_forward_pre_hook(make_hook(b), with_kwargs=True))
-            with Trace(self.model, self.layout.rewrite_name(first), retain_input=True, retain_output=False) as tr:
-                try:
-                    self.model(**batch.model_kwargs())
-                except StopForward:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
+        blocks = {b: self.layout.layer_module(self.model, b) for b in range(first, last + 1)}
+        with BlockRecorder(blocks, stop=last) as rec, \
+                Trace(self.model, self.layout.rewrite_name(first), retain_input=True, retain_output=False) as tr:
+            self.model(**batch.model_kwargs())
+        self._calls = rec.calls
         if tr.input is None:  # first == last: the pre-hook stopped the pass before the block ran
-            return hidden[first], None
-        return hidden[first], self._pick(tr.input)
+            return rec.calls[first].hidden, None
+        return rec.calls[first].hidden, self._pick(tr.input)
 
     def _pick(self, t: torch.Tensor) -> torch.Tensor:
         """The fact-token rows of ``t`` (B, T, d), indexed on ``t``'s device (each layer's own on a split model)."""
@@ -143,10 +120,9 @@ class KeySweep:
 
     @torch.no_grad()
     def _run_block(self, layer: int, capture_keys: bool):
-        args, kwargs, as_kwarg = self._calls[layer]
         block = self.layout.layer_module(self.model, layer)
         with Trace(self.model, self.layout.rewrite_name(layer), retain_input=capture_keys, retain_output=False) as tr:
-            out = block(hidden_states=self._hidden, **kwargs) if as_kwarg else block(self._hidden, *args, **kwargs)
+            out = self._calls[layer](block, self._hidden)
         return first_tensor(out), (self._pick(tr.input) if capture_keys else None)
 
     def keys(self, layer: int) -> torch.Tensor:
