@@ -280,11 +280,11 @@ def run_experiment(cfg: Any) -> dict:
     with hold_out_dir(cfg["out_dir"]):  # before anything is written; a user error puts out_dir back
         ckpt = check_out_dir(cfg, identity)  # what out_dir holds now that no other run can change it
         remove_stale_temporaries(cfg["out_dir"])
-        return _run_locked(cfg, identity, hparams, requests, ckpt).to_json()
+        return _run_locked(cfg, identity, hparams, requests, ckpt)
 
 
-def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> RunResults:
-    """`run_experiment` after its checks, with ``out_dir`` held."""
+def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
+    """`run_experiment` after its checks, with ``out_dir`` held; returns `RunResults.to_json`."""
     import torch
 
     out_dir = Path(cfg["out_dir"])
@@ -348,7 +348,7 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> RunRes
     _save_outputs(run, final=True)
     if not bank:
         update_comparison(cfg)
-    return results
+    return results.to_json()
 
 
 def _protocol(cfg: Mapping) -> str:
