@@ -25,7 +25,7 @@ from betaedit_plugin.requests import EditRequest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = ROOT / "hparams" / "BetaEdit" / "smollm2-135m.yaml"
 DATA = [
     ROOT / "betaedit_plugin" / "resources" / "counterfact" / "counterfact-edit.json.gz",
