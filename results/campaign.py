@@ -3,6 +3,7 @@
     python results/campaign.py status              # every run: edits journaled of its target, status
     python results/campaign.py command NAME        # the exact command of one run
     python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
+    python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
 
 Every run writes straight into results/<phase>/<name>/ (journal, results.json, metrics.csv, plots,
 run.log); checkpoints and lock files are ignored by git (results/.gitignore). A run continues on
@@ -100,6 +101,25 @@ def main(argv) -> int:
             log = open(out_dir.parent / f"{name}.out", "a")
             proc = subprocess.Popen(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
+        return 0
+    if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
+        unknown = [n for n in argv[1:] if n not in runs()]
+        if unknown:
+            print(f"unknown run(s) {unknown}; `status` lists them")
+            return 2
+        log = open(ROOT / SCREEN / "queue.out", "a")
+        proc = subprocess.Popen([sys.executable, __file__, "_serial", *argv[1:]], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        print(f"queued {len(argv) - 1} run(s) (pid {proc.pid}), log {log.name}")
+        return 0
+    if argv[0] == "_serial":
+        for name in argv[1:]:
+            out_dir = ROOT / runs()[name][0]
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            with open(out_dir.parent / f"{name}.out", "a") as log:
+                print(f"running {name}", flush=True)
+                rc = subprocess.run(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
         return 0
     print(__doc__)
     return 2
