@@ -133,18 +133,25 @@ def test_hooks_removed_after_exception(tiny):
 def test_stop_forward_after_layer(tiny):
     model, tok = tiny("gpt2")
     layout = ModelLayout.from_model(model)
+    ids = _ids(tok)
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    own = hook_count(model)  # transformers keeps the hooks that collect hidden states
     with torch.no_grad(), TraceDict(model, [layout.layer_name(0), layout.layer_name(1)], stop=True) as td:
-        out = model(_ids(tok))
+        out = model(ids)
         pytest.fail("forward pass should have been stopped")  # pragma: no cover
-    assert td[layout.layer_name(1)].output is not None
-    assert hook_count(model) == 0
+    # what was recorded before the stop is the blocks' real output (hidden_states[i + 1] leaves block i)
+    first = td[layout.layer_name(0)].output
+    first = first[0] if isinstance(first, tuple) else first
+    torch.testing.assert_close(first, hidden[1], rtol=0, atol=0)
+    assert hook_count(model) == own
     # StopForward without stop=True propagates
     with pytest.raises(StopForward):
         def stop(out, name):
             raise StopForward(name)
         with Trace(model, layout.layer_name(0), edit_output=stop):
             model(_ids(tok))
-    assert hook_count(model) == 0
+    assert hook_count(model) == own
 
 
 def test_edit_output_replaces_block_output(tiny):
