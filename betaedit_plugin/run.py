@@ -5,6 +5,7 @@
     python -m betaedit_plugin.run method=betaedit hparams.lambda1=1000 hparams.layers=[4,5,6]
     python -m betaedit_plugin.run ... resume=true            # continue from the last checkpoint
     python -m betaedit_plugin.run compare runs/a/memit runs/a/betaedit --out runs/a
+    python -m betaedit_plugin.run screening runs/screen/*/ --out runs/screen   # fixed-target runs side by side
     python -m betaedit_plugin.run bank data=counterfact num_edits=1000     # z* of each record on the unedited model
     python -m betaedit_plugin.run method=memit targets=runs/bank/smollm2-135m_counterfact_n1000 ...  # fixed targets
     python -m betaedit_plugin.run replay results/smollm2-counterfact-n1000/betaedit [--save edited.safetensors]
@@ -44,11 +45,11 @@ from typing import List, Optional, Sequence
 
 from ._suggest import did_you_mean
 from .errors import BetaEditError
-from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment  # noqa: F401  (library entry points)
+from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment, screening  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, omegaconf_error, register_configs, run_config_class
 from .runner.paths import held_out_dir, hold_out_dir
 
-__all__ = ["main", "precheck", "parse_overrides", "job_overrides", "expand_overrides", "run_experiment", "compare",
+__all__ = ["main", "precheck", "parse_overrides", "job_overrides", "expand_overrides", "run_experiment", "compare", "screening",
            "ConfigError", "CONF_DIR"]
 
 #: the job name Hydra gives a run (its log file is <out_dir>/run.log), as ``@hydra.main`` names it from this module
@@ -237,6 +238,24 @@ def _compare_cli(args: Sequence[str]) -> int:
     return 0
 
 
+def _screening_cli(args: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="betaedit-run screening",
+        description="Screening table, choice of settings and figures from fixed-target run out_dirs (a bank among them is left out).")
+    parser.add_argument("out_dirs", nargs="+", help="run directories holding results.json")
+    parser.add_argument("--out", default=None, help="where screening.md and the figures go (default: the first dir's parent)")
+    parser.add_argument("--choose-step", type=int, default=250, help="the evaluation step the choice reads (default 250)")
+    parser.add_argument("--min-efficacy", type=float, default=0.95, help="efficacy a chosen setting keeps (default 0.95)")
+    ns = parser.parse_args(list(args))
+    try:
+        path = screening(ns.out_dirs, ns.out or Path(ns.out_dirs[0]).resolve().parent,
+                         choose_step=ns.choose_step, min_efficacy=ns.min_efficacy)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    print(f"screening written to {path}")
+    return 0
+
+
 def _replay_cli(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="betaedit-run replay",
@@ -348,7 +367,8 @@ def _run_one(overrides: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``betaedit-run`` / ``python -m betaedit_plugin.run``.
 
-    ``compare DIR... [--out DEST]`` builds a comparison from finished runs; ``replay DIR [--save PATH]``
+    ``compare DIR... [--out DEST]`` builds a comparison from finished runs; ``screening DIR...``
+    the screening of fixed-target runs; ``replay DIR [--save PATH]``
     rebuilds a run's edited model from its journal; ``bank <overrides>`` computes a target bank;
     anything else is a Hydra command line (overrides, ``-m`` for a multirun).
     """
@@ -357,6 +377,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _compare_cli(args[1:])
     if args and args[0] == "replay":
         return _replay_cli(args[1:])
+    if args and args[0] == "screening":
+        return _screening_cli(args[1:])
     if args and args[0] == "bank":
         try:
             args = _bank_args(args[1:])

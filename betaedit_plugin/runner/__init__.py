@@ -6,7 +6,7 @@ command line over it (`betaedit_plugin.run`).
 """
 
 from .checkpoint import CheckpointError
-from .compare import compare, update_comparison
+from .compare import compare, screening, update_comparison
 from .config import CONF_DIR, build_hparams, load_requests, run_config_class, validate_config
 from .errors import ConfigError
 from .evaluation import Evaluator, eval_sample
@@ -19,6 +19,7 @@ __all__ = [
     "check_run",
     "check_out_dir",
     "compare",
+    "screening",
     "update_comparison",
     "Evaluator",
     "eval_sample",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["compare", "update_comparison"]
+__all__ = ["compare", "screening", "update_comparison"]
 
 
 def _method_order() -> dict:
@@ -53,3 +53,21 @@ def update_comparison(cfg: Mapping) -> Optional[Path]:
         return None
     dirs = sorted(p for p in root.iterdir() if (p / "results.json").is_file())
     return compare(dirs, root)
+
+
+def screening(out_dirs: Sequence[Any], dest: Any, *, choose_step: int = 250, min_efficacy: float = 0.95) -> Path:
+    """Build ``screening.md`` and the screening figures in ``dest`` from fixed-target runs' out_dirs
+    (named by their directory); a target bank among them (``mode=bank``) is left out.
+
+    Raises:
+        FileNotFoundError: a directory holds no results.json.
+    """
+    from ..eval.report import load_results
+    from ..eval.screening import write_screening
+
+    runs = {}
+    for d in sorted(Path(d) for d in out_dirs):
+        results = load_results(d)
+        if (results.get("config") or {}).get("mode") != "bank":
+            runs[d.name] = results
+    return write_screening(runs, Path(dest), choose_step=choose_step, min_efficacy=min_efficacy)

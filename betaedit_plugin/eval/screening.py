@@ -1,0 +1,230 @@
+"""The screening of update rules on fixed targets: one table, the choice of settings, three figures.
+
+A screening is a set of fixed-target runs (``targets=`` a bank, the runner's results.json each) that
+share records, statistics and evaluation sample and differ in their update rule's settings. This
+module reads them side by side:
+
+- ``screening_rows``: one row per run and evaluation point: the method, the settings the run differs
+  in from the other runs of its method, the metrics, and how much the projector refreshes changed it;
+- ``choose``: each method's setting with the lowest relative leakage among those that keep efficacy
+  at or above a floor at one step (the campaign's rule; results/CAMPAIGN.md);
+- ``write_screening``: ``screening.md`` (the choice, then every row) and the figures: each method's
+  efficacy-leakage front, a sensitivity figure per swept BetaEdit setting (lambda1, tau, lambda2:
+  metrics against the setting, one line per evaluation step), and the refreshes' principal angles.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+from .._fileio import atomic_write, atomic_write_text
+from .report import _fmt
+
+# metrics of a screening row: (key, header, format)
+ROW_METRICS = (
+    ("efficacy", "efficacy", "{:.3f}"),
+    ("generality", "generality", "{:.3f}"),
+    ("specificity", "specificity", "{:.3f}"),
+    ("ppl", "ppl", "{:.2f}"),
+    ("rel_leakage", "rel. leakage", "{:.2e}"),
+    ("perturbation", "‖D‖_F", "{:.2f}"),
+)
+
+
+def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
+    """{method: the hparams keys whose values differ between that method's runs}, sorted."""
+    by_method: Dict[str, List[Mapping]] = {}
+    for results in runs.values():
+        by_method.setdefault(results["method"], []).append(results.get("hparams") or {})
+    swept = {}
+    for method, hps in by_method.items():
+        keys = sorted({k for hp in hps for k in hp})
+        swept[method] = [k for k in keys if len({repr(hp.get(k)) for hp in hps}) > 1]
+    return swept
+
+
+def _refreshes(results: Mapping, up_to: int) -> dict:
+    """Refreshes written by step ``up_to``: their count, the largest principal angle (degrees) over
+    layers and refreshes, and the last one's smallest rank after (over layers)."""
+    angles, ranks, count = [], [], 0
+    for entry in results.get("edits") or []:
+        if entry.get("step", 0) > up_to or not entry.get("refresh"):
+            continue
+        count += 1
+        layers = entry["refresh"].values()
+        angles += [v["max_angle_deg"] for v in layers if isinstance(v.get("max_angle_deg"), (int, float))
+                   and math.isfinite(v["max_angle_deg"])]
+        ranks = [v["rank_after"] for v in layers]
+    return {"refreshes": count, "max_angle_deg": max(angles) if angles else None,
+            "min_rank_after": min(ranks) if ranks else None}
+
+
+def screening_rows(runs: Mapping[str, Mapping]) -> List[dict]:
+    """One row per (run, evaluation point after step 0), in the order of ``runs`` then step.
+
+    Args:
+        runs: run name -> results dict (as in results.json).
+    Returns:
+        dicts with ``run``, ``method``, ``setting`` ({swept key: value}), ``step``, the
+        :data:`ROW_METRICS`, ``sampled`` (cases the point scored) and the refresh summary.
+    """
+    swept = swept_settings(runs)
+    rows = []
+    for name, results in runs.items():
+        method, hp = results["method"], results.get("hparams") or {}
+        setting = {k: hp.get(k) for k in swept.get(method, [])}
+        for point in results.get("evals") or []:
+            if point.get("step", 0) == 0:
+                continue
+            row = {"run": name, "method": method, "setting": setting, "step": point["step"],
+                   "sampled": point.get("n_scored", point.get("sampled"))}
+            row.update({k: point.get(k) for k, _, _ in ROW_METRICS})
+            row.update(_refreshes(results, point["step"]))
+            rows.append(row)
+    return rows
+
+
+def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str, Optional[dict]]:
+    """{method: its row at ``step`` with the lowest relative leakage among those with efficacy >=
+    ``min_efficacy``, or None where no run of the method reached the floor (or the step)}."""
+    chosen: Dict[str, Optional[dict]] = {}
+    for row in rows:
+        chosen.setdefault(row["method"], None)
+        if row["step"] != step or not _number(row.get("efficacy")) or row["efficacy"] < min_efficacy:
+            continue
+        if not _number(row.get("rel_leakage")):
+            continue
+        best = chosen[row["method"]]
+        if best is None or row["rel_leakage"] < best["rel_leakage"]:
+            chosen[row["method"]] = dict(row)
+    return chosen
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _setting_text(setting: Mapping) -> str:
+    return ", ".join(f"{k}={_fmt(v, '{:g}')}" for k, v in setting.items()) or "(default)"
+
+
+def screening_table(rows: Sequence[Mapping]) -> str:
+    """Markdown table of every row, grouped by method, then run, then step."""
+    header = ("| method | setting | edits | " + " | ".join(h for _, h, _ in ROW_METRICS)
+              + " | refreshes | max angle (deg) | min rank after |")
+    lines = [header, "|" + "---|" * (len(ROW_METRICS) + 6)]
+    for row in sorted(rows, key=lambda r: (r["method"], r["run"], r["step"])):
+        cells = [_fmt(row.get(k), f) for k, _, f in ROW_METRICS]
+        lines.append(f"| {row['method']} | {_setting_text(row['setting'])} | {row['step']} | " + " | ".join(cells)
+                     + f" | {row['refreshes']} | {_fmt(row['max_angle_deg'], '{:.3g}')} | {_fmt(row['min_rank_after'], '{}')} |")
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    _plt().close(fig)
+    return path
+
+
+def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional[dict]], path: Path) -> Optional[Path]:
+    """Efficacy against relative leakage at ``step``: one colour per method, one point per setting
+    (labelled), the chosen settings circled. None when no run reached ``step``."""
+    at = [r for r in rows if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))
+          and r["rel_leakage"] > 0]
+    if not at:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, method in enumerate(sorted({r["method"] for r in at})):
+        mine = sorted((r for r in at if r["method"] == method), key=lambda r: r["rel_leakage"])
+        ax.plot([r["rel_leakage"] for r in mine], [r["efficacy"] for r in mine], marker="o", linestyle=":",
+                color=f"C{index}", label=method)
+        for r in mine:
+            ax.annotate(_setting_text(r["setting"]), (r["rel_leakage"], r["efficacy"]), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+        pick = chosen.get(method)
+        if pick is not None and pick["step"] == step:
+            ax.plot([pick["rel_leakage"]], [pick["efficacy"]], marker="o", markersize=12, fillstyle="none",
+                    color=f"C{index}")
+    ax.set_xscale("log")
+    ax.set_xlabel("relative leakage trace(D C0 D^T) / trace(W0 C0 W0^T)")
+    ax.set_ylabel("efficacy")
+    ax.set_title(f"Efficacy-leakage front after {step} fixed-target edits (circled: chosen)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path) -> Optional[Path]:
+    """Metrics of ``method``'s runs against one swept setting ``key`` (the others held at the values
+    most of those runs share), one line per evaluation step. None when fewer than two values."""
+    mine = [r for r in rows if r["method"] == method and key in r["setting"]]
+    others = [k for k in (mine[0]["setting"] if mine else {}) if k != key]
+    for other in others:  # hold every other setting at its most common value among these runs
+        values = [repr(r["setting"][other]) for r in mine]
+        common = max(set(values), key=values.count)
+        mine = [r for r in mine if repr(r["setting"][other]) == common]
+    if len({repr(r["setting"][key]) for r in mine}) < 2:
+        return None
+    plt = _plt()
+    panels = [m for m in ROW_METRICS if m[0] in ("efficacy", "generality", "specificity", "rel_leakage")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    steps = sorted({r["step"] for r in mine})
+    for ax, (metric, header, _) in zip(axes, panels):
+        for index, step in enumerate(steps):
+            pts = sorted((r["setting"][key], r[metric]) for r in mine if r["step"] == step and _number(r.get(metric)))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{index}", label=f"{step} edits")
+        values = [r["setting"][key] for r in mine]
+        if min(values) >= 0 and max(values) > 0 and max(values) / max(min(v for v in values if v > 0), 1e-12) >= 100:
+            ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))  # 0 (the ablation) stays drawable
+        if metric == "rel_leakage":
+            ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_title(header, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    held = ", ".join(f"{k}={_fmt(mine[0]['setting'][k], '{:g}')}" for k in others)
+    fig.suptitle(f"{method}: sensitivity to {key} on fixed targets" + (f" ({held})" if held else ""), fontsize=11)
+    return _save(fig, path)
+
+
+def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int = 250,
+                    min_efficacy: float = 0.95) -> Path:
+    """Write ``screening.md`` and the figures into ``dest``; returns the markdown's path."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = screening_rows(runs)
+    chosen = choose(rows, choose_step, min_efficacy)
+    figures = [plot_front(rows, step, chosen, dest / f"front-{step}.png") for step in sorted({r["step"] for r in rows})]
+    swept = swept_settings(runs)
+    for method, keys in swept.items():
+        figures += [plot_sensitivity(rows, method, key, dest / f"sensitivity-{method}-{key}.png") for key in keys]
+    figures = [f for f in figures if f is not None]
+    lines = ["# Screening on fixed targets", "",
+             f"{len(runs)} runs; each method's settings differ in: "
+             + "; ".join(f"{m}: {', '.join(k) or '(one run)'}" for m, k in sorted(swept.items())) + ".", "",
+             f"## Choice: lowest relative leakage with efficacy >= {min_efficacy:g} after {choose_step} edits", "",
+             "| method | setting | efficacy | rel. leakage |", "|---|---|---|---|"]
+    for method, row in sorted(chosen.items()):
+        if row is None:
+            lines.append(f"| {method} | none reached efficacy {min_efficacy:g} at {choose_step} edits (or the step) | – | – |")
+        else:
+            lines.append(f"| {method} | {_setting_text(row['setting'])} | {_fmt(row['efficacy'], '{:.3f}')} "
+                         f"| {_fmt(row['rel_leakage'], '{:.2e}')} |")
+    lines += ["", "## Every run and evaluation point", "", screening_table(rows), "",
+              "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    path = dest / "screening.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

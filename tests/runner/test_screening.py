@@ -1,0 +1,90 @@
+"""The screening of fixed-target runs: rows equal to the runs' own results, the choice rule, the
+refresh summary, the figures, and the command line (a bank among the directories is left out)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from betaedit_plugin.eval.screening import choose, screening_rows, swept_settings
+from betaedit_plugin.runner import run_experiment, screening
+
+from support.runs import cli
+from test_journal import _cfg  # tests/runner is on sys.path (rootdir conftest, no packages)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    """A 4-record bank and three 4-edit fixed-target runs on it: BetaEdit lambda1 0 and 30 (tau 2, so
+    two refreshes each), AlphaEdit L2 10; evaluated at 2 and 4."""
+    tmp = tmp_path_factory.mktemp("screen")
+    root = tmp / "screen"
+    run_experiment(_cfg(tmp, root / "bank", "mode=bank", "num_edits=4"))
+    runs = {"beta-l1_0": ("method=betaedit", "hparams.lambda1=0", "hparams.tau=2"),
+            "beta-l1_30": ("method=betaedit", "hparams.lambda1=30", "hparams.tau=2"),
+            "alpha-L2_10": ("method=alphaedit", "hparams.L2=10")}
+    results = {}
+    for name, over in runs.items():
+        results[name] = run_experiment(_cfg(tmp, root / name, "num_edits=4", f"targets={root / 'bank'}", *over))
+    return tmp, root, results
+
+
+def test_rows_are_the_runs_own_evaluation_points_with_their_swept_settings(screen):
+    _, _, results = screen
+    assert swept_settings(results) == {"betaedit": ["lambda1"], "alphaedit": []}
+    rows = screening_rows(results)
+    assert [(r["run"], r["step"]) for r in rows] == [(n, s) for n in results for s in (2, 4)]  # step 0 left out
+    for row in rows:
+        point = next(p for p in results[row["run"]]["evals"] if p["step"] == row["step"])
+        for key in ("efficacy", "generality", "specificity", "ppl", "rel_leakage", "perturbation"):
+            assert row[key] == point[key], (row["run"], key)
+    assert {r["run"]: r["setting"] for r in rows} == {"beta-l1_0": {"lambda1": 0.0}, "beta-l1_30": {"lambda1": 30.0},
+                                                      "alpha-L2_10": {}}
+    # the refreshes written by each step, as the run recorded them (tau 2: at steps 2 and 4)
+    for row in rows:
+        refreshes = [e["refresh"] for e in results[row["run"]]["edits"] if e.get("refresh") and e["step"] <= row["step"]]
+        assert row["refreshes"] == len(refreshes) == (row["step"] // 2 if row["method"] == "betaedit" else 0)
+        angles = [v["max_angle_deg"] for r in refreshes for v in r.values()]
+        assert row["max_angle_deg"] == (max(angles) if angles else None)
+        if refreshes:
+            assert row["min_rank_after"] == min(v["rank_after"] for v in refreshes[-1].values())
+
+
+def test_the_choice_is_the_lowest_leakage_that_keeps_the_efficacy_floor(screen):
+    _, _, results = screen
+    rows = screening_rows(results)
+    beta = [r for r in rows if r["method"] == "betaedit" and r["step"] == 4]
+    assert beta[0]["rel_leakage"] != beta[1]["rel_leakage"]  # lambda1 changes what is written
+    low, high = sorted(beta, key=lambda r: r["rel_leakage"])
+    chosen = choose(rows, step=4, min_efficacy=0.0)
+    assert chosen["betaedit"]["run"] == low["run"] and chosen["alphaedit"]["run"] == "alpha-L2_10"
+    # a floor only the leakier run keeps moves the choice to it; one nobody keeps chooses nothing
+    above = choose(rows, 4, low["efficacy"] + 1e-9)["betaedit"]
+    assert (above or {}).get("run") == (high["run"] if high["efficacy"] > low["efficacy"] else None)
+    assert choose(rows, 4, 1.01) == {"betaedit": None, "alphaedit": None}
+    assert choose(rows, 3, 0.0) == {"betaedit": None, "alphaedit": None}  # no run evaluated at step 3
+
+
+def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(screen):
+    tmp, root, results = screen
+    dirs = sorted(str(p) for p in root.iterdir() if p.is_dir())
+    proc = cli(["screening", *dirs, "--out", str(tmp / "pub"), "--choose-step", "4", "--min-efficacy", "0"], cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp / "pub" / "screening.md").read_text()
+    assert md.startswith("# Screening on fixed targets\n\n3 runs;")  # the bank is not a screening run
+    chosen = choose(screening_rows(results), 4, 0.0)["betaedit"]
+    assert f"| betaedit | lambda1={chosen['setting']['lambda1']:g} | {chosen['efficacy']:.3f} | {chosen['rel_leakage']:.2e} |" in md
+    assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 4  # the choice + 2 runs x 2 steps
+    figures = sorted(p.name for p in (tmp / "pub").glob("*.png"))
+    assert figures == ["front-2.png", "front-4.png", "sensitivity-betaedit-lambda1.png"]
+    assert all((tmp / "pub" / f).read_bytes()[:8] == PNG for f in figures)
+    for f in figures:
+        assert f"![{f[:-4]}]({f})" in md
+    # the library entry point reads the same directories to the same table
+    assert screening(dirs, tmp / "lib", choose_step=4, min_efficacy=0.0).read_text() == md
+    bad = cli(["screening", str(tmp / "nowhere")], cwd=tmp)
+    assert bad.returncode == 2 and "results.json" in bad.stderr and "does not exist" in bad.stderr
+    assert json.loads((root / "bank" / "results.json").read_text())["config"]["mode"] == "bank"
