@@ -4,6 +4,7 @@
     python results/campaign.py command NAME        # the exact command of one run
     python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
     python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
+    python results/campaign.py summary             # screening.md + figures from the screening runs so far
 
 Every run writes straight into results/<phase>/<name>/ (journal, results.json, metrics.csv, plots,
 run.log); checkpoints and lock files are ignored by git (results/.gitignore). A run continues on
@@ -101,6 +102,13 @@ def main(argv) -> int:
             log = open(out_dir.parent / f"{name}.out", "a")
             proc = subprocess.Popen(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
+        return 0
+    if argv[0] == "summary":
+        from betaedit_plugin.runner import screening
+
+        dirs = [ROOT / d for name, (d, _) in runs().items()
+                if d.startswith(SCREEN) and name != "bank" and (ROOT / d / "results.json").is_file()]
+        print(f"screening of {len(dirs)} run(s) written to {screening(dirs, ROOT / SCREEN)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
         unknown = [n for n in argv[1:] if n not in runs()]

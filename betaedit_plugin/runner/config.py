@@ -198,6 +198,11 @@ class RunFields:
         "checkpoint (status 'stopped') instead of an error; resume=true continues once they hold it.", default=False,
     )
     journal_chunk: int = _help("Journaled steps per sealed chunk file of out_dir/journal.", default=50)
+    baseline_cache: bool = _help(
+        "Reuse the unedited model's evaluation (locality reference and the step-0 point) from $BETAEDIT_CACHE/baseline "
+        "when a run computed it for the same weights, requests, eval settings and scoring code (runner/baseline.py).",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         _int("num_edits", self.num_edits, 1)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from .baseline import BaselineCache, baseline_key
 
 __all__ = ["Evaluator", "eval_sample"]
 
@@ -37,6 +40,7 @@ class Evaluator:
         locality_ref: the unedited model's argmax tokens on each neighbourhood prompt.
         heldout: token ids for perplexity, or None. mmlu: MMLU records, or None.
         prior_covs, base_weights: {layer: C0}, {layer: W_0} for leakage and perturbation.
+        baseline: the unedited model's cached evaluation (`runner.baseline`), or None.
     """
 
     model: Any
@@ -50,10 +54,13 @@ class Evaluator:
     mmlu: Optional[list]
     prior_covs: Mapping[int, Any]
     base_weights: Mapping[int, Any]
+    baseline: Optional[BaselineCache] = None
 
     @classmethod
-    def build(cls, model, tok, requests: list, cfg: Mapping[str, Any], prior_covs, base_weights) -> "Evaluator":
-        """Score the unedited model's locality answers and load the held-out text and the MMLU probe.
+    def build(cls, model, tok, requests: list, cfg: Mapping[str, Any], prior_covs, base_weights,
+              cache_dir: Optional[Path] = None) -> "Evaluator":
+        """Score the unedited model's locality answers (or read them from the baseline cache in
+        ``cache_dir``) and load the held-out text and the MMLU probe.
 
         Raises:
             ConfigError: ``eval.ppl_tokens`` more than the held-out text has.
@@ -63,14 +70,23 @@ class Evaluator:
         from .errors import ConfigError
 
         ev = cfg["eval"]
-        locality_ref = locality_reference(model, tok, requests, batch_size=ev["batch_size"])
+        baseline = None
+        if cache_dir is not None:
+            baseline = BaselineCache.open(cache_dir, baseline_key(model, requests, ev, cfg["seed"]))
+        if baseline is not None and baseline.locality_ref is not None and len(baseline.locality_ref) == len(requests):
+            locality_ref = baseline.locality_ref
+        else:
+            locality_ref = locality_reference(model, tok, requests, batch_size=ev["batch_size"])
+            if baseline is not None:
+                baseline.locality_ref = locality_ref
+                baseline.save()
         try:
             heldout = heldout_token_ids(tok, ev["ppl_tokens"]) if ev["ppl_tokens"] else None
         except ValueError as exc:
             raise ConfigError.about("eval.ppl_tokens", ev["ppl_tokens"], exc) from None
         mmlu = load_mmlu(ev["mmlu_n"]) if ev["mmlu_n"] else None
         return cls(model, tok, requests, ev, cfg["num_edits"], cfg["seed"], locality_ref, heldout, mmlu,
-                   prior_covs, base_weights)
+                   prior_covs, base_weights, baseline)
 
     def evaluate(self, step: int, weight_deltas: Callable[[], Dict[int, Any]]) -> dict:
         """One evaluation point over all edits so far (before any edit: over all requests to be edited).
@@ -87,6 +103,8 @@ class Evaluator:
 
         ev = self.settings
         t0 = time.perf_counter()
+        if step == 0 and self.baseline is not None and self.baseline.point is not None:
+            return dict(self.baseline.point, eval_s=time.perf_counter() - t0, baseline_cached=True)
         final = step == 0 or step >= self.num_edits
         n_total = len(self.requests)
         idx = eval_sample(step if step > 0 else n_total, ev.get("max_cases"), self.seed, n_total, final)
@@ -106,4 +124,7 @@ class Evaluator:
             point.update(mmlu_accuracy(self.model, self.tok, len(self.mmlu), records=self.mmlu, batch_size=ev["batch_size"]))
         point.update(weight_diagnostics(weight_deltas(), self.prior_covs, self.base_weights))
         point["eval_s"] = time.perf_counter() - t0
+        if step == 0 and self.baseline is not None:
+            self.baseline.point = dict(point)
+            self.baseline.save()
         return point

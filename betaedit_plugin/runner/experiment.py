@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional
 from .._fileio import IntegrityError
 from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
 from .checkpoint import SEALED_FORMAT
+from .baseline import default_baseline_dir
 from .compare import update_comparison
 from .config import validate_config
 from .errors import ConfigError
@@ -91,7 +92,10 @@ def set_up_editing(cfg: Mapping, hparams, requests, *, evaluate: bool, context_t
     with _timed(timing, "statistics_s"):
         prior_covs = stats_for_hparams(model, tok, hparams, layout, progress=progress)
     base_weights = {l: layout.read_weight(model, l) for l in hparams.layers}
-    evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights) if evaluate else None
+    evaluator = None
+    if evaluate:
+        cache_dir = default_baseline_dir() if cfg.get("baseline_cache", True) else None
+        evaluator = Evaluator.build(model, tok, requests, cfg, prior_covs, base_weights, cache_dir=cache_dir)
     editor = BetaEditor(model, tok, hparams, prior_covs=prior_covs, context_templates=context_templates)
     return EditSetup(model, tok, layout, prior_covs, base_weights, editor, evaluator)
 

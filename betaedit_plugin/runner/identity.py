@@ -14,7 +14,7 @@ __all__ = ["RUNTIME_KEYS", "run_identity", "config_hash", "identity_difference"]
 
 #: config keys that do not change a run's results (left out of its identity)
 RUNTIME_KEYS = ("resume", "out_dir", "run_root", "stop_after", "checkpoint_every", "keep_checkpoints", "progress", "hparams_dir",
-                "journal_chunk", "targets_wait")
+                "journal_chunk", "targets_wait", "baseline_cache")
 
 
 def run_identity(cfg: Mapping) -> dict:
