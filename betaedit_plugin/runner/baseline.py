@@ -39,14 +39,14 @@ def default_baseline_dir() -> Path:
     return default_cache_dir() / "baseline"
 
 
-def _scoring_source_digest() -> str:
-    """sha256 of the source of the modules an evaluation point runs (a change there is a new key)."""
+def _scoring_source_digest(caller_source: str) -> str:
+    """sha256 of the source of the modules an evaluation point runs and of the caller's (the
+    evaluation loop): a change there is a new key."""
     from ..eval import capability, metrics, scoring
     from ..models import tokens
-    from . import evaluation
 
-    digest = hashlib.sha256()
-    for module in (capability, metrics, scoring, tokens, evaluation):
+    digest = hashlib.sha256(caller_source.encode("utf-8"))
+    for module in (capability, metrics, scoring, tokens):
         digest.update(inspect.getsource(module).encode("utf-8"))
     return digest.hexdigest()
 
@@ -61,8 +61,9 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def baseline_key(model, requests: Sequence, settings: Mapping[str, Any], seed: int) -> str:
-    """sha256 of everything the unedited model's locality reference and step-0 point depend on."""
+def baseline_key(model, requests: Sequence, settings: Mapping[str, Any], seed: int, caller_source: str = "") -> str:
+    """sha256 of everything the unedited model's locality reference and step-0 point depend on
+    (``caller_source``: the source of the code that evaluates, e.g. its module's)."""
     import dataclasses
 
     device = {str(p.device) for p in model.parameters()}
@@ -74,7 +75,7 @@ def baseline_key(model, requests: Sequence, settings: Mapping[str, Any], seed: i
                                               ensure_ascii=False, default=str).encode("utf-8")).hexdigest(),
         "eval": dict(sorted(settings.items())),
         "seed": seed,
-        "code": _scoring_source_digest(),
+        "code": _scoring_source_digest(caller_source),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 

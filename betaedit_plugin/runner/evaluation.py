@@ -6,6 +6,8 @@ the held-out text, the MMLU probe set) once; `Evaluator.evaluate` scores the edi
 
 from __future__ import annotations
 
+import inspect
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +74,8 @@ class Evaluator:
         ev = cfg["eval"]
         baseline = None
         if cache_dir is not None:
-            baseline = BaselineCache.open(cache_dir, baseline_key(model, requests, ev, cfg["seed"]))
+            source = inspect.getsource(sys.modules[__name__])  # this evaluation loop is part of the key
+            baseline = BaselineCache.open(cache_dir, baseline_key(model, requests, ev, cfg["seed"], source))
         if baseline is not None and baseline.locality_ref is not None and len(baseline.locality_ref) == len(requests):
             locality_ref = baseline.locality_ref
         else:
