@@ -51,9 +51,9 @@ def test_a_second_run_reads_the_baseline_and_gets_the_same_numbers(tmp_path, cac
 
 
 def test_other_eval_settings_requests_or_weights_are_another_key(tmp_path, cache, tiny):
-    run_experiment(_cfg(tmp_path, tmp_path / "a", "method=memit", "num_edits=4"))
-    run_experiment(_cfg(tmp_path, tmp_path / "b", "method=memit", "num_edits=4", "eval.batch_size=3"))
-    run_experiment(_cfg(tmp_path, tmp_path / "c", "method=memit", "num_edits=3"))
+    run_experiment(_cfg(tmp_path, tmp_path / "a", "method=memit", "num_edits=2"))
+    run_experiment(_cfg(tmp_path, tmp_path / "b", "method=memit", "num_edits=2", "eval.batch_size=3"))
+    run_experiment(_cfg(tmp_path, tmp_path / "c", "method=memit", "num_edits=1"))
     assert len(list(cache.glob("*.json"))) == 3
 
     model, _ = tiny("llama")
@@ -68,13 +68,13 @@ def test_other_eval_settings_requests_or_weights_are_another_key(tmp_path, cache
 
 
 def test_a_damaged_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path, cache):
-    first = run_experiment(_cfg(tmp_path, tmp_path / "first", "method=memit"))
+    first = run_experiment(_cfg(tmp_path, tmp_path / "first", "method=memit", "num_edits=2"))
     (path,) = cache.glob("*.json")
     stored = json.loads(path.read_text())
     stored["content"]["point"]["efficacy"] = 0.123  # a changed number, its digest left as it was
     path.write_text(json.dumps(stored))
     with pytest.warns(UserWarning, match=r"ignoring the baseline cache file .*sha256 does not match"):
-        again = run_experiment(_cfg(tmp_path, tmp_path / "again", "method=memit"))
+        again = run_experiment(_cfg(tmp_path, tmp_path / "again", "method=memit", "num_edits=2"))
     assert "baseline_cached" not in again["evals"][0]  # scored again
     assert _metrics(again["evals"][0]) == _metrics(first["evals"][0])
     reread = BaselineCache.open(cache, path.stem)
