@@ -113,8 +113,14 @@ class BaselineCache:
         return cache
 
     def save(self) -> None:
-        """Write what is known (atomically: concurrent runs each write a whole file)."""
+        """Write what is known (atomically: concurrent runs each write a whole file). A cache that
+        cannot be written is a warning: the run goes on without it."""
         content = {"key": self.key, "locality_ref": self.locality_ref, "point": self.point}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.path, json.dumps({"sha256": _content_sha256(content), "content": content}))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({"sha256": _content_sha256(content), "content": content}))
+        except OSError as exc:
+            warnings.warn(f"could not write the baseline cache file {str(self.path)!r} ({type(exc).__name__}: {exc}); "
+                          "the run goes on without it", stacklevel=2)
+            return
         logger.info("baseline evaluation cached in %s", self.path)

@@ -79,3 +79,12 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_and_rewritten(tmp_path, 
     assert _metrics(again["evals"][0]) == _metrics(first["evals"][0])
     reread = BaselineCache.open(cache, path.stem)
     assert reread.point["efficacy"] == first["evals"][0]["efficacy"]  # rewritten whole
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_run_goes_on(tmp_path, cache):
+    cache.parent.mkdir(parents=True)
+    cache.write_text("a file where the baseline folder would be")
+    with pytest.warns(UserWarning, match=r"could not write the baseline cache file .*the run goes on without it"):
+        r = run_experiment(_cfg(tmp_path, tmp_path / "out", "method=memit", "num_edits=2"))
+    assert r["status"] == "complete" and "baseline_cached" not in r["evals"][0]
+    assert cache.read_text() == "a file where the baseline folder would be"
