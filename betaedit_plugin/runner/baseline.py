@@ -31,6 +31,9 @@ __all__ = ["BaselineCache", "baseline_key", "default_baseline_dir"]
 #: bump when what a cached baseline holds changes shape
 FORMAT = 1
 
+#: eval settings that change no step-0 point and no locality reference (left out of the key)
+_NOT_AT_STEP_0 = ("sample_final",)
+
 
 def default_baseline_dir() -> Path:
     """``$BETAEDIT_CACHE/baseline`` (default ``~/.cache/betaedit_plugin/baseline``)."""
@@ -73,7 +76,7 @@ def baseline_key(model, requests: Sequence, settings: Mapping[str, Any], seed: i
         "devices": sorted(device),
         "requests": hashlib.sha256(json.dumps([dataclasses.asdict(r) for r in requests], sort_keys=True,
                                               ensure_ascii=False, default=str).encode("utf-8")).hexdigest(),
-        "eval": dict(sorted(settings.items())),
+        "eval": {k: v for k, v in sorted(settings.items()) if k not in _NOT_AT_STEP_0},
         "seed": seed,
         "code": _scoring_source_digest(caller_source),
     }

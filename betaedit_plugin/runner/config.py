@@ -150,6 +150,10 @@ class EvalConfig:
     ppl_tokens: int = _help("First tokens of WikiText-2 test for perplexity (0: skip).", default=2048)
     ppl_window: int = _help("Tokens per perplexity window.", default=256)
     mmlu_n: int = _help("MMLU probe questions (0: skip); chance is 0.25.", default=40)
+    sample_final: bool = _help(
+        "The final point scores the same sample as the intermediate points (max_cases) instead of every edit: "
+        "for screening runs, whose final point over every edit would cost more than their edits.", default=False,
+    )
 
     def __post_init__(self) -> None:
         _int("eval.max_cases", self.max_cases, 1, allow_none=True)

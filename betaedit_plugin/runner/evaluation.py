@@ -37,7 +37,7 @@ class Evaluator:
     Attributes:
         model, tok: the model being edited.
         requests: every request of the run, in edit order.
-        settings: the run's ``eval`` config (batch_size, max_cases, fluency_*, ppl_*, mmlu_n).
+        settings: the run's ``eval`` config (batch_size, max_cases, fluency_*, ppl_*, mmlu_n, sample_final).
         num_edits, seed: the run's; the final point (step >= num_edits) scores every edit.
         locality_ref: the unedited model's argmax tokens on each neighbourhood prompt.
         heldout: token ids for perplexity, or None. mmlu: MMLU records, or None.
@@ -108,7 +108,7 @@ class Evaluator:
         t0 = time.perf_counter()
         if step == 0 and self.baseline is not None and self.baseline.point is not None:
             return dict(self.baseline.point, eval_s=time.perf_counter() - t0, baseline_cached=True)
-        final = step == 0 or step >= self.num_edits
+        final = step == 0 or (step >= self.num_edits and not ev.get("sample_final"))
         n_total = len(self.requests)
         idx = eval_sample(step if step > 0 else n_total, ev.get("max_cases"), self.seed, n_total, final)
         reqs: List = [self.requests[i] for i in idx]

@@ -24,7 +24,8 @@ def run_identity(cfg: Mapping) -> dict:
 
 #: (group, key) added to the configuration after runs were written, with the value that leaves
 #: results as before: left out of the identity at that value, so existing out_dirs still match
-_ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "targets"): None}
+_ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "targets"): None,
+               ("eval", "sample_final"): False}
 
 
 def _normalised(identity: Mapping) -> dict:
