@@ -29,7 +29,7 @@ SEQ = "results/smollm2-counterfact-n1000"
 
 # the settings every run of a phase shares: records, statistics (the YAMLs' mom2_*), evaluation sample
 _COMMON = ["model=smollm2-135m", "data=counterfact", "num_edits=1000", "progress=false", "resume=true"]
-_SCREEN_EVAL = ["eval_every=250", "eval.max_cases=200", "eval.mmlu_n=0", "eval.fluency_prompts=0",
+_SCREEN_EVAL = ["eval_every=250", "eval.max_cases=200", "eval.sample_final=true", "eval.mmlu_n=0", "eval.fluency_prompts=0",
                 "checkpoint_every=50", f"targets={BANK}", "targets_wait=true"]  # trail the bank while it grows
 _SEQ_EVAL = ["batch_size=1", "eval_every=100", "eval.max_cases=200", "eval.mmlu_n=0", "checkpoint_every=50"]
 
