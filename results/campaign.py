@@ -1,6 +1,6 @@
 """The long-horizon campaign (results/CAMPAIGN.md): its runs, their commands, and how far each got.
 
-    python results/campaign.py status              # every run: edits journaled of its target, status
+    python results/campaign.py status [--md]       # every run: edits journaled of its target, status
     python results/campaign.py command NAME        # the exact command of one run
     python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
     python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
@@ -89,6 +89,18 @@ def progress(out_dir: str, target: int = 1000) -> str:
 
 def main(argv) -> int:
     if not argv or argv[0] == "status":
+        if argv[1:] == ["--md"]:  # the state table of CAMPAIGN.md: runs started so far, their last point
+            print("| run | journaled | status | last point: edits, efficacy, specificity, rel. leakage |\n|---|---|---|---|")
+            for name, (out_dir, _) in runs().items():
+                path = ROOT / out_dir / "results.json"
+                if not path.is_file():
+                    continue
+                r = json.loads(path.read_text())
+                last = (r.get("evals") or [{}])[-1]
+                point = ", ".join(f"{last[k]:.3g}" if isinstance(last.get(k), float) else "–"
+                                  for k in ("efficacy", "specificity", "rel_leakage"))
+                print(f"| {name} | {progress(out_dir).split(' ')[0]} | {r.get('status')} | {last.get('step', '–')}: {point} |")
+            return 0
         for name, (out_dir, _) in runs().items():
             print(f"{name:<40} {progress(out_dir)}")
         return 0
