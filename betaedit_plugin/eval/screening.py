@@ -34,14 +34,22 @@ ROW_METRICS = (
 
 
 def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
-    """{method: the hparams keys whose values differ between that method's runs}, sorted."""
+    """{method: the hparams keys whose values differ between that method's runs, or that a run of it
+    set on its command line (``hparams.X=...``) unless every run of the screening set it alike (a
+    statistics folder, say)}, sorted."""
     by_method: Dict[str, List[Mapping]] = {}
-    for results in runs.values():
-        by_method.setdefault(results["method"], []).append(results.get("hparams") or {})
+    given: Dict[str, set] = {}
+    overrides = {name: {k: repr(v) for k, v in ((r.get("config") or {}).get("hparams") or {}).items() if v is not None}
+                 for name, r in runs.items()}
+    common = set.intersection(*(set(o.items()) for o in overrides.values())) if overrides else set()
+    for name, results in runs.items():
+        method = results["method"]
+        by_method.setdefault(method, []).append(results.get("hparams") or {})
+        given.setdefault(method, set()).update(k for k, v in overrides[name].items() if (k, v) not in common)
     swept = {}
     for method, hps in by_method.items():
         keys = sorted({k for hp in hps for k in hp})
-        swept[method] = [k for k in keys if len({repr(hp.get(k)) for hp in hps}) > 1]
+        swept[method] = [k for k in keys if len({repr(hp.get(k)) for hp in hps}) > 1 or k in given[method]]
     return swept
 
 
@@ -171,6 +179,8 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
     most of those runs share), one line per evaluation step. None when fewer than two values."""
     mine = [r for r in rows if r["method"] == method and key in r["setting"]]
     others = [k for k in (mine[0]["setting"] if mine else {}) if k != key]
+    if len({repr(r["setting"][key]) for r in mine}) < 2:  # a setting given but not varied
+        return None
     for other in others:  # hold every other setting at its most common value among these runs
         values = [repr(r["setting"][other]) for r in mine]
         common = max(set(values), key=values.count)
@@ -213,8 +223,8 @@ def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int
         figures += [plot_sensitivity(rows, method, key, dest / f"sensitivity-{method}-{key}.png") for key in keys]
     figures = [f for f in figures if f is not None]
     lines = ["# Screening on fixed targets", "",
-             f"{len(runs)} runs; each method's settings differ in: "
-             + "; ".join(f"{m}: {', '.join(k) or '(one run)'}" for m, k in sorted(swept.items())) + ".", "",
+             f"{len(runs)} runs; the settings shown (varied between a method's runs, or given on a run's command "
+             "line): " + "; ".join(f"{m}: {', '.join(k) or 'none'}" for m, k in sorted(swept.items())) + ".", "",
              f"## Choice: lowest relative leakage with efficacy >= {min_efficacy:g} after {choose_step} edits", "",
              "| method | setting | efficacy | rel. leakage |", "|---|---|---|---|"]
     for method, row in sorted(chosen.items()):

@@ -34,15 +34,17 @@ def screen(tmp_path_factory):
 
 def test_rows_are_the_runs_own_evaluation_points_with_their_swept_settings(screen):
     _, _, results = screen
-    assert swept_settings(results) == {"betaedit": ["lambda1"], "alphaedit": []}
+    # varied between runs (lambda1), or given on a run's command line though not varied (tau, L2)
+    assert swept_settings(results) == {"betaedit": ["lambda1", "tau"], "alphaedit": ["L2"]}
     rows = screening_rows(results)
     assert [(r["run"], r["step"]) for r in rows] == [(n, s) for n in results for s in (2, 4)]  # step 0 left out
     for row in rows:
         point = next(p for p in results[row["run"]]["evals"] if p["step"] == row["step"])
         for key in ("efficacy", "generality", "specificity", "ppl", "rel_leakage", "perturbation"):
             assert row[key] == point[key], (row["run"], key)
-    assert {r["run"]: r["setting"] for r in rows} == {"beta-l1_0": {"lambda1": 0.0}, "beta-l1_30": {"lambda1": 30.0},
-                                                      "alpha-L2_10": {}}
+    assert {r["run"]: r["setting"] for r in rows} == {"beta-l1_0": {"lambda1": 0.0, "tau": 2},
+                                                      "beta-l1_30": {"lambda1": 30.0, "tau": 2},
+                                                      "alpha-L2_10": {"L2": 10.0}}
     # the refreshes written by each step, as the run recorded them (tau 2: at steps 2 and 4)
     for row in rows:
         refreshes = [e["refresh"] for e in results[row["run"]]["edits"] if e.get("refresh") and e["step"] <= row["step"]]
@@ -76,8 +78,10 @@ def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(s
     md = (tmp / "pub" / "screening.md").read_text()
     assert md.startswith("# Screening on fixed targets\n\n3 runs;")  # the bank is not a screening run
     chosen = choose(screening_rows(results), 4, 0.0)["betaedit"]
-    assert f"| betaedit | lambda1={chosen['setting']['lambda1']:g} | {chosen['efficacy']:.3f} | {chosen['rel_leakage']:.2e} |" in md
+    assert (f"| betaedit | lambda1={chosen['setting']['lambda1']:g}, tau=2 | {chosen['efficacy']:.3f} "
+            f"| {chosen['rel_leakage']:.2e} |") in md
     assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 4  # the choice + 2 runs x 2 steps
+    assert md.count("| alphaedit | L2=10 |") == 1 + 2
     figures = sorted(p.name for p in (tmp / "pub").glob("*.png"))
     assert figures == ["front-2.png", "front-4.png", "sensitivity-betaedit-lambda1.png"]
     assert all((tmp / "pub" / f).read_bytes()[:8] == PNG for f in figures)
