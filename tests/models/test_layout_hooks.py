@@ -183,8 +183,10 @@ def test_block_recorder_replays_blocks_as_the_forward_pass_called_them(tiny, arc
         for b in (1, 2, 3):  # blocks 1..3 called again from block 1's input give the pass's output
             out = rec.calls[b](blocks[b], hidden)
             hidden = out[0] if isinstance(out, tuple) else out
+    # bit-equal on transformers 5; on 4.56 GPT-2's blocks called again differ in the 7th digit (measured
+    # 9e-7 absolute), so float32 round-off is allowed: a wrong input or block order is off by O(1)
     torch.testing.assert_close(hidden, full.output[0] if isinstance(full.output, tuple) else full.output,
-                               rtol=0, atol=0)
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_block_recorder_removes_its_hooks_when_the_pass_fails(tiny):
