@@ -4,6 +4,8 @@
     python results/campaign.py command NAME        # the exact command of one run
     python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
     python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
+        start/queue --stop-after N: each run stops (checkpointed, resumable) after N edits, e.g. a screening
+        run's first evaluation point (250) before the next run of the queue starts
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
 
 Every run writes straight into results/<phase>/<name>/ (journal, results.json, metrics.csv, plots,
@@ -64,9 +66,17 @@ def runs() -> dict:
     return out
 
 
-def command(name: str) -> list:
+def command(name: str, stop_after: int | None = None) -> list:
     out_dir, overrides = runs()[name]
-    return [PY, "-m", "betaedit_plugin.run", *overrides, f"out_dir={out_dir}"]
+    stop = [f"stop_after={stop_after}"] if stop_after else []  # a runtime key: not part of the run's identity
+    return [PY, "-m", "betaedit_plugin.run", *overrides, *stop, f"out_dir={out_dir}"]
+
+
+def _stop_after(args: list) -> tuple:
+    """(N of a leading ``--stop-after N`` or None, the remaining names)."""
+    if args[:1] == ["--stop-after"]:
+        return int(args[1]), args[2:]
+    return None, args
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
@@ -108,11 +118,12 @@ def main(argv) -> int:
         print(" ".join(command(argv[1])))
         return 0
     if argv[0] == "start":
-        for name in argv[1:]:
+        stop, names = _stop_after(argv[1:])
+        for name in names:
             out_dir = ROOT / runs()[name][0]
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(out_dir.parent / f"{name}.out", "a")
-            proc = subprocess.Popen(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command(name, stop), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "summary":
@@ -123,22 +134,24 @@ def main(argv) -> int:
         print(f"screening of {len(dirs)} run(s) written to {screening(dirs, ROOT / SCREEN)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        unknown = [n for n in argv[1:] if n not in runs()]
+        stop, names = _stop_after(argv[1:])
+        unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")
             return 2
         log = open(ROOT / SCREEN / "queue.out", "a")
         proc = subprocess.Popen([sys.executable, __file__, "_serial", *argv[1:]], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        print(f"queued {len(argv) - 1} run(s) (pid {proc.pid}), log {log.name}")
+        print(f"queued {len(names)} run(s) (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "_serial":
-        for name in argv[1:]:
+        stop, names = _stop_after(argv[1:])
+        for name in names:
             out_dir = ROOT / runs()[name][0]
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             with open(out_dir.parent / f"{name}.out", "a") as log:
                 print(f"running {name}", flush=True)
-                rc = subprocess.run(command(name), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                rc = subprocess.run(command(name, stop), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
                 print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
         return 0
     print(__doc__)
