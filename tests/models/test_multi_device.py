@@ -151,6 +151,10 @@ def test_runner_accepts_model_parallel_and_device_map_without_changing_the_run_i
     assert split_cfg["model"]["model_parallel"] is True  # the runner loads it with device_map="auto"
     assert validate_config(_run_cfg(device_map={"": "cpu"}))["model"]["device_map"] == {"": "cpu"}
     assert config_hash(run_identity(plain)) == config_hash(run_identity(split_cfg))  # resumable either way
+    on_gpu = {**plain, "hparams": {**(plain.get("hparams") or {}), "device": "cuda"}}
+    assert config_hash(run_identity(plain)) == config_hash(run_identity(on_gpu))  # journaled on a GPU, resumed here
+    other = {**plain, "hparams": {**(plain.get("hparams") or {}), "lambda1": 3.0}}
+    assert config_hash(run_identity(plain)) != config_hash(run_identity(other))
     with pytest.raises(ConfigError, match=r"model.device_map='everywhere'.*'auto'"):
         validate_config(_run_cfg(device_map="everywhere"))
 
