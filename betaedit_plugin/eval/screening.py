@@ -10,14 +10,18 @@ module reads them side by side:
   at or above a floor at one step (the campaign's rule; results/CAMPAIGN.md);
 - ``write_screening``: ``screening.md`` (the choice, then every row) and the figures: each method's
   efficacy-leakage front, a sensitivity figure per swept BetaEdit setting (lambda1, tau, lambda2:
-  metrics against the setting, one line per evaluation step), and the refreshes' principal angles.
+  metrics against the setting, one line per evaluation step), and the refreshes' principal angles;
+- ``fixed_vs_sequential`` / ``write_fixed_vs_sequential``: how close screening comes to the sequential
+  protocol: each method's sequential run beside the same run on fixed targets (same records, settings
+  and evaluation sample; only z* differs: optimised on the edited model, or read from the bank),
+  metric by metric at every step both evaluated.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._fileio import atomic_write, atomic_write_text
 from .report import _fmt
@@ -238,3 +242,79 @@ def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int
     path = dest / "screening.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+#: the metrics compared between a sequential run and its fixed-target twin
+CLOSENESS_METRICS = tuple(m for m in ROW_METRICS if m[0] in ("efficacy", "generality", "specificity", "ppl",
+                                                             "rel_leakage", "perturbation"))
+
+
+def fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]]) -> List[dict]:
+    """One row per (method, step after 0 that both runs evaluated): ``method``, ``step``, and for each
+    of `CLOSENESS_METRICS` ``<key>`` = (sequential, fixed) (None where a run lacks it).
+
+    Args:
+        pairs: method -> (results of the sequential run, results of the fixed-target run), as in
+            results.json.
+    """
+    rows = []
+    for method, (seq, fixed) in pairs.items():
+        at = {p["step"]: p for p in fixed.get("evals") or []}
+        for point in seq.get("evals") or []:
+            step = point.get("step", 0)
+            if step == 0 or step not in at:
+                continue
+            row = {"method": method, "step": step}
+            row.update({k: (point.get(k), at[step].get(k)) for k, _, _ in CLOSENESS_METRICS})
+            rows.append(row)
+    return rows
+
+
+def _difference(pair) -> Optional[float]:
+    seq, fixed = pair
+    return fixed - seq if _number(seq) and _number(fixed) else None
+
+
+def write_fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]], dest: Path) -> Path:
+    """``fixed-vs-sequential.md`` (every common point: sequential, fixed, fixed - sequential) and
+    ``fixed-vs-sequential.png`` (each metric against edits: sequential solid, fixed dashed) in ``dest``."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = fixed_vs_sequential(pairs)
+    head = " | ".join(f"{h}: seq / fixed / diff" for _, h, _ in CLOSENESS_METRICS)
+    lines = ["# Screening against the sequential protocol", "",
+             "Each method's sequential run beside the same run on the bank's fixed targets (z* computed once on "
+             "the unedited model): same records, settings, statistics and evaluation sample, so the only "
+             "difference is where z* comes from. diff = fixed - sequential.", "",
+             f"| method | edits | {head} |", "|---|---|" + "---|" * len(CLOSENESS_METRICS)]
+    for row in sorted(rows, key=lambda r: (r["method"], r["step"])):
+        cells = [f"{_fmt(row[k][0], f)} / {_fmt(row[k][1], f)} / {_fmt(_difference(row[k]), f)}"
+                 for k, _, f in CLOSENESS_METRICS]
+        lines.append(f"| {row['method']} | {row['step']} | " + " | ".join(cells) + " |")
+    figure = _plot_fixed_vs_sequential(rows, dest / "fixed-vs-sequential.png")
+    if figure is not None:
+        lines += ["", f"![{figure.stem}]({figure.name})"]
+    path = dest / "fixed-vs-sequential.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _plot_fixed_vs_sequential(rows: Sequence[Mapping], path: Path) -> Optional[Path]:
+    if not rows:
+        return None
+    plt = _plt()
+    panels = [m for m in CLOSENESS_METRICS if m[0] in ("efficacy", "specificity", "rel_leakage", "perturbation")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for index, method in enumerate(sorted({r["method"] for r in rows})):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
+        for ax, (metric, header, _) in zip(axes, panels):
+            for which, style in ((0, "-"), (1, "--")):
+                pts = [(r["step"], r[metric][which]) for r in mine if _number(r[metric][which])]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker="o", markersize=3,
+                        color=f"C{index}", label=f"{method} {'fixed' if which else 'sequential'}")
+            ax.set_title(header, fontsize=10)
+            ax.set_xlabel("edits")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Sequential (solid) against fixed targets (dashed)", fontsize=11)
+    return _save(fig, path)

@@ -1,5 +1,6 @@
 """The screening of fixed-target runs: rows equal to the runs' own results, the choice rule, the
-refresh summary, the figures, and the command line (a bank among the directories is left out)."""
+refresh summary, the figures, and the command line (a bank among the directories is left out); a
+sequential run beside its fixed-target twin."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import json
 
 import pytest
 
-from betaedit_plugin.eval.screening import choose, screening_rows, swept_settings
+import torch
+
+from betaedit_plugin.eval.screening import (CLOSENESS_METRICS, choose, fixed_vs_sequential, screening_rows,
+                                            swept_settings, write_fixed_vs_sequential)
+from betaedit_plugin.runner.journal import Journal
 from betaedit_plugin.runner import run_experiment, screening
 
 from support.runs import cli
@@ -92,3 +97,31 @@ def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(s
     bad = cli(["screening", str(tmp / "nowhere")], cwd=tmp)
     assert bad.returncode == 2 and "results.json" in bad.stderr and "does not exist" in bad.stderr
     assert json.loads((root / "bank" / "results.json").read_text())["config"]["mode"] == "bank"
+
+
+def test_a_sequential_run_beside_its_fixed_target_twin(screen):
+    tmp, root, results = screen
+    seq = run_experiment(_cfg(tmp, tmp / "seq-l1_30", "num_edits=4", "method=betaedit", "hparams.lambda1=30",
+                              "hparams.tau=2"))
+    fixed = results["beta-l1_30"]
+    # the first z* is optimised on the unedited model in both; later ones only by the sequential run, on the
+    # model its earlier edits changed: that is the whole difference between the two runs
+    bank, steps = Journal.open(root / "bank").records, Journal.open(tmp / "seq-l1_30").records
+    torch.testing.assert_close(steps[0].z_star, bank[0].z_star)
+    assert not torch.allclose(steps[3].z_star, bank[3].z_star)
+    rows = fixed_vs_sequential({"betaedit": (seq, fixed)})
+    assert [(r["method"], r["step"]) for r in rows] == [("betaedit", 2), ("betaedit", 4)]
+    for row in rows:
+        ours = next(p for p in seq["evals"] if p["step"] == row["step"])
+        theirs = next(p for p in fixed["evals"] if p["step"] == row["step"])
+        assert ours["n_scored"] == theirs["n_scored"]  # the same evaluation sample
+        for key, _, _ in CLOSENESS_METRICS:
+            assert row[key] == (ours[key], theirs[key]), key
+    md = write_fixed_vs_sequential({"betaedit": (seq, fixed)}, tmp / "closeness").read_text()
+    last = rows[-1]
+    eff, leak = last["efficacy"], last["rel_leakage"]
+    assert (f"| betaedit | 4 | {eff[0]:.3f} / {eff[1]:.3f} / {eff[1] - eff[0]:.3f} |") in md
+    assert f"{leak[0]:.2e} / {leak[1]:.2e} / {leak[1] - leak[0]:.2e}" in md
+    assert (tmp / "closeness" / "fixed-vs-sequential.png").read_bytes()[:8] == PNG
+    # a run that never evaluated at the other's steps gives no row
+    assert fixed_vs_sequential({"betaedit": (seq, {"evals": [{"step": 0}, {"step": 3}]})}) == []
