@@ -25,8 +25,9 @@
 #                                       hparams.device=$DEVICE (not part of a run's identity) until they end or
 #                                       SECONDS pass (then interrupted: the journal keeps every finished step), each
 #                                       run's folder (journal, results.json, metrics.csv, run.log; no checkpoints)
-#                                       and its log packed into $OUT/<NAME>.tar.gz; unpack here and `start` them
-#                                       (resume=true replays the journal, checking its fingerprints, and continues)
+#                                       and the runs' logs (gpu-logs/) packed into $OUT/campaign.tar.gz; unpack it
+#                                       here and `start` them (resume=true replays the journal, checking its
+#                                       fingerprints, and continues)
 #
 # Settings (environment): PYTHON (python3), VENV_PY (prepare: .venv/bin/python, for the tokenizer), OUT,
 # DEVICE (cuda), BENCH_ARGS (default: --device $DEVICE --config llama3-8b --random-weights
@@ -177,22 +178,29 @@ campaign() {
     "$PYTHON" -c 'from betaedit_plugin.models.smollm2 import load_smollm2, converted_dir; load_smollm2(); print(converted_dir())' > "$out/converted.txt"
     sha256sum "$(cat "$out/converted.txt")/model.safetensors" | tee -a "$out/converted.txt"
     local name pids=""
+    mkdir -p "$out/logs"
     for name in "$@"; do
         # shellcheck disable=SC2046
         OMP_NUM_THREADS=${THREADS:-4} PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" \
-            $("$PYTHON" results/campaign.py command --device "$device" "$name") > "$out/$name.log" 2>&1 &
+            $("$PYTHON" results/campaign.py command --device "$device" "$name") > "$out/logs/$name.log" 2>&1 &
         pids="$pids $!"
     done
     local status=0 pid
     for pid in $pids; do wait "$pid" || status=$?; done
-    for name in "$@"; do  # the run's folder without checkpoints or lock files, and its log
-        local dir
-        dir=$("$PYTHON" -c 'import sys; sys.path.insert(0, "results"); import campaign; print(campaign.runs()[sys.argv[1]][0])' "$name")
-        tar czf "$out/$name.tar.gz" --exclude=checkpoints --exclude='.betaedit-run.*' -C "$ROOT" "$dir" -C "$out" "$name.log"
-        rm "$out/$name.log"
+    # one archive (at most 8 files come back from such a machine): each run's folder without checkpoints
+    # or lock files, the runs' logs under gpu-logs/, environment.json and the converted model's digest
+    local dirs="" name
+    for name in "$@"; do
+        dirs="$dirs $("$PYTHON" -c 'import sys; sys.path.insert(0, "results"); import campaign; print(campaign.runs()[sys.argv[1]][0])' "$name")"
+        echo "== $name: $(grep -v -e 'it/s]' -e 's/it]' "$out/logs/$name.log" | tail -n 2)"
     done
+    cp "$out/environment.json" "$out/converted.txt" "$out/logs/"
+    # shellcheck disable=SC2086
+    tar czf "$out/campaign.tar.gz" --ignore-failed-read --exclude=checkpoints --exclude='.betaedit-run.*' -C "$ROOT" $dirs \
+        --transform 's,^logs/,gpu-logs/,' -C "$out" logs
+    rm -r "$out/logs" "$out/converted.txt"
     ls -l "$out"
-    echo "campaign runs ended (last exit status $status); unpack each tar.gz at the repository root here"
+    echo "campaign runs ended (last exit status $status); here: tar xzf campaign.tar.gz at the repository root"
 }
 
 case "${1:-}" in
