@@ -59,10 +59,13 @@ def runs() -> dict:
     screening = {}
     for l1 in (0, 1, 3, 10, 30, 100, 300, 1000, 3000):
         screening[f"betaedit-l1_{l1}-l2_10-tau100"] = _screen("betaedit", lambda1=l1, lambda2=10, tau=100)
-    for l1 in (10, 3000):  # tau at a small and at the paper's lambda1 (re-aimed at the best one once known)
+    # tau, lambda2 and the null-space threshold at a small lambda1 and at the chosen one (300, the screening's
+    # choice at 250 edits; first planned at the paper's 3000, whose run without refresh was journaled already)
+    for l1 in (10, 300):
         for tau in (10, 100000):  # 100000 > num_edits: never refreshed
             screening[f"betaedit-l1_{l1}-l2_10-tau{tau}"] = _screen("betaedit", lambda1=l1, lambda2=10, tau=tau)
-    for l1 in (10, 3000):
+    screening["betaedit-l1_3000-l2_10-tau100000"] = _screen("betaedit", lambda1=3000, lambda2=10, tau=100000)
+    for l1 in (10, 300):
         screening[f"betaedit-l1_{l1}-l2_1-tau100"] = _screen("betaedit", lambda1=l1, lambda2=1, tau=100)
     for l2 in (1, 10, 100):
         screening[f"alphaedit-L2_{l2}"] = _screen("alphaedit", L2=l2)
@@ -70,8 +73,8 @@ def runs() -> dict:
         screening[f"memit-w_{w}"] = _screen("memit", mom2_update_weight=w)
     for th in (0.005, 0.05):
         screening[f"alphaedit-L2_10-th_{th}"] = _screen("alphaedit", L2=10, nullspace_threshold=th)
-        screening[f"betaedit-l1_3000-l2_10-tau100-th_{th}"] = _screen("betaedit", lambda1=3000, lambda2=10, tau=100,
-                                                                       nullspace_threshold=th)
+        screening[f"betaedit-l1_300-l2_10-tau100-th_{th}"] = _screen("betaedit", lambda1=300, lambda2=10, tau=100,
+                                                                      nullspace_threshold=th)
     for name, over in screening.items():
         out[name] = (f"{SCREEN}/{name}", [*over, *_COMMON, *_SCREEN_EVAL])
     for method, hp in SEQ_SETTINGS.items():  # the headline: settings chosen from the screening
