@@ -41,6 +41,11 @@ def test_rows_are_the_runs_own_evaluation_points_with_their_swept_settings(scree
     _, _, results = screen
     # varied between runs (lambda1), or given on a run's command line though not varied (tau, L2)
     assert swept_settings(results) == {"betaedit": ["lambda1", "tau"], "alphaedit": ["L2"]}
+    # where a run computed is not a setting, even when runs differ in it
+    elsewhere = {**results["alpha-L2_10"], "hparams": {**results["alpha-L2_10"]["hparams"], "device": "cuda"},
+                 "config": {**results["alpha-L2_10"]["config"],
+                            "hparams": {**results["alpha-L2_10"]["config"]["hparams"], "device": "cuda"}}}
+    assert swept_settings({**results, "alpha-gpu": elsewhere})["alphaedit"] == ["L2"]
     rows = screening_rows(results)
     assert [(r["run"], r["step"]) for r in rows] == [(n, s) for n in results for s in (2, 4)]  # step 0 left out
     for row in rows:
