@@ -161,14 +161,19 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
     if not at:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
+    placed: list = []
     for index, method in enumerate(sorted({r["method"] for r in at})):
         mine = sorted((r for r in at if r["method"] == method), key=lambda r: r["rel_leakage"])
         ax.plot([r["rel_leakage"] for r in mine], [r["efficacy"] for r in mine], marker="o", linestyle=":",
                 color=f"C{index}", label=method)
-        for r in mine:
-            ax.annotate(_setting_text(r["setting"]), (r["rel_leakage"], r["efficacy"]), fontsize=6,
-                        textcoords="offset points", xytext=(3, 3))
+        varied = [k for k in mine[0]["setting"] if len({repr(r["setting"].get(k)) for r in mine}) > 1]
+        for r in mine:  # labelled by what differs between this method's points (the rest is in screening.md)
+            # stacked above the labels already near this point, so that a crowded corner stays readable
+            near = sum(1 for x, y in placed if abs(math.log10(x / r["rel_leakage"])) < 0.12 and abs(y - r["efficacy"]) < 0.03)
+            placed.append((r["rel_leakage"], r["efficacy"]))
+            ax.annotate(_setting_text({k: r["setting"][k] for k in varied}), (r["rel_leakage"], r["efficacy"]),
+                        fontsize=6, color=f"C{index}", textcoords="offset points", xytext=(3, 3 - 7 * near))
         pick = chosen.get(method)
         if pick is not None and pick["step"] == step:
             ax.plot([pick["rel_leakage"]], [pick["efficacy"]], marker="o", markersize=12, fillstyle="none",
