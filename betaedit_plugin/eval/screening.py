@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._fileio import atomic_write, atomic_write_text
+from ..methods.base import PLACEMENT_FIELDS
 from .report import _fmt
 
 # metrics of a screening row: (key, header, format)
@@ -37,14 +38,10 @@ ROW_METRICS = (
 )
 
 
-#: hparams that say where a run computes, not what it writes (a screening run on a GPU is not a setting)
-PLACEMENT_KEYS = frozenset({"device", "model_parallel"})
-
-
 def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
     """{method: the hparams keys whose values differ between that method's runs, or that a run of it
     set on its command line (``hparams.X=...``) unless every run of the screening set it alike (a
-    statistics folder, say)}, sorted; never the `PLACEMENT_KEYS`."""
+    statistics folder, say)}, sorted; never the `PLACEMENT_FIELDS` (a screening run on a GPU is not a setting)."""
     by_method: Dict[str, List[Mapping]] = {}
     given: Dict[str, set] = {}
     overrides = {name: {k: repr(v) for k, v in ((r.get("config") or {}).get("hparams") or {}).items() if v is not None}
@@ -56,7 +53,7 @@ def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
         given.setdefault(method, set()).update(k for k, v in overrides[name].items() if (k, v) not in common)
     swept = {}
     for method, hps in by_method.items():
-        keys = sorted({k for hp in hps for k in hp} - PLACEMENT_KEYS)
+        keys = sorted({k for hp in hps for k in hp} - set(PLACEMENT_FIELDS))
         swept[method] = [k for k in keys if len({repr(hp.get(k)) for hp in hps}) > 1 or k in given[method]]
     return swept
 

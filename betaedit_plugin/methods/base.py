@@ -37,10 +37,15 @@ __all__ = [
     "read_hparams_file",
     "checked_nullspace",
     "EASYEDIT_IGNORED_FIELDS",
+    "PLACEMENT_FIELDS",
 ]
 
 #: Fields of EasyEdit's YAMLs that these methods accept and ignore (with a warning).
 EASYEDIT_IGNORED_FIELDS = ("P_loc", "model_parallel_devices", "fp16")
+
+#: Fields that say where an edit computes, not what it writes: no part of a run's identity or of a
+#: saved state's fingerprint, never a screening's swept setting.
+PLACEMENT_FIELDS = ("device", "model_parallel")
 
 
 def _help(text: str, runner: bool = True, **kw) -> Any:
@@ -257,7 +262,7 @@ class EditHyperParams(HyperParams):
 
     def fingerprint(self) -> dict:
         """Settings that change the editor's state; stored with saved state and compared on load."""
-        skip = {"device", "max_length", "batch_size", "model_parallel", "stats_dir"}
+        skip = {*PLACEMENT_FIELDS, "max_length", "batch_size", "stats_dir"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

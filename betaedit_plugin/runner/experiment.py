@@ -40,7 +40,7 @@ from .config import validate_config
 from .errors import ConfigError
 from .evaluation import Evaluator
 from .identity import config_hash, identity_difference, run_identity
-from .inputs import build_hparams, check_mmlu, data_key, load_requests
+from .inputs import build_hparams, check_mmlu, data_key, hparams_file, load_requests
 from .journal import (Journal, JournalError, StepRecord, TargetSource, compare_fingerprint, request_fields, target_fields,
                       weights_fingerprint)
 from .paths import RUN_LOCK, RUN_PID, check_cache_dirs, check_out_dir_path, hold_out_dir, remove_stale_temporaries  # noqa: F401
@@ -130,14 +130,19 @@ class _Run:
 
 
 # ============================================================================ checks before any work
-def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
+def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True, hparams=None):
     """Verify what ``out_dir`` holds; returns the checkpoint to resume from (or None).
 
     ``verify_files=False`` checks the manifest and identity only (the command line's pre-check).
+    With ``hparams`` (the resolved hyperparameters) and ``resume=true``, the run found there must
+    have begun with the same ones: its identity holds the config's ``hparams.X`` overrides only,
+    not what the YAML said, and a YAML edited since would otherwise go on silently with other
+    settings (a checkpoint refuses that, a replay of the journal would only diverge later).
 
     Raises:
         ConfigError: out_dir is not a directory, a checkpoint or results.json of a run with another
-            config, an unreadable results.json, or a corrupt checkpoint.
+            config, an unreadable results.json, a corrupt checkpoint, or (resuming) a run begun
+            with other resolved hyperparameters.
     """
     out_dir = Path(cfg["out_dir"])
     check_out_dir_path(out_dir)  # a file, a link loop, a dangling link
@@ -153,9 +158,34 @@ def check_out_dir(cfg: Mapping, identity: Mapping, verify_files: bool = True):
             key, theirs, ours = diff
             raise ConfigError(f"holds results of another run ({key}={theirs!r} there, {ours!r} here)", field="out_dir",
                               value=str(out_dir), fix="use another out_dir or delete it", sep=" ")
+        if hparams is not None and cfg["resume"]:
+            _check_resolved_hparams(cfg, previous.get("hparams"), hparams, "results.json")
     if Journal.exists(out_dir):
-        _check_journal(out_dir, identity, cfg)
+        journal = _check_journal(out_dir, identity, cfg)
+        if journal is not None and hparams is not None:
+            _check_resolved_hparams(cfg, journal.header.get("hparams"), hparams, "journal")
     return ckpt if cfg["resume"] else None
+
+
+def _check_resolved_hparams(cfg: Mapping, saved: Any, hparams, where: str) -> None:
+    """The hyperparameters a run in ``cfg["out_dir"]`` began with (``saved``: its results.json's, or its
+    journal header's) against this config's resolved ones, on the settings that change an edit
+    (`EditHyperParams.fingerprint`: not the device, nor the statistics folder). Nothing to compare
+    when ``saved`` is absent (a journal written before headers held them). A target bank edits
+    nothing: only the settings its z* depend on (`target_fields`) count."""
+    if not isinstance(saved, Mapping):
+        return
+    here = target_fields(hparams) if cfg["mode"] == "bank" else hparams.fingerprint()
+    here = json.loads(json.dumps(here, default=str))
+    saved = json.loads(json.dumps({k: saved[k] for k in here if k in saved}, default=str))
+    for key in sorted(here, key=str):
+        if key in saved and saved[key] != here[key]:
+            raise ConfigError(
+                f"holds a run begun with hparams.{key}={saved[key]!r} (its {where}); this configuration resolves it to "
+                f"{here[key]!r} (was {str(hparams_file(cfg))!r} changed since?)", field="out_dir",
+                value=str(cfg["out_dir"]), sep=" ",
+                fix=f"continue it with the YAML it began with (hparams_dir=<a folder with <Alg>/<model>.yaml as it was>, "
+                    f"e.g. from `git show`), or use another out_dir")
 
 
 def _check_journal(out_dir: Path, identity: Mapping, cfg: Mapping) -> Optional[Journal]:
@@ -213,7 +243,7 @@ def check_run(cfg: Any, verify_files: bool = True) -> tuple:
     check_cache_dirs(hparams)
     requests = load_requests(cfg)
     check_mmlu(cfg)
-    ckpt = check_out_dir(cfg, identity, verify_files=verify_files)
+    ckpt = check_out_dir(cfg, identity, verify_files=verify_files, hparams=hparams)
     return cfg, identity, hparams, requests, ckpt
 
 
@@ -282,7 +312,7 @@ def run_experiment(cfg: Any) -> dict:
     """
     cfg, identity, hparams, requests, _ = check_run(cfg, verify_files=False)
     with hold_out_dir(cfg["out_dir"]):  # before anything is written; a user error puts out_dir back
-        ckpt = check_out_dir(cfg, identity)  # what out_dir holds now that no other run can change it
+        ckpt = check_out_dir(cfg, identity, hparams=hparams)  # what out_dir holds now that no other run can change it
         remove_stale_temporaries(cfg["out_dir"])
         return _run_locked(cfg, identity, hparams, requests, ckpt)
 
@@ -336,7 +366,7 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
         run.journal = Journal.create(
             out_dir, kind="bank" if bank else "run", identity=identity, config_hash=config_hash(identity),
             context_templates=editor.context_templates, target_fields=target_fields(hparams),
-            chunk_size=cfg["journal_chunk"],
+            hparams=hparams.fingerprint(), chunk_size=cfg["journal_chunk"],
         )
     elif journal is None:
         logger.warning("%s has no journal (the run started before journals existed): it is not journaled", out_dir)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Mapping, Optional
 
+from ..methods.base import PLACEMENT_FIELDS
+
 __all__ = ["RUNTIME_KEYS", "run_identity", "config_hash", "identity_difference"]
 
 #: config keys that do not change a run's results (left out of its identity)
@@ -29,8 +31,8 @@ _ADDED_KEYS = {("data", "skip_invalid"): False, (None, "mode"): "edit", (None, "
 
 
 def _normalised(identity: Mapping) -> dict:
-    """An identity without the ``hparams`` overrides left at null (they change nothing) or naming the
-    device (a run journaled on a GPU continues on a CPU), so that
+    """An identity without the ``hparams`` overrides left at null (they change nothing) or naming
+    where it computes (`PLACEMENT_FIELDS`: a run journaled on a GPU continues on a CPU), so that
     adding a method (and with it override keys) does not change the identity of existing runs;
     likewise without the `_ADDED_KEYS` at their neutral value."""
     out = dict(identity)
@@ -38,7 +40,7 @@ def _normalised(identity: Mapping) -> dict:
         out["model"] = {k: v for k, v in out["model"].items() if k not in ("model_parallel", "device_map")}
     if isinstance(out.get("hparams"), Mapping):  # nor does the device it computes on (rounding aside:
         # a replay elsewhere checks the journaled weights' fingerprints, `FINGERPRINT_RTOL`)
-        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None and k != "device"}
+        out["hparams"] = {k: v for k, v in out["hparams"].items() if v is not None and k not in PLACEMENT_FIELDS}
     for (group, key), neutral in _ADDED_KEYS.items():
         if group is None:
             if out.get(key, neutral) == neutral:

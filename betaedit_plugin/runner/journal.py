@@ -6,8 +6,8 @@ projector refreshes) is a function of the current weights and z*. A run therefor
 
 * ``header.safetensors``: the run's identity (model, method, hparams, data ...) and its hash,
   the kind (``run``, or ``bank`` for a target bank), the context templates the run used (they
-  are sampled from the model), the settings z* depends on (`TARGET_FIELDS`) and the
-  statistics' cache keys;
+  are sampled from the model), the settings z* depends on (`TARGET_FIELDS`), the resolved
+  hyperparameters that change an edit, and the statistics' cache keys;
 * ``chunk-<first>-<last>.safetensors``: ``chunk_size`` consecutive steps, written once and never
   changed again (a campaign's commits only add files);
 * ``tail.safetensors``: the steps after the last chunk, rewritten (atomically) at every step
@@ -243,8 +243,10 @@ class Journal:
     # ---------------------------------------------------------------- writing
     @classmethod
     def create(cls, out_dir: Path, *, kind: str, identity: Mapping, config_hash: str, context_templates, target_fields: Mapping,
-               stats_keys: Optional[Mapping] = None, chunk_size: int = 50) -> "Journal":
-        """Start a journal in ``<out_dir>/journal`` (its header only)."""
+               stats_keys: Optional[Mapping] = None, hparams: Optional[Mapping] = None, chunk_size: int = 50) -> "Journal":
+        """Start a journal in ``<out_dir>/journal`` (its header only). ``hparams``: the resolved
+        settings that change an edit (`EditHyperParams.fingerprint`), which a resume compares with its
+        own (the identity holds the config's overrides only, not what the YAML said)."""
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r}: expected one of {list(KINDS)}")
         root = Path(out_dir) / JOURNAL_DIR
@@ -253,6 +255,8 @@ class Journal:
             "context_templates": context_templates, "target_fields": dict(target_fields),
             "stats_keys": dict(stats_keys or {}),
         }
+        if hparams is not None:  # (journals written before this have no such field)
+            header["hparams"] = dict(hparams)
         header = json.loads(json.dumps(header, default=str))
         write_tensors(root / HEADER, {}, {k: json.dumps(v) for k, v in header.items()})
         return cls(root, header, [], chunk_size, 0)

@@ -109,6 +109,42 @@ def test_a_corrupt_or_foreign_journal_is_refused_before_the_model_is_loaded(tmp_
         run_experiment(_cfg(tmp_path, out, "resume=true"))
 
 
+def test_resume_refuses_a_run_begun_with_another_yaml_and_continues_with_it(tmp_path, monkeypatch):
+    """The identity holds the config's overrides, not what the YAML said: a YAML edited since a run
+    began is refused on resume (from results.json, or the journal's header alone), naming the
+    field, before the model is loaded and without touching out_dir."""
+    import yaml
+
+    import betaedit_plugin.runner.experiment as experiment
+
+    src = _REPO / "hparams" / "BetaEdit" / "smollm2-135m.yaml"
+    yaml_file = tmp_path / "hp" / "BetaEdit" / "smollm2-135m.yaml"
+    yaml_file.parent.mkdir(parents=True)
+    yaml_file.write_text(src.read_text())
+    out = tmp_path / "out"
+    hp_dir = f"hparams_dir={tmp_path / 'hp'}"
+    run_experiment(_cfg(tmp_path, out, hp_dir, "stop_after=3"))
+    original = yaml.safe_load(src.read_text())
+    yaml_file.write_text(yaml.safe_dump({**original, "lambda2": original["lambda2"] * 2}))
+
+    loaded = []
+    real_load = experiment._load_model
+    monkeypatch.setattr(experiment, "_load_model", lambda *a, **k: loaded.append(1) or real_load(*a, **k))
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=rf"holds a run begun with hparams.lambda2={float(original['lambda2'])!r} \(its "
+                                          rf"results.json\); this configuration resolves it to {float(original['lambda2'] * 2)!r}"):
+        run_experiment(_cfg(tmp_path, out, hp_dir, "resume=true"))
+    shutil.rmtree(out / "checkpoints")
+    (out / "results.json").unlink()  # a journal alone (its header holds the resolved settings)
+    with pytest.raises(ConfigError, match=r"hparams.lambda2=.* \(its journal\).*hparams_dir="):
+        run_experiment(_cfg(tmp_path, out, hp_dir, "resume=true"))
+    assert not loaded and all(p.read_bytes() == b for p, b in files.items() if p.exists())
+
+    yaml_file.write_text(src.read_text())  # the YAML it began with: it goes on
+    resumed = run_experiment(_cfg(tmp_path, out, hp_dir, "resume=true"))
+    assert resumed["status"] == "complete" and resumed["replayed"]["to_step"] == 3 and loaded
+
+
 def test_a_replay_that_diverges_stops_naming_the_step_and_layer(tmp_path):
     out = tmp_path / "out"
     run_experiment(_cfg(tmp_path, out, "stop_after=3"))
