@@ -91,6 +91,29 @@ def comparison_table(runs: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+#: the columns of `common_steps_table`: what a long sequential comparison is read by
+STEP_COLUMNS = ("efficacy", "generality", "specificity", "ppl", "mmlu_acc", "rel_leakage", "perturbation")
+
+
+def common_steps_table(runs: Mapping[str, Mapping]) -> str:
+    """Markdown table of every run at each step all of them evaluated (step 0 included), one row per
+    (step, run): runs in progress compared where they are comparable, not each at its own last point.
+    Empty string when there are fewer than two runs or no such step."""
+    if len(runs) < 2:
+        return ""
+    steps = set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None}
+    if not steps:
+        return ""
+    by_step = {label: {p["step"]: p for p in r.get("evals") or [] if "step" in p} for label, r in runs.items()}
+    present = [c for c in TABLE_COLUMNS if c[0] in STEP_COLUMNS
+               and any(c[0] in points[s] for points in by_step.values() for s in steps)]
+    lines = ["| edits | method | " + " | ".join(h for _, h, _ in present) + " |", "|" + "---|" * (len(present) + 2)]
+    for step in sorted(steps):
+        for label, points in by_step.items():
+            lines.append(f"| {step} | {label} | " + " | ".join(_fmt(points[step].get(k), f) for k, _, f in present) + " |")
+    return "\n".join(lines)
+
+
 def load_results(out_dir: Path) -> dict:
     """``results.json`` of a run directory."""
     path = Path(out_dir) / "results.json"
@@ -106,7 +129,11 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     plots = plot_runs({label: r.get("evals", []) for label, r in runs.items()}, dest)
-    lines = ["# Comparison", "", comparison_table(runs), "", "## Wall time (s)", "",
+    lines = ["# Comparison", "", "At each run's last evaluation point:", "", comparison_table(runs), ""]
+    common = common_steps_table(runs)
+    if common:
+        lines += ["## At the steps every run reached", "", common, ""]
+    lines += ["## Wall time (s)", "",
              "| method | statistics | projector | edits (total) | per edit | evaluation |", "|---|---|---|---|---|---|"]
     for label, r in runs.items():
         t = r.get("timing") or {}
