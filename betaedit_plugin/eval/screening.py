@@ -123,12 +123,17 @@ def _setting_text(setting: Mapping) -> str:
     return ", ".join(f"{k}={_fmt(v, '{:g}')}" for k, v in setting.items()) or "(default)"
 
 
+def _setting_order(setting: Mapping) -> tuple:
+    """Sort key of a setting: its values in order, numbers by value (lambda1 3 before 1000)."""
+    return tuple((0, float(v), "") if _number(v) else (1, 0.0, str(v)) for v in setting.values())
+
+
 def screening_table(rows: Sequence[Mapping]) -> str:
-    """Markdown table of every row, grouped by method, then run, then step."""
+    """Markdown table of every row, grouped by method, then setting (numbers by value), then step."""
     header = ("| method | setting | edits | " + " | ".join(h for _, h, _ in ROW_METRICS)
               + " | refreshes | max angle (deg) | min rank after |")
     lines = [header, "|" + "---|" * (len(ROW_METRICS) + 6)]
-    for row in sorted(rows, key=lambda r: (r["method"], r["run"], r["step"])):
+    for row in sorted(rows, key=lambda r: (r["method"], _setting_order(r["setting"]), r["run"], r["step"])):
         cells = [_fmt(row.get(k), f) for k, _, f in ROW_METRICS]
         lines.append(f"| {row['method']} | {_setting_text(row['setting'])} | {row['step']} | " + " | ".join(cells)
                      + f" | {row['refreshes']} | {_fmt(row['max_angle_deg'], '{:.3g}')} | {_fmt(row['min_rank_after'], '{}')} |")

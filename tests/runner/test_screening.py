@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from betaedit_plugin.eval.screening import (CLOSENESS_METRICS, choose, fixed_vs_sequential, screening_rows,
-                                            swept_settings, write_fixed_vs_sequential)
+                                            screening_table, swept_settings, write_fixed_vs_sequential)
 from betaedit_plugin.runner.journal import Journal
 from betaedit_plugin.runner import run_experiment, screening
 
@@ -78,6 +78,20 @@ def test_the_choice_is_the_lowest_leakage_that_keeps_the_efficacy_floor(screen):
     assert (above or {}).get("run") == (high["run"] if high["efficacy"] > low["efficacy"] else None)
     assert choose(rows, 4, 1.01) == {"betaedit": None, "alphaedit": None}
     assert choose(rows, 3, 0.0) == {"betaedit": None, "alphaedit": None}  # no run evaluated at step 3
+
+
+def test_the_table_orders_settings_by_value_not_by_run_name():
+    def row(run, method, step, **setting):
+        return {"run": run, "method": method, "step": step, "setting": setting, "efficacy": 1.0, "refreshes": 0,
+                "max_angle_deg": None, "min_rank_after": None}
+
+    rows = [row("b-l1_1000", "betaedit", 250, lambda1=1000.0, tau=100), row("b-l1_3", "betaedit", 500, lambda1=3.0, tau=100),
+            row("b-l1_3", "betaedit", 250, lambda1=3.0, tau=100), row("b-l1_300-never", "betaedit", 250, lambda1=300.0, tau=100000),
+            row("b-l1_300", "betaedit", 250, lambda1=300.0, tau=100), row("a-L2_10", "alphaedit", 250, L2=10.0)]
+    order = [line.split("|")[2:4] for line in screening_table(rows).splitlines()[2:]]
+    assert [(s.strip(), int(e)) for s, e in order] == [
+        ("L2=10", 250), ("lambda1=3, tau=100", 250), ("lambda1=3, tau=100", 500), ("lambda1=300, tau=100", 250),
+        ("lambda1=300, tau=100000", 250), ("lambda1=1000, tau=100", 250)]
 
 
 def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(screen):
