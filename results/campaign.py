@@ -114,11 +114,20 @@ def progress(out_dir: str, target: int = 1000) -> str:
         done = Journal.open(path).last_step
     except JournalError as exc:
         return f"journal unreadable: {exc}"
-    status = "?"
+    status, pace = "?", ""
     if (path / "results.json").is_file():
         status = json.loads((path / "results.json").read_text()).get("status", "?")
+        # the newest per-edit log: results.json is written at evaluation points, a checkpoint's (here only) more often
+        newest = max([path / "results.json", *path.glob("checkpoints/step-*/results.json")], key=lambda p: p.stat().st_mtime)
+        results = json.loads(newest.read_text())
+        replayed = (results.get("replayed") or {}).get("to_step", 0)
+        seconds = sorted(e["seconds"] for e in (results.get("edits") or [])[-20:]
+                         if isinstance(e.get("seconds"), float) and e.get("step", 0) > replayed)
+        if seconds and done < target:  # computed (not replayed) edits on the machine that wrote them: a plan, not a benchmark
+            median = seconds[len(seconds) // 2]
+            pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {(target - done) * median / 3600:.1f} h to go"
     alive = (path / ".betaedit-run.pid").is_file()
-    return f"{done}/{target} journaled, results {status}" + (" (pid file present: may be running)" if alive else "")
+    return f"{done}/{target} journaled, results {status}{pace}" + (" (pid file present: may be running)" if alive else "")
 
 
 def main(argv) -> int:
