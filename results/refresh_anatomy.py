@@ -11,6 +11,9 @@ prints, from the state the checkpoint holds (C0, H, t and the projector in use, 
   small change of the matrix can move across it;
 * ``angle``: the largest principal angle between null(C0) and the projector in use, and ``angle, deep``
   the same for C0's directions with eigenvalue below threshold / 2 (deep inside its null space);
+* ``pre-trained keys in null(C0)``, ``... in P``: the share of C0's trace (the pre-trained keys' energy)
+  inside the "null" space, i.e. what the projection lets edits reach of the pre-trained keys; 0 for
+  an exact null space;
 * ``edited keys in null(C0)``, ``... in P``: the share of the edited keys' energy tr(U^T H U) / tr(H)
   in C0's null space and in the projector in use. The refresh protects past edits only as far as
   the second is below the first: the next edits are written within P, so keys left in P are
@@ -34,12 +37,13 @@ from betaedit_plugin.linalg.nullspace import nullspace_split, protected_cov
 from betaedit_plugin.methods.betaedit import largest_principal_angle
 
 COLUMNS = ("layer", "t", "null(C0)", "null(S)", "P in use", "near threshold", "angle", "angle, deep",
-           "edited keys in null(C0)", "edited keys in P", "tr(H/t) / tr(C0)")
+           "pre-trained keys in null(C0)", "pre-trained keys in P", "edited keys in null(C0)", "edited keys in P",
+           "tr(H/t) / tr(C0)")
 
 
-def _share(basis: torch.Tensor, hist: torch.Tensor) -> float:
-    """tr(U^T H U) / tr(H): the share of H's energy inside span(U)."""
-    return float(torch.einsum("ij,ik,kj->", basis, hist, basis) / torch.trace(hist))
+def _share(basis: torch.Tensor, cov: torch.Tensor) -> float:
+    """tr(U^T A U) / tr(A): the share of A's energy inside span(U)."""
+    return float(torch.einsum("ij,ik,kj->", basis, cov, basis) / torch.trace(cov))
 
 
 def anatomy(checkpoint: Path) -> tuple:
@@ -61,6 +65,7 @@ def anatomy(checkpoint: Path) -> tuple:
                 "layer": l, "t": t, "null(C0)": u0.shape[1], "null(S)": us.shape[1], "P in use": in_use.shape[1],
                 "near threshold": int(((eig0 > thr / 2) & (eig0 < 2 * thr)).sum()),
                 "angle": largest_principal_angle(u0, in_use), "angle, deep": largest_principal_angle(deep, in_use),
+                "pre-trained keys in null(C0)": _share(u0, c0), "pre-trained keys in P": _share(in_use, c0),
                 "edited keys in null(C0)": _share(u0, hist), "edited keys in P": _share(in_use, hist),
                 "tr(H/t) / tr(C0)": float(torch.trace(hist) / t / torch.trace(c0)),
             })
@@ -70,7 +75,7 @@ def anatomy(checkpoint: Path) -> tuple:
 def _cell(column: str, v) -> str:
     if column.startswith("angle"):
         return "–" if math.isnan(v) else f"{v:.1f} deg"
-    if column.startswith("edited keys"):
+    if " keys in " in column:
         return f"{v:.3f}"
     if column.startswith("tr("):
         return f"{v:.2f}"

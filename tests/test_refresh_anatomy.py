@@ -56,6 +56,8 @@ def test_refresh_anatomy_of_a_saved_state_matches_float64_references(tiny, tmp_p
         us = _null((h / 4 + hp.lambda1 * c0) / (hp.lambda1 + 1), hp.nullspace_threshold)
         assert (row["null(C0)"], row["null(S)"], row["P in use"]) == (u0.shape[1], us.shape[1], in_use.shape[1])
         assert row["angle"] == pytest.approx(_angle(u0, in_use), abs=1e-6)
+        assert row["pre-trained keys in null(C0)"] == pytest.approx(_share(u0, c0), rel=1e-9)
+        assert row["pre-trained keys in P"] == pytest.approx(_share(in_use, c0), rel=1e-9)
         assert row["edited keys in null(C0)"] == pytest.approx(_share(u0, h), rel=1e-9)
         assert row["edited keys in P"] == pytest.approx(_share(in_use, h), rel=1e-9)
         assert row["tr(H/t) / tr(C0)"] == pytest.approx(np.trace(h) / 4 / np.trace(c0), rel=1e-9)
