@@ -6,6 +6,9 @@
     python results/campaign.py queue NAME [NAME..] # the same, one after another in one background queue
         start/queue --stop-after N: each run stops (checkpointed, resumable) after N edits, e.g. a screening
         run's first evaluation point (250) before the next run of the queue starts
+        queue --rounds N: advance the runs N edits at a time (to the next multiple of N), the one furthest
+        behind first, until every one reached --stop-after (default: its target); e.g. the sequential runs
+        100 edits (one evaluation point) at a time, so that all three move on together
         start/queue --device cuda: compute there (hparams.device; not part of a run's identity, so a
         run journaled on a GPU continues on a CPU and the other way round)
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
@@ -93,14 +96,65 @@ def command(name: str, extra: tuple = ()) -> list:
 
 def options(args: list) -> tuple:
     """(overrides of the leading ``--stop-after N`` / ``--device D`` options, the names after them)."""
-    keys = {"--stop-after": "stop_after", "--device": "hparams.device"}
-    extra = []
+    extra, rounds, names = _options(args)
+    if rounds is not None:
+        raise SystemExit("--rounds is an option of queue (runs in turn), not of start or command")
+    return extra, names
+
+
+def _options(args: list) -> tuple:
+    """(overrides, ``--rounds`` or None, names) of the leading options."""
+    keys = {"--stop-after": "stop_after", "--device": "hparams.device", "--rounds": None}
+    extra, rounds = [], None
     while args[:1] and args[0] in keys:
         if len(args) < 2:
             raise SystemExit(f"{args[0]} needs a value")
-        extra.append(f"{keys[args[0]]}={args[1]}")
+        if args[0] == "--rounds":
+            if not args[1].isdigit() or int(args[1]) < 1:
+                raise SystemExit(f"--rounds {args[1]!r}: expected edits per turn, an int >= 1 (e.g. 100)")
+            rounds = int(args[1])
+        else:
+            extra.append(f"{keys[args[0]]}={args[1]}")
         args = args[2:]
-    return tuple(extra), args
+    return tuple(extra), rounds, args
+
+
+def journaled(out_dir: str) -> int:
+    """Edits in the run's journal (0 before its first)."""
+    from betaedit_plugin.runner.journal import Journal
+
+    path = ROOT / out_dir
+    return Journal.open(path).last_step if Journal.exists(path) else 0
+
+
+def _run_serially(names: list, extra: tuple) -> None:
+    """Each run in turn, in the foreground; its output appended to results/<phase>/<run>.out."""
+    for name in names:
+        out_dir = ROOT / runs()[name][0]
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_dir.parent / f"{name}.out", "a") as log:
+            print(f"running {name} {' '.join(extra)}", flush=True)
+            rc = subprocess.run(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+            print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
+
+
+def _run_in_rounds(names: list, extra: tuple, rounds: int) -> None:
+    """`_run_serially`, ``rounds`` edits at a time, always the run furthest behind next (ties: in the order
+    given), until each reached its limit (``stop_after`` in ``extra``, else num_edits). A run that did not
+    advance in its turn (it failed: see its .out) is left out from then on."""
+    limit = next((int(e.split("=", 1)[1]) for e in extra if e.startswith("stop_after=")), 1000)
+    extra = tuple(e for e in extra if not e.startswith("stop_after="))
+    names = list(names)
+    while True:
+        done = {name: journaled(runs()[name][0]) for name in names}
+        behind = [name for name in names if done[name] < limit]
+        if not behind:
+            return
+        name = min(behind, key=done.get)
+        _run_serially([name], (*extra, f"stop_after={min(limit, (done[name] // rounds + 1) * rounds)}"))
+        if journaled(runs()[name][0]) <= done[name]:
+            print(f"{name} did not advance: left out of the rounds", flush=True)
+            names.remove(name)
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
@@ -179,7 +233,7 @@ def main(argv) -> int:
         print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        extra, names = options(argv[1:])
+        extra, rounds, names = _options(argv[1:])
         unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")
@@ -190,14 +244,11 @@ def main(argv) -> int:
         print(f"queued {len(names)} run(s) (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "_serial":
-        extra, names = options(argv[1:])
-        for name in names:
-            out_dir = ROOT / runs()[name][0]
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            with open(out_dir.parent / f"{name}.out", "a") as log:
-                print(f"running {name}", flush=True)
-                rc = subprocess.run(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-                print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
+        extra, rounds, names = _options(argv[1:])
+        if rounds:
+            _run_in_rounds(names, extra, rounds)
+        else:
+            _run_serially(names, extra)
         return 0
     print(__doc__)
     return 2

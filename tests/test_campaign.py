@@ -1,0 +1,78 @@
+"""results/campaign.py: the runs' command lines and the rounds of `queue --rounds` (which run goes next,
+how far, and when a run is left out), with the runs themselves replaced by a record of the calls."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "results" / "campaign.py"
+
+
+@pytest.fixture
+def campaign():
+    spec = importlib.util.spec_from_file_location("campaign", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_runs(campaign, monkeypatch, done: dict, stuck_at: dict = {}):
+    """journaled() reads ``done``; a run advances to its stop_after unless ``stuck_at`` stops it there."""
+    by_dir = {out_dir: name for name, (out_dir, _) in campaign.runs().items()}
+    calls = []
+
+    def run(names, extra):
+        (name,) = names
+        stop = int(dict(e.split("=", 1) for e in extra)["stop_after"])
+        calls.append((name, stop, extra[:-1]))
+        done[name] = min(stop, stuck_at.get(name, stop))
+
+    monkeypatch.setattr(campaign, "journaled", lambda out_dir: done[by_dir[out_dir]])
+    monkeypatch.setattr(campaign, "_run_serially", run)
+    return calls
+
+
+def test_rounds_move_the_run_furthest_behind_to_the_next_multiple(campaign, monkeypatch):
+    done = {"seq-memit": 331, "seq-alphaedit": 402, "seq-betaedit": 500}
+    calls = _fake_runs(campaign, monkeypatch, done)
+    campaign._run_in_rounds(["seq-betaedit", "seq-alphaedit", "seq-memit"], ("hparams.device=cpu", "stop_after=700"), 100)
+    assert [(n, s) for n, s, _ in calls] == [
+        ("seq-memit", 400), ("seq-memit", 500), ("seq-alphaedit", 500), ("seq-betaedit", 600),
+        ("seq-alphaedit", 600), ("seq-memit", 600), ("seq-betaedit", 700), ("seq-alphaedit", 700), ("seq-memit", 700),
+    ]
+    assert all(extra == ("hparams.device=cpu",) for _, _, extra in calls)  # other options pass through
+    assert done == dict.fromkeys(done, 700)
+
+
+def test_a_run_that_does_not_advance_is_left_out_and_the_others_go_on(campaign, monkeypatch, capsys):
+    done = {"seq-memit": 500, "seq-alphaedit": 500}
+    calls = _fake_runs(campaign, monkeypatch, done, stuck_at={"seq-alphaedit": 600})
+    campaign._run_in_rounds(["seq-alphaedit", "seq-memit"], (), 250)
+    # without stop_after the limit is the target, 1,000 edits
+    assert [(n, s) for n, s, _ in calls] == [("seq-alphaedit", 750), ("seq-memit", 750), ("seq-alphaedit", 750),
+                                            ("seq-memit", 1000)]
+    assert done == {"seq-memit": 1000, "seq-alphaedit": 600}
+    assert "seq-alphaedit did not advance: left out of the rounds" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["start", "--rounds", "100", "seq-memit"], "--rounds is an option of queue"),
+    (["queue", "--rounds", "0", "seq-memit"], "--rounds '0': expected edits per turn, an int >= 1"),
+    (["queue", "--stop-after"], "--stop-after needs a value"),
+])
+def test_bad_options_are_named_before_anything_starts(campaign, monkeypatch, argv, message):
+    monkeypatch.setattr(campaign.subprocess, "Popen", lambda *a, **k: pytest.fail("a run was started"))
+    with pytest.raises(SystemExit, match=message):
+        campaign.main(argv)
+
+
+def test_the_sequential_runs_share_records_and_evaluation_and_differ_in_their_settings(campaign):
+    cmds = {m: campaign.command(f"seq-{m}") for m in campaign.SEQ_SETTINGS}
+    common = set.intersection(*(set(c) for c in cmds.values()))
+    for arg in ("model=smollm2-135m", "data=counterfact", "num_edits=1000", "batch_size=1", "eval_every=100", "resume=true"):
+        assert arg in common
+    assert "hparams.lambda1=300" in cmds["betaedit"] and "hparams.L2=10" in cmds["alphaedit"]
+    assert cmds["memit"][-1] == "out_dir=results/smollm2-counterfact-n1000/memit"
