@@ -32,6 +32,24 @@ def _finite(points: Sequence[Mapping], key: str) -> tuple:
     return xs, ys
 
 
+def _plain_log_formatter(**kwargs):
+    """matplotlib's LogFormatter (which ticks get a label) writing the numbers plainly: 35, 0.06, 1000."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(**kwargs)
+
+
+def plain_log_axis(axis) -> None:
+    """Label a log-scaled matplotlib axis (``ax.xaxis`` / ``ax.yaxis``) with plain numbers: its
+    decades, and within about two decades its minor ticks too (35, 40, 0.06), not 3.5x10^1."""
+    axis.set_major_formatter(_plain_log_formatter())
+    axis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
 def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
     """Draw every figure in :data:`FIGURES` for the runs that have the metric.
 
@@ -72,9 +90,10 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
             ax.axhline(ref, color="grey", linestyle=":", label=f"chance {ref}")
         if log:
             ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("number of edits")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))  # 100s, not 60s
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

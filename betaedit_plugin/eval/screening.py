@@ -26,6 +26,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from .._fileio import atomic_write, atomic_write_text
 from ..methods.base import PLACEMENT_FIELDS
 from .report import _fmt
+from .plots import plain_log_axis
 
 # metrics of a screening row: (key, header, format)
 ROW_METRICS = (
@@ -155,6 +156,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _most_common(values: Sequence):
+    """The value given most often (ties: the first of them given)."""
+    keys = [repr(v) for v in values]
+    return values[max(range(len(values)), key=lambda i: (keys.count(keys[i]), -i))]
+
+
 def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional[dict]], path: Path) -> Optional[Path]:
     """Efficacy against relative leakage at ``step``: one colour per method, one point per setting
     (labelled), the chosen settings circled. None when no run reached ``step``."""
@@ -170,17 +177,20 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
         ax.plot([r["rel_leakage"] for r in mine], [r["efficacy"] for r in mine], marker="o", linestyle=":",
                 color=f"C{index}", label=method)
         varied = [k for k in mine[0]["setting"] if len({repr(r["setting"].get(k)) for r in mine}) > 1]
-        for r in mine:  # labelled by what differs between this method's points (the rest is in screening.md)
+        usual = {k: _most_common([r["setting"].get(k) for r in mine]) for k in varied}
+        for r in mine:  # labelled by where it differs from this method's usual settings (the rest is in screening.md)
+            differs = [k for k in varied if repr(r["setting"].get(k)) != repr(usual[k])] or varied[:1]
             # stacked above the labels already near this point, so that a crowded corner stays readable
             near = sum(1 for x, y in placed if abs(math.log10(x / r["rel_leakage"])) < 0.12 and abs(y - r["efficacy"]) < 0.03)
             placed.append((r["rel_leakage"], r["efficacy"]))
-            ax.annotate(_setting_text({k: r["setting"][k] for k in varied}), (r["rel_leakage"], r["efficacy"]),
+            ax.annotate(_setting_text({k: r["setting"][k] for k in differs}), (r["rel_leakage"], r["efficacy"]),
                         fontsize=6, color=f"C{index}", textcoords="offset points", xytext=(3, 3 - 7 * near))
         pick = chosen.get(method)
         if pick is not None and pick["step"] == step:
             ax.plot([pick["rel_leakage"]], [pick["efficacy"]], marker="o", markersize=12, fillstyle="none",
                     color=f"C{index}")
     ax.set_xscale("log")
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("relative leakage trace(D C0 D^T) / trace(W0 C0 W0^T)")
     ax.set_ylabel("efficacy")
     ax.set_title(f"Efficacy-leakage front after {step} fixed-target edits (circled: chosen)", fontsize=10)
@@ -197,8 +207,7 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
     if len({repr(r["setting"][key]) for r in mine}) < 2:  # a setting given but not varied
         return None
     for other in others:  # hold every other setting at its most common value among these runs
-        values = [repr(r["setting"][other]) for r in mine]
-        common = max(set(values), key=values.count)
+        common = repr(_most_common([r["setting"][other] for r in mine]))
         mine = [r for r in mine if repr(r["setting"][other]) == common]
     if len({repr(r["setting"][key]) for r in mine}) < 2:
         return None
@@ -216,6 +225,7 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
             ax.set_xscale("symlog", linthresh=min(v for v in values if v > 0))  # 0 (the ablation) stays drawable
         if metric == "rel_leakage":
             ax.set_yscale("log")
+            plain_log_axis(ax.yaxis)
         ax.set_xlabel(key)
         ax.set_title(header, fontsize=10)
         ax.grid(alpha=0.3)
