@@ -144,3 +144,20 @@ def test_a_sequential_run_beside_its_fixed_target_twin(screen):
     assert (tmp / "closeness" / "fixed-vs-sequential.png").read_bytes()[:8] == PNG
     # a run that never evaluated at the other's steps gives no row
     assert fixed_vs_sequential({"betaedit": (seq, {"evals": [{"step": 0}, {"step": 3}]})}) == []
+
+
+def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(monkeypatch, tmp_path):
+    from betaedit_plugin.eval import screening as scr
+
+    def row(method, eff, leak, **setting):
+        return {"run": "r", "method": method, "step": 250, "setting": setting, "efficacy": eff, "rel_leakage": leak}
+
+    rows = [row("betaedit", 0.97, 0.10, lambda1=0.0, tau=100, th=0.02), row("betaedit", 0.95, 0.05, lambda1=300.0, tau=100, th=0.02),
+            row("betaedit", 0.86, 0.02, lambda1=3000.0, tau=100, th=0.02), row("betaedit", 0.95, 0.05, lambda1=300.0, tau=10, th=0.02),
+            row("betaedit", 0.32, 0.004, lambda1=300.0, tau=100, th=0.005), row("memit", 0.97, 0.05, w=1000.0)]
+    drawn = {}
+    monkeypatch.setattr(scr, "_save", lambda fig, path: drawn.setdefault("texts", [t.get_text() for t in fig.axes[0].texts]))
+    scr.plot_front(rows, 250, {}, tmp_path / "front.png")
+    # the usual BetaEdit point (all settings at their most common values) is named by its first swept
+    # setting; a method with one point has nothing swept
+    assert sorted(drawn["texts"]) == sorted(["lambda1=0", "lambda1=300", "lambda1=3000", "tau=10", "th=0.005", "(default)"])
