@@ -76,3 +76,10 @@ def test_the_sequential_runs_share_records_and_evaluation_and_differ_in_their_se
         assert arg in common
     assert "hparams.lambda1=300" in cmds["betaedit"] and "hparams.L2=10" in cmds["alphaedit"]
     assert cmds["memit"][-1] == "out_dir=results/smollm2-counterfact-n1000/memit"
+
+
+def test_a_sequential_variant_differs_from_its_headline_run_only_in_its_setting_and_folder(campaign):
+    head, variant = campaign.command("seq-betaedit"), campaign.command("seq-betaedit-l1_1000")
+    assert sorted(set(head) ^ set(variant)) == sorted([
+        "hparams.lambda1=300", "hparams.lambda1=1000", "out_dir=results/smollm2-counterfact-n1000/betaedit",
+        "out_dir=results/smollm2-counterfact-n1000/betaedit-l1_1000"])
