@@ -105,27 +105,32 @@ def command(name: str, extra: tuple = ()) -> list:
 
 def options(args: list) -> tuple:
     """(overrides of the leading ``--stop-after N`` / ``--device D`` options, the names after them)."""
-    extra, rounds, names = _options(args)
+    extra, stop_after, rounds, names = _options(args)
     if rounds is not None:
         raise SystemExit("--rounds is an option of queue (runs in turn), not of start or command")
-    return extra, names
+    return _with_stop(extra, stop_after), names
+
+
+def _with_stop(extra: tuple, stop_after) -> tuple:
+    return (*extra, f"stop_after={stop_after}") if stop_after is not None else extra
 
 
 def _options(args: list) -> tuple:
-    """(overrides, ``--rounds`` or None, names) of the leading options."""
-    keys = {"--stop-after": "stop_after", "--device": "hparams.device", "--rounds": None}
-    extra, rounds = [], None
-    while args[:1] and args[0] in keys:
+    """(overrides other than stop_after, ``--stop-after`` or None, ``--rounds`` or None, names)."""
+    extra, stop_after, rounds = [], None, None
+    while args[:1] and args[0] in ("--stop-after", "--device", "--rounds"):
         if len(args) < 2:
             raise SystemExit(f"{args[0]} needs a value")
-        if args[0] == "--rounds":
-            if not args[1].isdigit() or int(args[1]) < 1:
-                raise SystemExit(f"--rounds {args[1]!r}: expected edits per turn, an int >= 1 (e.g. 100)")
-            rounds = int(args[1])
+        if args[0] == "--device":
+            extra.append(f"hparams.device={args[1]}")
+        elif args[0] == "--stop-after":
+            stop_after = args[1]  # checked by the run's config (stop_after)
+        elif not args[1].isdigit() or int(args[1]) < 1:
+            raise SystemExit(f"--rounds {args[1]!r}: expected edits per turn, an int >= 1 (e.g. 100)")
         else:
-            extra.append(f"{keys[args[0]]}={args[1]}")
+            rounds = int(args[1])
         args = args[2:]
-    return tuple(extra), rounds, args
+    return tuple(extra), stop_after, rounds, args
 
 
 def journaled(out_dir: str) -> int:
@@ -147,12 +152,10 @@ def _run_serially(names: list, extra: tuple) -> None:
             print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
 
 
-def _run_in_rounds(names: list, extra: tuple, rounds: int) -> None:
+def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: int = 1000) -> None:
     """`_run_serially`, ``rounds`` edits at a time, always the run furthest behind next (ties: in the order
-    given), until each reached its limit (``stop_after`` in ``extra``, else num_edits). A run that did not
-    advance in its turn (it failed: see its .out) is left out from then on."""
-    limit = next((int(e.split("=", 1)[1]) for e in extra if e.startswith("stop_after=")), 1000)
-    extra = tuple(e for e in extra if not e.startswith("stop_after="))
+    given), until each reached ``limit`` edits (``--stop-after``; default num_edits). A run that did not advance in its turn (it failed: see
+    its .out) is left out from then on."""
     names = list(names)
     while True:
         done = {name: journaled(runs()[name][0]) for name in names}
@@ -174,7 +177,7 @@ def progress(out_dir: str, target: int = 1000) -> str:
     if not Journal.exists(path):
         return "not started"
     try:
-        done = Journal.open(path).last_step
+        done = journaled(out_dir)
     except JournalError as exc:
         return f"journal unreadable: {exc}"
     status, pace = "?", ""
@@ -242,7 +245,7 @@ def main(argv) -> int:
         print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        extra, rounds, names = _options(argv[1:])
+        names = _options(argv[1:])[-1]  # a bad option fails here, not in the detached process
         unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")
@@ -253,11 +256,11 @@ def main(argv) -> int:
         print(f"queued {len(names)} run(s) (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "_serial":
-        extra, rounds, names = _options(argv[1:])
+        extra, stop_after, rounds, names = _options(argv[1:])
         if rounds:
-            _run_in_rounds(names, extra, rounds)
+            _run_in_rounds(names, extra, rounds, *([int(stop_after)] if stop_after is not None else []))
         else:
-            _run_serially(names, extra)
+            _run_serially(names, _with_stop(extra, stop_after))
         return 0
     print(__doc__)
     return 2

@@ -19,22 +19,21 @@ prints, from the state the checkpoint holds (C0, H, t and the projector in use, 
   the second is below the first: the next edits are written within P, so keys left in P are
   overwritten by later edits (apart from what the H term of the normal matrix holds back).
 
-Reads only the checkpoint (`editor_state.safetensors`); nothing is computed on a model.
+Reads only the checkpoint (`editor_state.safetensors`, its digests checked); nothing is computed on a model.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from betaedit_plugin.linalg.nullspace import nullspace_split, protected_cov
 from betaedit_plugin.methods.betaedit import largest_principal_angle
+from betaedit_plugin.state import load_state_file
 
 COLUMNS = ("layer", "t", "null(C0)", "null(S)", "P in use", "near threshold", "angle", "angle, deep",
            "pre-trained keys in null(C0)", "pre-trained keys in P", "edited keys in null(C0)", "edited keys in P",
@@ -48,28 +47,24 @@ def _share(basis: torch.Tensor, cov: torch.Tensor) -> float:
 
 def anatomy(checkpoint: Path) -> tuple:
     """(meta, rows): the run's settings and one row (dict over `COLUMNS`) per edited layer."""
-    with safe_open(str(checkpoint / "editor_state.safetensors"), "pt") as f:
-        meta = f.metadata()
-        hp = json.loads(meta["fingerprint"])["hparams"]
-        t = int(meta["step"])
-        layers = sorted({int(k.split(".")[1]) for k in f.keys()})
-        rows = []
-        for l in layers:
-            c0, hist = f.get_tensor(f"layers.{l}.prior_cov"), f.get_tensor(f"layers.{l}.hist_cov")
-            in_use = f.get_tensor(f"layers.{l}.solver.basis")
-            thr = float(hp["nullspace_threshold"])
-            u0, eig0 = nullspace_split(c0, thr)
-            us, _ = nullspace_split(protected_cov(hist, t, c0, float(hp["lambda1"])), thr)
-            deep = u0[:, eig0[eig0 < thr] < thr / 2]
-            rows.append({
-                "layer": l, "t": t, "null(C0)": u0.shape[1], "null(S)": us.shape[1], "P in use": in_use.shape[1],
-                "near threshold": int(((eig0 > thr / 2) & (eig0 < 2 * thr)).sum()),
-                "angle": largest_principal_angle(u0, in_use), "angle, deep": largest_principal_angle(deep, in_use),
-                "pre-trained keys in null(C0)": _share(u0, c0), "pre-trained keys in P": _share(in_use, c0),
-                "edited keys in null(C0)": _share(u0, hist), "edited keys in P": _share(in_use, hist),
-                "tr(H/t) / tr(C0)": float(torch.trace(hist) / t / torch.trace(c0)),
-            })
-    return {"method": json.loads(meta["method"]), "step": t, "last_refresh": meta.get("last_refresh"), "hparams": hp}, rows
+    tensors, meta = load_state_file(checkpoint / "editor_state.safetensors")  # digests checked
+    hp, t = meta["fingerprint"]["hparams"], meta["step"]
+    thr = float(hp["nullspace_threshold"])
+    rows = []
+    for l in sorted({int(k.split(".")[1]) for k in tensors}):
+        c0, hist, in_use = (tensors[f"layers.{l}.{name}"] for name in ("prior_cov", "hist_cov", "solver.basis"))
+        u0, eig0 = nullspace_split(c0, thr)
+        us, _ = nullspace_split(protected_cov(hist, t, c0, float(hp["lambda1"])), thr)
+        deep = u0[:, eig0[eig0 < thr] < thr / 2]
+        rows.append({
+            "layer": l, "t": t, "null(C0)": u0.shape[1], "null(S)": us.shape[1], "P in use": in_use.shape[1],
+            "near threshold": int(((eig0 > thr / 2) & (eig0 < 2 * thr)).sum()),
+            "angle": largest_principal_angle(u0, in_use), "angle, deep": largest_principal_angle(deep, in_use),
+            "pre-trained keys in null(C0)": _share(u0, c0), "pre-trained keys in P": _share(in_use, c0),
+            "edited keys in null(C0)": _share(u0, hist), "edited keys in P": _share(in_use, hist),
+            "tr(H/t) / tr(C0)": float(torch.trace(hist) / t / torch.trace(c0)),
+        })
+    return {"method": meta["method"], "step": t, "last_refresh": meta.get("last_refresh"), "hparams": hp}, rows
 
 
 def _cell(column: str, v) -> str:

@@ -3,20 +3,14 @@ how far, and when a run is left out), with the runs themselves replaced by a rec
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "results" / "campaign.py"
+from support.runs import results_script
 
 
 @pytest.fixture
 def campaign():
-    spec = importlib.util.spec_from_file_location("campaign", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return results_script("campaign")
 
 
 def _fake_runs(campaign, monkeypatch, done: dict, stuck_at: dict = {}):
@@ -38,7 +32,7 @@ def _fake_runs(campaign, monkeypatch, done: dict, stuck_at: dict = {}):
 def test_rounds_move_the_run_furthest_behind_to_the_next_multiple(campaign, monkeypatch):
     done = {"seq-memit": 331, "seq-alphaedit": 402, "seq-betaedit": 500}
     calls = _fake_runs(campaign, monkeypatch, done)
-    campaign._run_in_rounds(["seq-betaedit", "seq-alphaedit", "seq-memit"], ("hparams.device=cpu", "stop_after=700"), 100)
+    campaign._run_in_rounds(["seq-betaedit", "seq-alphaedit", "seq-memit"], ("hparams.device=cpu",), 100, 700)
     assert [(n, s) for n, s, _ in calls] == [
         ("seq-memit", 400), ("seq-memit", 500), ("seq-alphaedit", 500), ("seq-betaedit", 600),
         ("seq-alphaedit", 600), ("seq-memit", 600), ("seq-betaedit", 700), ("seq-alphaedit", 700), ("seq-memit", 700),

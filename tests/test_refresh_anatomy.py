@@ -3,23 +3,13 @@ against float64 numpy references on a tiny model's real edits."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from support.editing import LAYERS, REQS, make_editor
-
-_SCRIPT = Path(__file__).resolve().parents[1] / "results" / "refresh_anatomy.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("refresh_anatomy", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from support.runs import results_script
 
 
 def _null(cov: np.ndarray, thr: float) -> np.ndarray:
@@ -38,7 +28,7 @@ def _share(u: np.ndarray, h: np.ndarray) -> float:
 
 
 def test_refresh_anatomy_of_a_saved_state_matches_float64_references(tiny, tmp_path):
-    ra = _load()
+    ra = results_script("refresh_anatomy")
     ed = make_editor(tiny, "BetaEdit", tau=3)
     for r in REQS[:4]:  # a refresh at step 3, one edit after it
         ed.apply([r])
@@ -72,5 +62,5 @@ def test_refresh_anatomy_of_a_saved_state_matches_float64_references(tiny, tmp_p
 
 def test_a_folder_without_an_editor_state_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _load().main([str(tmp_path)])
+        results_script("refresh_anatomy").main([str(tmp_path)])
     assert f"checkpoint={str(tmp_path)!r} holds no editor_state.safetensors" in capsys.readouterr().err

@@ -45,3 +45,13 @@ def write_cases(path: Path, edit: Optional[dict] = None, json_lines: bool = Fals
     text = "".join(json.dumps(r) + "\n" for r in records) if json_lines else json.dumps(records)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def results_script(name: str):
+    """A fresh import of ``results/<name>.py`` (the campaign's scripts are files, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "results" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
