@@ -29,6 +29,11 @@ the holder's pid named) having written and removed nothing there. A user error f
 runs (one that needs the model: an empty null space, a prompt longer than the model's context
 ...) is reported the same way, and the job's ``out_dir`` is put back as it was when the hold was
 taken: Hydra's log file and the directories made for it are removed.
+
+A SIGINT (Ctrl-C) or SIGTERM stops a run after the edit in progress, journaled and checkpointed; a
+second one stops it at once (`betaedit_plugin.runner.stopping`). Either way the command line says
+in one line where the run stopped and exits with status 128 + the signal's number (130, 143);
+``resume=true`` continues it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -48,6 +54,7 @@ from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment, screening  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, omegaconf_error, register_configs, run_config_class
 from .runner.paths import held_out_dir, hold_out_dir
+from .runner.stopping import run_state, signal_name, terminate_as_interrupt
 
 __all__ = ["main", "precheck", "parse_overrides", "job_overrides", "expand_overrides", "run_experiment", "compare", "screening",
            "ConfigError", "CONF_DIR"]
@@ -360,18 +367,42 @@ def _run_one(overrides: Sequence[str]) -> int:
         except ConfigError as exc:
             hold.close()
             _fail(str(exc))
-        _launch(app, cfg)
+        try:
+            with terminate_as_interrupt():
+                _launch(app, cfg)
+        except KeyboardInterrupt as exc:
+            hold.close()  # out_dir released before the message says it can be resumed
+            return _interrupted(exc, str(cfg.out_dir))
     return 0
 
 
+def _interrupted(exc: KeyboardInterrupt, out_dir: Optional[str] = None) -> int:
+    """One line on stderr for a run a signal stopped (where it stopped, how to go on); its exit status."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    step = getattr(exc, "step", None)
+    out_dir = getattr(exc, "out_dir", None) or out_dir
+    how = f"stopped after edit {step}" if step is not None else "interrupted"
+    state = f": {run_state(out_dir)}" if out_dir is not None else ""
+    sys.stderr.write(f"betaedit-run: {how} by {signal_name(signum)}{state}; the same command with resume=true continues it\n")
+    return 128 + int(signum)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``betaedit-run`` / ``python -m betaedit_plugin.run``.
+    """Entry point of ``betaedit-run`` / ``python -m betaedit_plugin.run``; returns the exit status.
 
     ``compare DIR... [--out DEST]`` builds a comparison from finished runs; ``screening DIR...``
     the screening of fixed-target runs; ``replay DIR [--save PATH]``
     rebuilds a run's edited model from its journal; ``bank <overrides>`` computes a target bank;
-    anything else is a Hydra command line (overrides, ``-m`` for a multirun).
+    anything else is a Hydra command line (overrides, ``-m`` for a multirun). A signal that stops
+    a run: one line and status 128 + its number (`_interrupted`).
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # a multirun's job, a replay, or before a run held its out_dir
+        return _interrupted(exc)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "compare":
         return _compare_cli(args[1:])
@@ -406,4 +437,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,8 @@
         100 edits (one evaluation point) at a time, so that all three move on together
         start/queue --device cuda: compute there (hparams.device; not part of a run's identity, so a
         run journaled on a GPU continues on a CPU and the other way round)
+    python results/campaign.py stop [--timeout S]  # the end of a stretch: every live run and queue stops after
+        the edit in progress (journaled, checkpointed, results.json written); waits for them (default 900 s)
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
     python results/campaign.py closeness           # fixed-vs-sequential.md + .png: seq-<m> beside fixed-<m>
 
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,9 +145,27 @@ def journaled(out_dir: str) -> int:
     return Journal.open(path).last_step if Journal.exists(path) else 0
 
 
+#: the signals a queue (`_serial`) got: it lets the run in progress stop on its own (`stop` signals
+#: that run too) and starts no other
+_STOPPED: list = []
+
+
+def _end_queue_on_signal() -> None:
+    def handler(signum, frame):
+        if not _STOPPED:
+            print(f"{signal.Signals(signum).name}: the queue ends once the run in progress stopped", flush=True)
+        _STOPPED.append(signum)
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
+
+
 def _run_serially(names: list, extra: tuple) -> None:
-    """Each run in turn, in the foreground; its output appended to results/<phase>/<run>.out."""
+    """Each run in turn, in the foreground; its output appended to results/<phase>/<run>.out. None
+    starts once the queue got a stop signal."""
     for name in names:
+        if _STOPPED:
+            return
         out_dir = ROOT / runs()[name][0]
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(out_dir.parent / f"{name}.out", "a") as log:
@@ -157,7 +179,7 @@ def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: int = 1000) ->
     given), until each reached ``limit`` edits (``--stop-after``; default num_edits). A run that did not advance in its turn (it failed: see
     its .out) is left out from then on."""
     names = list(names)
-    while True:
+    while not _STOPPED:
         done = {name: journaled(runs()[name][0]) for name in names}
         behind = [name for name in names if done[name] < limit]
         if not behind:
@@ -167,6 +189,70 @@ def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: int = 1000) ->
         if journaled(runs()[name][0]) <= done[name]:
             print(f"{name} did not advance: left out of the rounds", flush=True)
             names.remove(name)
+
+
+def _alive(pid: int, needle: str) -> bool:
+    """``pid`` is a live process whose command line holds ``needle`` (not a reused pid)."""
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+
+
+def live_queues(script: Path = Path(__file__)) -> list:
+    """pids of this campaign's queues (`_serial` processes of ``script``, this file), from /proc (Linux)."""
+    me, pids = Path(script).resolve(), []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = [a.decode(errors="replace") for a in (entry / "cmdline").read_bytes().split(b"\0")]
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if any(a == "_serial" and i and (cwd / args[i - 1]).resolve() == me for i, a in enumerate(args)):
+            pids.append(int(entry.name))
+    return [pid for pid in pids if pid != os.getpid()]
+
+
+def live_runs() -> dict:
+    """{name: pid} of the campaign's runs that hold their out_dir now (its ``.betaedit-run.pid``)."""
+    out = {}
+    for name, (out_dir, _) in runs().items():
+        try:
+            pid = int((ROOT / out_dir / ".betaedit-run.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if _alive(pid, "betaedit_plugin.run"):
+            out[name] = pid
+    return out
+
+
+def stop(timeout: float = 900.0) -> int:
+    """SIGINT, once, to every queue (it starts no further run) and every live run (it stops after the
+    edit in progress, checkpointed: `betaedit_plugin.runner.stopping`); then wait for them all."""
+    queues, live = live_queues(), live_runs()
+    for pid in queues:
+        os.kill(pid, signal.SIGINT)
+    for pid in live.values():
+        os.kill(pid, signal.SIGINT)
+    print(f"SIGINT sent to {len(queues)} queue(s) {queues} and {len(live)} run(s) {sorted(live)}", flush=True)
+    deadline = time.monotonic() + timeout
+    waiting = set(queues) | set(live.values())
+    while waiting and time.monotonic() < deadline:
+        waiting = {pid for pid in waiting if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+        time.sleep(1)
+    for name in live:
+        print(f"{name:<40} {progress(runs()[name][0])}")
+    if waiting:
+        print(f"still running after {timeout:.0f} s: {sorted(waiting)} (run `stop` again to stop them at once)")
+        return 1
+    return 0
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
@@ -226,6 +312,9 @@ def main(argv) -> int:
             proc = subprocess.Popen(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
         return 0
+    if argv[0] == "stop":
+        timeout = float(argv[2]) if argv[1:2] == ["--timeout"] and len(argv) > 2 else 900.0
+        return stop(timeout)
     if argv[0] == "summary":
         from betaedit_plugin.runner import screening
 
@@ -256,6 +345,7 @@ def main(argv) -> int:
         print(f"queued {len(names)} run(s) (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "_serial":
+        _end_queue_on_signal()
         extra, stop_after, rounds, names = _options(argv[1:])
         if rounds:
             _run_in_rounds(names, extra, rounds, *([int(stop_after)] if stop_after is not None else []))

@@ -77,3 +77,73 @@ def test_a_sequential_variant_differs_from_its_headline_run_only_in_its_setting_
     assert sorted(set(head) ^ set(variant)) == sorted([
         "hparams.lambda1=300", "hparams.lambda1=1000", "out_dir=results/smollm2-counterfact-n1000/betaedit",
         "out_dir=results/smollm2-counterfact-n1000/betaedit-l1_1000"])
+
+
+# ---------------------------------------------------------------------------- the end of a stretch: stop
+_FAKE_RUN = r"""
+import signal, sys, time
+from pathlib import Path
+log = Path(sys.argv[1])
+def stop(signum, frame):  # as a run does: finish the edit in progress, then exit 128 + the signal
+    with log.open("a") as f:
+        f.write(signal.Signals(signum).name + "\n")
+    time.sleep(0.5)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+log.write_text("")
+time.sleep(120)
+"""
+
+
+def test_a_queue_that_got_a_stop_signal_lets_its_run_end_and_starts_no_other(campaign, monkeypatch, tmp_path, capsys):
+    before = {s: campaign.signal.getsignal(s) for s in (campaign.signal.SIGINT, campaign.signal.SIGTERM)}
+    monkeypatch.setattr(campaign, "ROOT", tmp_path)
+    monkeypatch.setattr(campaign, "runs", lambda: {"a": ("phase/a", []), "b": ("phase/b", [])})
+    monkeypatch.setattr(campaign, "progress", lambda out_dir: f"{out_dir} advanced")
+    # the run signals its queue (as `stop` does) and ends on its own afterwards: the queue must not kill it
+    child = "import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5)"
+    monkeypatch.setattr(campaign, "command", lambda name, extra: [campaign.sys.executable, "-c", child])
+    try:
+        campaign._end_queue_on_signal()
+        campaign._run_serially(["a", "b"], ())
+        campaign._run_in_rounds(["a", "b"], (), 100)  # rounds do not start either
+    finally:
+        for s, h in before.items():
+            campaign.signal.signal(s, h)
+    out = capsys.readouterr().out
+    assert out.splitlines() == ["running a ", "SIGINT: the queue ends once the run in progress stopped",
+                                "a exited 0: phase/a advanced"], out
+
+
+def test_stop_signals_each_live_run_and_queue_once_and_waits_for_them(campaign, monkeypatch, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setattr(campaign, "ROOT", tmp_path)
+    monkeypatch.setattr(campaign, "runs", lambda: {"live": ("p/live", []), "done": ("p/done", []), "never": ("p/never", [])})
+    monkeypatch.setattr(campaign, "progress", lambda out_dir: f"{out_dir} stopped")
+    script = tmp_path / "campaign.py"  # the queue's script: this test's own, never a real queue of this checkout
+    find_queues = campaign.live_queues
+    monkeypatch.setattr(campaign, "live_queues", lambda: find_queues(script))
+    logs = {k: tmp_path / f"{k}.signals" for k in ("run", "queue")}
+    procs = {
+        "run": subprocess.Popen([sys.executable, "-c", _FAKE_RUN, str(logs["run"]), "-m", "betaedit_plugin.run"]),
+        "queue": subprocess.Popen([sys.executable, "-c", _FAKE_RUN, str(logs["queue"]), str(script), "_serial"], cwd=tmp_path),
+    }
+    try:
+        for name, pid in (("live", procs["run"].pid), ("done", 2 ** 22 + 7)):  # "done": a pid file left by a dead run
+            (tmp_path / "p" / name).mkdir(parents=True)
+            (tmp_path / "p" / name / ".betaedit-run.pid").write_text(f"{pid}\n")
+        while not all(log.exists() for log in logs.values()):  # their handlers are in place
+            time.sleep(0.05)
+        assert campaign.live_queues() == [procs["queue"].pid] and campaign.live_runs() == {"live": procs["run"].pid}
+        assert campaign.stop(timeout=60) == 0
+        assert {k: p.wait(timeout=5) for k, p in procs.items()} == {"run": 130, "queue": 130}
+        assert {k: log.read_text() for k, log in logs.items()} == {"run": "SIGINT\n", "queue": "SIGINT\n"}  # once each
+        out = capsys.readouterr().out
+        assert f"SIGINT sent to 1 queue(s) [{procs['queue'].pid}] and 1 run(s) ['live']" in out
+        assert "p/live stopped" in out and "done" not in out.split("\n", 1)[1]
+    finally:
+        for p in procs.values():
+            p.kill()

@@ -9,7 +9,8 @@ checkpoint with ``resume=true`` (`betaedit_plugin.runner.checkpoint`). It writes
 * ``metrics.csv``: one row per evaluation point;
 * ``*.png``: efficacy, specificity, capability, leakage and perturbation against the number of edits;
 * ``report.md``: a before/after table;
-* ``checkpoints/step-<t>/``: atomic checkpoints;
+* ``checkpoints/step-<t>/``: atomic checkpoints, also where a run stops early (``stop_after``, a
+  signal: `betaedit_plugin.runner.stopping`);
 * ``.betaedit-run.lock`` / ``.betaedit-run.pid`` while the run holds ``out_dir``, taken before
   anything is written there (`betaedit_plugin.runner.paths`): a second run on it is refused with
   the holder's pid and touches nothing of it; the OS releases the lock if the holder dies.
@@ -45,6 +46,7 @@ from .journal import (Journal, JournalError, StepRecord, TargetSource, compare_f
                       weights_fingerprint)
 from .paths import RUN_LOCK, RUN_PID, check_cache_dirs, check_out_dir_path, hold_out_dir, remove_stale_temporaries  # noqa: F401
 from .results import RESULTS_FORMAT, RunResults
+from .stopping import RunInterrupted, signal_name, stop_between_edits
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +311,9 @@ def run_experiment(cfg: Any) -> dict:
     Raises:
         ConfigError: bad configuration or data, or an out_dir that holds another run; raised before
             anything is written. Also when another live process runs in ``out_dir`` (its pid named).
+        RunInterrupted: a SIGINT or SIGTERM stopped the edit loop after an edit (`stopping`), once the
+            stopped run's checkpoint and results were written; a KeyboardInterrupt (also a
+            RunInterrupted, for SIGTERM) when a second signal, or one outside the loop, stopped it at once.
     """
     cfg, identity, hparams, requests, _ = check_run(cfg, verify_files=False)
     with hold_out_dir(cfg["out_dir"]):  # before anything is written; a user error puts out_dir back
@@ -375,13 +380,15 @@ def _run_locked(cfg: dict, identity: Mapping, hparams, requests, ckpt) -> dict:
     if start == 0 and not bank and not results.has_point(0):
         with _timed(timing, "eval_total_s"):
             results.add_point(run.evaluate(0))
-    _edit_loop(run, requests, start)
+    stopped_by = _edit_loop(run, requests, start)
     if run.journal is not None and results.complete:
         run.journal.seal()  # a finished run's journal is chunks only: nothing in it changes again
     _finish_timing(run)
     _save_outputs(run, final=True)
     if not bank:
         update_comparison(cfg)
+    if stopped_by is not None:  # after everything a stopped run writes: resume=true continues from here
+        raise RunInterrupted(stopped_by, step=results.edits_done, out_dir=str(out_dir))
     return results.to_json()
 
 
@@ -393,62 +400,71 @@ def _protocol(cfg: Mapping) -> str:
             "(screening, not the sequential protocol)")
 
 
-def _edit_loop(run: _Run, requests, start: int) -> None:
+def _edit_loop(run: _Run, requests, start: int) -> Optional[int]:
     """Steps ``start ..`` to ``num_edits`` (or ``stop_after``): edit (or, for a bank, compute z*), journal,
-    evaluate every ``eval_every`` edits, checkpoint every ``checkpoint_every``."""
+    evaluate every ``eval_every`` edits, checkpoint every ``checkpoint_every`` and where the loop stops
+    early. A SIGINT or SIGTERM stops it after the edit in progress (`stopping`): returns that signal's
+    number (None when the loop ran to its end)."""
     from tqdm.auto import tqdm
 
     cfg, results, editor, timing = run.cfg, run.results, run.editor, run.timing
     bank = cfg["mode"] == "bank"
     out_dir = Path(cfg["out_dir"])
-    n, bs, every = cfg["num_edits"], cfg["batch_size"], cfg["eval_every"]
+    n, bs, every, ck = cfg["num_edits"], cfg["batch_size"], cfg["eval_every"], cfg["checkpoint_every"]
     stop = cfg["stop_after"] or n
     bar = tqdm(total=n, initial=start, desc=cfg["method"]["name"], disable=not cfg["progress"], unit="edit")
     if results.evals:
         bar.set_postfix(_postfix(results.last_point))
-    step = start
-    try:
-        while step < min(n, stop):
-            batch = requests[step: min(step + bs, n, stop)]
-            if cfg.get("targets_wait") and not run.targets.holds(batch):
-                logger.warning("targets=%s hold no z* for edit %d (case_id %s) yet: stopping here; resume=true "
-                               "continues once they do", cfg["targets"], step + 1, [r.case_id for r in batch])
-                ck = cfg["checkpoint_every"]
-                if not bank and step > start and not (ck and step % ck == 0):  # else written at this step already
+    step = checkpointed = start
+
+    def checkpoint() -> None:
+        nonlocal checkpointed
+        _finish_timing(run)
+        write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
+                         results=results.to_json(), keep=cfg["keep_checkpoints"])
+        checkpointed = step
+
+    with stop_between_edits(lambda: f"edit {step + 1} of {n}") as stop_request:
+        try:
+            while step < min(n, stop) and not stop_request:
+                batch = requests[step: min(step + bs, n, stop)]
+                if cfg.get("targets_wait") and not run.targets.holds(batch):
+                    logger.warning("targets=%s hold no z* for edit %d (case_id %s) yet: stopping here; resume=true "
+                                   "continues once they do", cfg["targets"], step + 1, [r.case_id for r in batch])
+                    break
+                t0 = time.perf_counter()
+                with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
+                    if bank:
+                        info = {"z_star": editor.compute_targets(batch).detach().to("cpu"), "delta_norm": {}}
+                    else:
+                        z_star = _fixed_targets(run, batch) if run.targets is not None else None
+                        info = editor.apply(batch, z_star=z_star)
+                seconds = time.perf_counter() - t0
+                prev, step = step, step + len(batch)
+                if run.journal is not None:
+                    run.journal.append(StepRecord(step, [request_fields(r) for r in batch], info["z_star"]))
+                results.log_edit(step, [r.case_id for r in batch], seconds, info)
+                if not bank and (step // every > prev // every or step == n):
+                    with _timed(timing, "eval_total_s"):
+                        results.add_point(run.evaluate(step))
+                    bar.set_postfix(_postfix(results.last_point))
+                if run.journal is not None:
+                    run.journal.maybe_seal()
+                if step // every > prev // every or step == n:
                     _finish_timing(run)
-                    write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
-                                     results=results.to_json(), keep=cfg["keep_checkpoints"])
-                break
-            t0 = time.perf_counter()
-            with _user_errors(cfg, f"the batch of edits {step + 1}-{step + len(batch)}: "):
-                if bank:
-                    info = {"z_star": editor.compute_targets(batch).detach().to("cpu"), "delta_norm": {}}
-                else:
-                    z_star = _fixed_targets(run, batch) if run.targets is not None else None
-                    info = editor.apply(batch, z_star=z_star)
-            seconds = time.perf_counter() - t0
-            prev, step = step, step + len(batch)
-            if run.journal is not None:
-                run.journal.append(StepRecord(step, [request_fields(r) for r in batch], info["z_star"]))
-            results.log_edit(step, [r.case_id for r in batch], seconds, info)
-            if not bank and (step // every > prev // every or step == n):
-                with _timed(timing, "eval_total_s"):
-                    results.add_point(run.evaluate(step))
-                bar.set_postfix(_postfix(results.last_point))
-            if run.journal is not None:
-                run.journal.maybe_seal()
-            if step // every > prev // every or step == n:
-                _finish_timing(run)
-                _save_outputs(run, final=False)  # results.json / metrics.csv readable while the run goes on
-            bar.update(len(batch))
-            ck = cfg["checkpoint_every"]
-            if not bank and ((ck and step // ck > prev // ck) or (step >= stop and step < n)):
-                _finish_timing(run)
-                write_checkpoint(out_dir, step, identity=results.identity, save_editor_state=editor.save_state,
-                                 results=results.to_json(), keep=cfg["keep_checkpoints"])
-    finally:
-        bar.close()
+                    _save_outputs(run, final=False)  # results.json / metrics.csv readable while the run goes on
+                bar.update(len(batch))
+                if not bank and ck and step // ck > prev // ck:
+                    checkpoint()
+            if not bank and start < step < n and step != checkpointed:  # stopped early: resume here, not by a replay
+                checkpoint()
+        finally:
+            bar.close()
     results.finish(step, n)
+    if stop_request and step >= n:
+        logger.warning("%s came during the last edit: the run is complete", signal_name(stop_request.signum))
+        return None
+    return stop_request.signum
 
 
 def _fixed_targets(run: _Run, batch):

@@ -92,8 +92,8 @@ while True:
     try:
         runpy.run_module("betaedit_plugin.run", run_name="__main__")  # as python -m betaedit_plugin.run
         print("@@done", flush=True)
-    except SystemExit as exc:
-        print(f"@@exit {exc.code}", flush=True)
+    except SystemExit as exc:  # python -m exits with main()'s status: 0 is done
+        print("@@done" if exc.code in (0, None) else f"@@exit {exc.code}", flush=True)
 """
 
 
