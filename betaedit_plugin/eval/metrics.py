@@ -75,7 +75,10 @@ def edit_metrics(
         dict of floats in [0, 1] (NaN when no request has the needed field): ``efficacy``,
         ``generality``, ``specificity``, ``rewrite_acc``, ``rephrase_acc``, ``locality_acc``, and the
         mean log-probability margins ``efficacy_margin`` (log P(new) - log P(true) on the prompt)
-        and ``specificity_margin`` (log P(true) - log P(new) on the neighbourhood).
+        and ``specificity_margin`` (log P(true) - log P(new) on the neighbourhood); and ``outcomes``:
+        for each of efficacy, generality and specificity, every comparison's result as a string of
+        "1" (won) and "0" in the order of ``requests`` (then of their prompts): what a paired
+        comparison of two models on the same requests needs (`betaedit_plugin.eval.report`).
     """
     jobs: list = []  # (kind, request index, prompt, target)
     for i, req in enumerate(requests):
@@ -120,6 +123,8 @@ def edit_metrics(
                 loc_acc.append(sum(a == b for a, b in zip(true.argmax, ref)) / max(len(ref), 1))
             k += 1
     out = {
+        "outcomes": {name: "".join("1" if v else "0" for v in values)
+                     for name, values in (("efficacy", eff), ("generality", gen), ("specificity", spec))},
         "efficacy": _mean(eff),
         "generality": _mean(gen),
         "specificity": _mean(spec),

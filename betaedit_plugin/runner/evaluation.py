@@ -6,7 +6,9 @@ the held-out text, the MMLU probe set) once; `Evaluator.evaluate` scores the edi
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -15,7 +17,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from .baseline import BaselineCache, baseline_key
 
-__all__ = ["Evaluator", "eval_sample"]
+__all__ = ["Evaluator", "eval_sample", "scored_cases"]
+
+
+def scored_cases(requests) -> str:
+    """A digest of the case_ids scored at an evaluation point, in order: two points whose digests agree
+    scored the same cases, so their ``outcomes`` can be compared case by case."""
+    return hashlib.sha256(json.dumps([str(r.case_id) for r in requests]).encode()).hexdigest()[:16]
 
 
 def eval_sample(n_done: int, max_cases: Optional[int], seed: int, n_total: int, final: bool) -> list:
@@ -112,7 +120,8 @@ class Evaluator:
         n_total = len(self.requests)
         idx = eval_sample(step if step > 0 else n_total, ev.get("max_cases"), self.seed, n_total, final)
         reqs: List = [self.requests[i] for i in idx]
-        point: dict = {"step": step, "n_scored": len(reqs), "sampled": len(reqs) < (step or n_total)}
+        point: dict = {"step": step, "n_scored": len(reqs), "sampled": len(reqs) < (step or n_total),
+                       "scored_cases": scored_cases(reqs)}
         point.update(edit_metrics(self.model, self.tok, reqs, locality_ref=[self.locality_ref[i] for i in idx],
                                   batch_size=ev["batch_size"]))
         if ev["fluency_prompts"]:

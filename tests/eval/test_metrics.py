@@ -102,6 +102,8 @@ def test_edit_metrics_are_the_probability_comparisons(llama):
     assert out["efficacy"] == pytest.approx(sum(eff) / len(reqs))
     assert out["generality"] == pytest.approx(sum(gen) / len(reqs))
     assert out["specificity"] == pytest.approx(sum(spec) / len(reqs))
+    assert out["outcomes"] == {"efficacy": "".join(str(int(v)) for v in eff), "generality": "".join(str(int(v)) for v in gen),
+                               "specificity": "".join(str(int(v)) for v in spec)}  # one comparison each, in order
     assert out["locality_acc"] == 1.0  # the model has not changed since the reference
     assert 0 < sum(rw) + sum(rp), "a check that cannot tell a right metric from one stuck at 0"
     assert out["rewrite_acc"] == pytest.approx(sum(rw) / len(rw))

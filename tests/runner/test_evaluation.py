@@ -31,6 +31,14 @@ def test_sample_final_scores_the_sample_at_the_end_and_is_its_own_run(tmp_path):
     assert [(p["step"], p["n_scored"], p["sampled"]) for p in sampled["evals"]] == shape[:3] + [(5, 2, True)]
     for a, b in zip(every["evals"][:3], sampled["evals"][:3]):  # the same points up to the end
         assert _metrics(a) == _metrics(b), a["step"]
+        assert (a["scored_cases"], a["outcomes"]) == (b["scored_cases"], b["outcomes"]), a["step"]
+    # each point keeps every comparison's outcome (what a paired comparison of two runs reads), one per
+    # scored case here (one rephrase and one neighbourhood prompt per case), their mean the metric
+    for p in every["evals"] + sampled["evals"]:
+        for metric, won in p["outcomes"].items():
+            assert len(won) == p["n_scored"] and won.count("1") / len(won) == p[metric], (p["step"], metric)
+    digest = {p["step"]: p["scored_cases"] for p in every["evals"]}
+    assert digest[0] == digest[5] != digest[2]  # all five cases; the first two
     # its own run: another identity; sample_final=false is the identity of runs written before the key
     assert identity_difference(every["identity"], sampled["identity"])[0] == "eval.sample_final"
     old = dict(every["identity"], eval={k: v for k, v in every["identity"]["eval"].items() if k != "sample_final"})
