@@ -10,7 +10,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from .._fileio import atomic_write, atomic_write_text
 
@@ -114,6 +114,70 @@ def common_steps_table(runs: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+#: metrics that are proportions of won comparisons: a point keeps each comparison's outcome
+#: (``outcomes``, `betaedit_plugin.eval.metrics.edit_metrics`), so their differences get intervals
+PROPORTIONS = ("efficacy", "generality", "specificity")
+Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+
+
+def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple]:
+    """``a[metric] - b[metric]`` of two evaluation points and the half-width of its 95% interval.
+
+    Paired when both points kept their outcomes on the same cases (the same ``scored_cases``): the
+    mean of the case-by-case differences and its standard error (sample standard deviation / sqrt(n)).
+    Otherwise as two independent binomial proportions of ``n_scored`` comparisons each:
+    sqrt(p_a(1 - p_a)/n_a + p_b(1 - p_b)/n_b), wider than the paired one where the cases are shared.
+
+    Returns:
+        (difference, half-width, "paired" or "unpaired", n), or None when a point lacks the metric.
+    """
+    wa, wb = (a.get("outcomes") or {}).get(metric), (b.get("outcomes") or {}).get(metric)
+    if wa and wb and len(wa) == len(wb) and a.get("scored_cases") and a.get("scored_cases") == b.get("scored_cases"):
+        d = [int(x) - int(y) for x, y in zip(wa, wb)]
+        n = len(d)
+        mean = sum(d) / n
+        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else float("nan")
+        return mean, Z95 * math.sqrt(var / n), "paired", n
+    pa, pb, na, nb = a.get(metric), b.get(metric), a.get("n_scored"), b.get("n_scored")
+    if not all(isinstance(v, (int, float)) for v in (pa, pb, na, nb)) or not (na and nb) or math.isnan(pa) or math.isnan(pb):
+        return None
+    return pa - pb, Z95 * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb), "unpaired", min(na, nb)
+
+
+def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
+    """Markdown: at the last step every run reached (after 0), ``reference`` (default: the last run,
+    BetaEdit in the registry's order) minus each other run, for each of `PROPORTIONS`, with 95%
+    intervals (`proportion_difference`). Empty string for fewer than two runs or no such step."""
+    if len(runs) < 2:
+        return ""
+    reference = reference if reference is not None else list(runs)[-1]
+    steps = set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None, 0}
+    if not steps:
+        return ""
+    step = max(steps)
+    at = {label: next(p for p in r["evals"] if p.get("step") == step) for label, r in runs.items()}
+    lines = [f"{reference} minus each other run at {step} edits, with 95% intervals: an interval that holds 0 is a "
+             "difference these cases cannot show. Paired: the same cases scored in both runs, the mean and standard "
+             "error of their case-by-case differences; unpaired (points that did not keep each outcome): two "
+             "independent binomial proportions, wider.", "",
+             f"| {reference} minus | " + " | ".join(PROPORTIONS) + " | cases | interval |", "|" + "---|" * (len(PROPORTIONS) + 3)]
+    for label in runs:
+        if label == reference:
+            continue
+        cells, kinds, ns = [], set(), set()
+        for metric in PROPORTIONS:
+            diff = proportion_difference(at[reference], at[label], metric)
+            if diff is None:
+                cells.append("–")
+                continue
+            cells.append(f"{diff[0]:+.3f} ± {diff[1]:.3f}")
+            kinds.add(diff[2])
+            ns.add(diff[3])
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'/'.join(str(n) for n in sorted(ns)) or '–'} | "
+                     f"{'/'.join(sorted(kinds)) or '–'} |")
+    return "\n".join(lines)
+
+
 def load_results(out_dir: Path) -> dict:
     """``results.json`` of a run directory."""
     path = Path(out_dir) / "results.json"
@@ -133,6 +197,9 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     common = common_steps_table(runs)
     if common:
         lines += ["## At the steps every run reached", "", common, ""]
+    differences = differences_table(runs)
+    if differences:
+        lines += ["## Differences and their sampling error", "", differences, ""]
     lines += ["## Wall time (s)", "",
              "| method | statistics | projector | edits (total) | per edit | evaluation |", "|---|---|---|---|---|---|"]
     for label, r in runs.items():

@@ -3,6 +3,8 @@ every one of them reached."""
 
 from __future__ import annotations
 
+import pytest
+
 from betaedit_plugin.eval.report import common_steps_table, write_comparison
 
 
@@ -37,3 +39,61 @@ def test_runs_in_progress_are_compared_at_the_steps_all_reached(tmp_path):
 def test_no_common_table_for_one_run_or_no_shared_step():
     assert common_steps_table({"memit": _run("memit", [0, 100], 1e-4)}) == ""
     assert common_steps_table({"a": _run("memit", [100], 1e-4), "b": _run("betaedit", [200], 1e-4)}) == ""
+
+
+# ---------------------------------------------------------------------------- differences and their sampling error
+def _point(step, outcomes, cases="abc"):
+    point = {"step": step, "n_scored": len(outcomes["efficacy"]), "scored_cases": cases, "outcomes": outcomes}
+    point.update({m: w.count("1") / len(w) for m, w in outcomes.items()})
+    return point
+
+
+def test_a_paired_difference_is_the_mean_and_standard_error_of_the_case_by_case_differences():
+    import statistics
+
+    from betaedit_plugin.eval.report import Z95, proportion_difference
+
+    a = _point(100, {"efficacy": "11011110", "specificity": "10101010"})
+    b = _point(100, {"efficacy": "10011100", "specificity": "10101010"})
+    d = [1 - 1, 1 - 0, 0 - 0, 1 - 1, 1 - 1, 1 - 1, 1 - 0, 0 - 0]
+    diff, half, kind, n = proportion_difference(a, b, "efficacy")
+    assert (kind, n) == ("paired", 8)
+    assert diff == pytest.approx(statistics.fmean(d)) and diff == pytest.approx(a["efficacy"] - b["efficacy"])
+    assert half == pytest.approx(1.959964 * statistics.stdev(d) / 8 ** 0.5, rel=1e-6)
+    assert proportion_difference(a, b, "specificity")[:2] == (0.0, 0.0)  # the same outcome on every case
+    assert Z95 == pytest.approx(statistics.NormalDist().inv_cdf(0.975), rel=1e-12)
+
+
+def test_points_on_other_cases_or_without_outcomes_get_the_wider_unpaired_interval():
+    from betaedit_plugin.eval.report import proportion_difference
+
+    a = _point(100, {"efficacy": "11011110"})
+    other_cases = _point(100, {"efficacy": "10011100"}, cases="xyz")
+    no_outcomes = {k: v for k, v in other_cases.items() if k != "outcomes"}
+    expected = 1.959964 * ((0.75 * 0.25 + 0.5 * 0.5) / 8) ** 0.5
+    for b in (other_cases, no_outcomes):
+        diff, half, kind, n = proportion_difference(a, b, "efficacy")
+        assert (kind, n) == ("unpaired", 8) and diff == pytest.approx(0.25) and half == pytest.approx(expected, rel=1e-6)
+    paired = proportion_difference(a, _point(100, {"efficacy": "10011100"}), "efficacy")[1]
+    assert paired < expected  # sharing the cases is what makes the paired one narrower
+    assert proportion_difference(a, b, "generality") is None
+
+
+def test_the_comparison_shows_the_reference_minus_each_run_at_the_last_step_all_reached(tmp_path):
+    from betaedit_plugin.eval.report import differences_table
+
+    runs = {
+        "memit": {"method": "memit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1100"}),
+                                                _point(200, {"efficacy": "1000"})]},
+        "alphaedit": {"method": "alphaedit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1110"})]},
+        "betaedit": {"method": "betaedit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1111"}),
+                                                      _point(200, {"efficacy": "1111"})]},
+    }
+    table = differences_table(runs)
+    assert table.startswith("betaedit minus each other run at 100 edits")
+    rows = _rows("\n".join(table.splitlines()[2:]))
+    assert rows == [["memit", "+0.500 ± 0.566", "–", "–", "4", "paired"],
+                    ["alphaedit", "+0.250 ± 0.490", "–", "–", "4", "paired"]]
+    assert differences_table(runs, reference="memit").splitlines()[4].startswith("| alphaedit | -0.250 ± 0.490 |")
+    assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
+    assert differences_table({"memit": runs["memit"]}) == ""
