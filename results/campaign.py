@@ -145,9 +145,10 @@ def journaled(out_dir: str) -> int:
     return Journal.open(path).last_step if Journal.exists(path) else 0
 
 
-#: the signals a queue (`_serial`) got: it lets the run in progress stop on its own (`stop` signals
-#: that run too) and starts no other
+#: the signals a queue (`_serial`) got: it passes each on to the run in progress (which stops after
+#: its edit in progress) and starts no other
 _STOPPED: list = []
+_CHILD: list = []  # the run in progress, a subprocess.Popen
 
 
 def _end_queue_on_signal() -> None:
@@ -155,6 +156,9 @@ def _end_queue_on_signal() -> None:
         if not _STOPPED:
             print(f"{signal.Signals(signum).name}: the queue ends once the run in progress stopped", flush=True)
         _STOPPED.append(signum)
+        for child in _CHILD:
+            if child.poll() is None:
+                child.send_signal(signum)
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, handler)
@@ -170,7 +174,10 @@ def _run_serially(names: list, extra: tuple) -> None:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(out_dir.parent / f"{name}.out", "a") as log:
             print(f"running {name} {' '.join(extra)}", flush=True)
-            rc = subprocess.run(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+            child = subprocess.Popen(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            _CHILD[:] = [child]
+            rc = child.wait()
+            _CHILD.clear()
             print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
 
 
@@ -227,14 +234,15 @@ def live_runs() -> dict:
 
 
 def stop(timeout: float = 900.0) -> int:
-    """SIGINT, once, to every queue (it starts no further run) and every live run (it stops after the
-    edit in progress, checkpointed: `betaedit_plugin.runner.stopping`); then wait for them all."""
+    """SIGINT, once, to every queue (it passes it on to its run in progress and starts no other) and to
+    every other live run (it stops after the edit in progress, checkpointed:
+    `betaedit_plugin.runner.stopping`); then wait for them all."""
     queues, live = live_queues(), live_runs()
-    for pid in queues:
+    alone = {name: pid for name, pid in live.items() if _parent(pid) not in queues}
+    for pid in queues + list(alone.values()):
         os.kill(pid, signal.SIGINT)
-    for pid in live.values():
-        os.kill(pid, signal.SIGINT)
-    print(f"SIGINT sent to {len(queues)} queue(s) {queues} and {len(live)} run(s) {sorted(live)}", flush=True)
+    print(f"SIGINT sent to {len(queues)} queue(s) {queues} (their runs: {sorted(set(live) - set(alone))}) and "
+          f"{len(alone)} other run(s) {sorted(alone)}", flush=True)
     deadline = time.monotonic() + timeout
     waiting = set(queues) | set(live.values())
     while waiting and time.monotonic() < deadline:
@@ -246,6 +254,13 @@ def stop(timeout: float = 900.0) -> int:
         print(f"still running after {timeout:.0f} s: {sorted(waiting)} (run `stop` again to stop them at once)")
         return 1
     return 0
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _zombie(pid: int) -> bool:

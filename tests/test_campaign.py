@@ -94,15 +94,34 @@ log.write_text("")
 time.sleep(120)
 """
 
+# a queue with its run in progress: it passes a signal on to the run, as `_serial` does
+_FAKE_QUEUE = r"""
+import signal, subprocess, sys, time
+from pathlib import Path
+log, run_log, run_pid = map(Path, sys.argv[1:4])
+run = subprocess.Popen([sys.executable, "-c", FAKE_RUN, str(run_log), "-m", "betaedit_plugin.run"])
+def stop(signum, frame):
+    with log.open("a") as f:
+        f.write(signal.Signals(signum).name + "\n")
+    run.send_signal(signum)
+    run.wait()
+    sys.exit(128 + signum)
+signal.signal(signal.SIGINT, stop)
+run_pid.write_text(f"{run.pid}\n")
+log.write_text("")
+time.sleep(120)
+""".replace("FAKE_RUN", repr(_FAKE_RUN))
 
-def test_a_queue_that_got_a_stop_signal_lets_its_run_end_and_starts_no_other(campaign, monkeypatch, tmp_path, capsys):
+
+def test_a_queue_that_got_a_stop_signal_passes_it_to_its_run_and_starts_no_other(campaign, monkeypatch, tmp_path, capsys):
     before = {s: campaign.signal.getsignal(s) for s in (campaign.signal.SIGINT, campaign.signal.SIGTERM)}
     monkeypatch.setattr(campaign, "ROOT", tmp_path)
     monkeypatch.setattr(campaign, "runs", lambda: {"a": ("phase/a", []), "b": ("phase/b", [])})
     monkeypatch.setattr(campaign, "progress", lambda out_dir: f"{out_dir} advanced")
-    # the run signals its queue (as `stop` does) and ends on its own afterwards: the queue must not kill it
-    child = "import os, signal, time; os.kill(os.getppid(), signal.SIGINT); time.sleep(0.5)"
-    monkeypatch.setattr(campaign, "command", lambda name, extra: [campaign.sys.executable, "-c", child])
+    # the run signals its queue (as `stop` does), which passes the signal back to it: once
+    log = tmp_path / "run.signals"
+    child = _FAKE_RUN.replace("log.write_text(\"\")", "log.write_text(\"\"); import os; os.kill(os.getppid(), signal.SIGINT)")
+    monkeypatch.setattr(campaign, "command", lambda name, extra: [campaign.sys.executable, "-c", child, str(log)])
     try:
         campaign._end_queue_on_signal()
         campaign._run_serially(["a", "b"], ())
@@ -112,38 +131,46 @@ def test_a_queue_that_got_a_stop_signal_lets_its_run_end_and_starts_no_other(cam
             campaign.signal.signal(s, h)
     out = capsys.readouterr().out
     assert out.splitlines() == ["running a ", "SIGINT: the queue ends once the run in progress stopped",
-                                "a exited 0: phase/a advanced"], out
+                                "a exited 130: phase/a advanced"], out
+    assert log.read_text() == "SIGINT\n"
 
 
-def test_stop_signals_each_live_run_and_queue_once_and_waits_for_them(campaign, monkeypatch, tmp_path, capsys):
+def test_stop_signals_each_queue_and_each_run_outside_a_queue_once_and_waits_for_them(campaign, monkeypatch, tmp_path,
+                                                                                      capsys):
     import subprocess
     import sys
     import time
 
     monkeypatch.setattr(campaign, "ROOT", tmp_path)
-    monkeypatch.setattr(campaign, "runs", lambda: {"live": ("p/live", []), "done": ("p/done", []), "never": ("p/never", [])})
+    names = ("alone", "queued", "dead")
+    monkeypatch.setattr(campaign, "runs", lambda: {name: (f"p/{name}", []) for name in names})
     monkeypatch.setattr(campaign, "progress", lambda out_dir: f"{out_dir} stopped")
     script = tmp_path / "campaign.py"  # the queue's script: this test's own, never a real queue of this checkout
     find_queues = campaign.live_queues
     monkeypatch.setattr(campaign, "live_queues", lambda: find_queues(script))
-    logs = {k: tmp_path / f"{k}.signals" for k in ("run", "queue")}
+    logs = {k: tmp_path / f"{k}.signals" for k in ("alone", "queue", "queued")}
+    for name in names:
+        (tmp_path / "p" / name).mkdir(parents=True)
     procs = {
-        "run": subprocess.Popen([sys.executable, "-c", _FAKE_RUN, str(logs["run"]), "-m", "betaedit_plugin.run"]),
-        "queue": subprocess.Popen([sys.executable, "-c", _FAKE_RUN, str(logs["queue"]), str(script), "_serial"], cwd=tmp_path),
+        "alone": subprocess.Popen([sys.executable, "-c", _FAKE_RUN, str(logs["alone"]), "-m", "betaedit_plugin.run"]),
+        "queue": subprocess.Popen([sys.executable, "-c", _FAKE_QUEUE, str(logs["queue"]), str(logs["queued"]),
+                                   str(tmp_path / "p/queued/.betaedit-run.pid"), str(script), "_serial"], cwd=tmp_path),
     }
     try:
-        for name, pid in (("live", procs["run"].pid), ("done", 2 ** 22 + 7)):  # "done": a pid file left by a dead run
-            (tmp_path / "p" / name).mkdir(parents=True)
-            (tmp_path / "p" / name / ".betaedit-run.pid").write_text(f"{pid}\n")
+        (tmp_path / "p/alone/.betaedit-run.pid").write_text(f"{procs['alone'].pid}\n")
+        (tmp_path / "p/dead/.betaedit-run.pid").write_text(f"{2 ** 22 + 7}\n")  # left by a run that died
         while not all(log.exists() for log in logs.values()):  # their handlers are in place
             time.sleep(0.05)
-        assert campaign.live_queues() == [procs["queue"].pid] and campaign.live_runs() == {"live": procs["run"].pid}
+        queued = int((tmp_path / "p/queued/.betaedit-run.pid").read_text())
+        assert campaign.live_queues() == [procs["queue"].pid]
+        assert campaign.live_runs() == {"alone": procs["alone"].pid, "queued": queued}
         assert campaign.stop(timeout=60) == 0
-        assert {k: p.wait(timeout=5) for k, p in procs.items()} == {"run": 130, "queue": 130}
-        assert {k: log.read_text() for k, log in logs.items()} == {"run": "SIGINT\n", "queue": "SIGINT\n"}  # once each
+        assert {k: p.wait(timeout=5) for k, p in procs.items()} == {"alone": 130, "queue": 130}
+        assert {k: log.read_text() for k, log in logs.items()} == dict.fromkeys(logs, "SIGINT\n")  # once each
         out = capsys.readouterr().out
-        assert f"SIGINT sent to 1 queue(s) [{procs['queue'].pid}] and 1 run(s) ['live']" in out
-        assert "p/live stopped" in out and "done" not in out.split("\n", 1)[1]
+        assert (f"SIGINT sent to 1 queue(s) [{procs['queue'].pid}] (their runs: ['queued']) and 1 other run(s) "
+                "['alone']") in out
+        assert "p/alone stopped" in out and "p/queued stopped" in out and "dead" not in out
     finally:
         for p in procs.values():
             p.kill()
