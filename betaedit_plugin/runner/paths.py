@@ -161,6 +161,7 @@ class OutDirHold:
         self.created_dirs: List[Path] = []
         self.lock: Optional[HeldLock] = None
         self._entries: set = set()
+        self._stamps: Dict[str, tuple] = {}
         self._logs: Dict[str, int] = {}
 
     @property
@@ -201,6 +202,9 @@ class OutDirHold:
         except BaseException:
             self.release(undo=True)
             raise
+        # after the writability checks (they write and remove a file in each subdirectory)
+        self._stamps = {name: _stamp(self.abs / name) for name in self._entries - {RUN_PID, RUN_LOCK}
+                        if not name.endswith(".log")}
         return self
 
     def _make_dirs(self) -> None:
@@ -242,17 +246,28 @@ class OutDirHold:
         except OSError:
             return set()
 
+    def _written(self) -> bool:
+        """Whether anything but logs appeared or changed in out_dir since the hold was taken (a
+        resumed run rewrites results.json, adds journal chunks and checkpoints: no new names)."""
+        new = self._new_entries()
+        return any(not name.endswith(".log") for name in new) or any(
+            _stamp(self.abs / name) != stamp for name, stamp in self._stamps.items())
+
+    def _logs_grew(self) -> bool:
+        return bool(self._new_entries()) or any(_size(self.abs / name) != size for name, size in self._logs.items())
+
     def release(self, undo: bool = False) -> None:
         """Let go of out_dir (the pid file goes, the lock file stays); does nothing once released.
 
-        ``undo``, or nothing written since the hold was taken: first put out_dir back as it was
-        (see the module), unless the run wrote anything but logs there: then it all stays."""
+        ``undo``, or nothing at all written since the hold was taken: first put out_dir back as it
+        was (see the module), unless the run wrote anything but logs there: then it all stays, its
+        logs with it."""
         if not self.held:
             return
-        new = self._new_entries()
-        if undo and any(not name.endswith(".log") for name in new):
+        if undo and self._written():
             undo = False  # the run wrote results: its log belongs with them
-        undo = undo or not new
+        undo = undo or not (self._written() or self._logs_grew())
+        new = self._new_entries()
         if undo:
             for name in new:
                 with contextlib.suppress(OSError):
@@ -268,6 +283,22 @@ class OutDirHold:
         if undo:
             self._remove_created_dirs()
         self.created_dirs = []
+
+
+def _stamp(path: Path) -> tuple:
+    """What tells a rewritten entry from the one there before (an atomic write is a new inode)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return ()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def _holder_pid(pid_file: Path, wait_s: float = 2.0) -> Optional[int]:

@@ -206,6 +206,52 @@ def test_a_refused_hold_removes_nothing_and_an_undone_hold_removes_what_it_made(
 
 
 
+def test_a_hold_that_rewrote_files_keeps_its_log_and_one_that_wrote_nothing_but_logs_is_undone_on_request(tmp_path):
+    """A resumed run adds no names to out_dir (it rewrites results.json, adds journal chunks and
+    checkpoints): its log stays as written. A user error that wrote only its log cuts the log back."""
+    from betaedit_plugin._fileio import atomic_write_text
+    from betaedit_plugin.runner.paths import OutDirHold
+
+    out = tmp_path / "out"
+    (out / "journal").mkdir(parents=True)
+    (out / "run.log").write_text("the first run\n")
+    (out / "results.json").write_text("{}")
+    rewrites = (lambda: atomic_write_text(out / "results.json", '{"status": "complete"}'),
+                lambda: (out / "journal" / "chunk-0000001-0000002.safetensors").write_bytes(b"x"))
+    for times, rewrite in enumerate(rewrites, 1):
+        hold = OutDirHold(out).acquire()
+        with open(out / "run.log", "a") as log:
+            log.write("resumed\n")
+        rewrite()
+        hold.release(undo=True)  # even a user error after that: the results stay, and the log with them
+        assert (out / "run.log").read_text() == "the first run\n" + "resumed\n" * times
+        assert not (out / RUN_PID).exists()
+
+    before = (out / "run.log").read_text()
+    hold = OutDirHold(out).acquire()
+    with open(out / "run.log", "a") as log:
+        log.write("a user error\n")
+    hold.release(undo=True)
+    assert (out / "run.log").read_text() == before
+
+
+def test_a_resumed_run_appends_to_its_log(tmp_path):
+    """The command line's log of a run continued with resume=true follows what the earlier parts
+    logged, also when the part adds no file to out_dir (the campaign's runs, 100 edits at a time)."""
+    data = write_cases(tmp_path / "cases.json")
+    out = tmp_path / "out"
+    logs = []
+    for part in ("stop_after=1", "stop_after=2", "stop_after=null"):
+        proc = cli(_tiny(tmp_path, f"data.path={data}", f"out_dir={out}", "num_edits=3", "eval_every=1", "resume=true", part),
+                   cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        logs.append((out / "run.log").read_text())
+    assert "checkpoint at step 1" in logs[0]
+    for before, after in zip(logs, logs[1:]):
+        assert after.startswith(before) and "resumed from" in after[len(before):]
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+
+
 def test_a_lock_file_removed_by_its_holder_is_never_held_twice(tmp_path, monkeypatch):
     """A process that opened the lock file just before its holder removed it (on release) locks the
     old file: try_lock sees that it is no longer the one at the path and locks a fresh one, so a
