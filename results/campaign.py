@@ -101,6 +101,11 @@ def runs() -> dict:
     return out
 
 
+def num_edits(name: str) -> int:
+    """The run's target (its ``num_edits`` override)."""
+    return int(next(o.split("=", 1)[1] for o in reversed(runs()[name][1]) if o.startswith("num_edits=")))
+
+
 def command(name: str, extra: tuple = ()) -> list:
     """The run's command line; ``extra``: runtime overrides (`options`) that leave its identity alone."""
     out_dir, overrides = runs()[name]
@@ -192,7 +197,9 @@ def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: int = 1000) ->
         if not behind:
             return
         name = min(behind, key=done.get)
-        _run_serially([name], (*extra, f"stop_after={min(limit, (done[name] // rounds + 1) * rounds)}"))
+        target = min(limit, (done[name] // rounds + 1) * rounds)
+        # stop_after must be below num_edits: the last round runs to the end (and its final evaluation)
+        _run_serially([name], (*extra, f"stop_after={target if target < num_edits(name) else 'null'}"))
         if journaled(runs()[name][0]) <= done[name]:
             print(f"{name} did not advance: left out of the rounds", flush=True)
             names.remove(name)
