@@ -54,7 +54,7 @@ from .errors import BetaEditError
 from .runner import CONF_DIR, ConfigError, compare, load_requests, run_experiment, screening  # noqa: F401  (library entry points)
 from .runner.config import GROUPS, group_options, omegaconf_error, register_configs, run_config_class
 from .runner.paths import held_out_dir, hold_out_dir
-from .runner.stopping import run_state, signal_name, terminate_as_interrupt
+from .runner.stopping import RunInterrupted, run_state, signal_name, terminate_as_interrupt
 
 __all__ = ["main", "precheck", "parse_overrides", "job_overrides", "expand_overrides", "run_experiment", "compare", "screening",
            "ConfigError", "CONF_DIR"]
@@ -378,13 +378,12 @@ def _run_one(overrides: Sequence[str]) -> int:
 
 def _interrupted(exc: KeyboardInterrupt, out_dir: Optional[str] = None) -> int:
     """One line on stderr for a run a signal stopped (where it stopped, how to go on); its exit status."""
-    signum = getattr(exc, "signum", signal.SIGINT)
-    step = getattr(exc, "step", None)
-    out_dir = getattr(exc, "out_dir", None) or out_dir
-    how = f"stopped after edit {step}" if step is not None else "interrupted"
+    stop = exc if isinstance(exc, RunInterrupted) else RunInterrupted(signal.SIGINT)  # a plain Ctrl-C
+    out_dir = stop.out_dir or out_dir
+    how = f"stopped after edit {stop.step}" if stop.step is not None else "interrupted"
     state = f": {run_state(out_dir)}" if out_dir is not None else ""
-    sys.stderr.write(f"betaedit-run: {how} by {signal_name(signum)}{state}; the same command with resume=true continues it\n")
-    return 128 + int(signum)
+    sys.stderr.write(f"betaedit-run: {how} by {signal_name(stop.signum)}{state}; the same command with resume=true continues it\n")
+    return stop.exit_code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = os.environ.get("PYTHON", str(ROOT / ".venv" / "bin" / "python"))
@@ -186,18 +187,19 @@ def _run_serially(names: list, extra: tuple) -> None:
             print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
 
 
-def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: int = 1000) -> None:
+def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: Optional[int] = None) -> None:
     """`_run_serially`, ``rounds`` edits at a time, always the run furthest behind next (ties: in the order
-    given), until each reached ``limit`` edits (``--stop-after``; default num_edits). A run that did not advance in its turn (it failed: see
-    its .out) is left out from then on."""
+    given), until each reached ``limit`` edits (``--stop-after``; default: its num_edits). A run that did
+    not advance in its turn (it failed: see its .out) is left out from then on."""
     names = list(names)
     while not _STOPPED:
         done = {name: journaled(runs()[name][0]) for name in names}
-        behind = [name for name in names if done[name] < limit]
+        end = {name: min(limit or num_edits(name), num_edits(name)) for name in names}
+        behind = [name for name in names if done[name] < end[name]]
         if not behind:
             return
         name = min(behind, key=done.get)
-        target = min(limit, (done[name] // rounds + 1) * rounds)
+        target = min(end[name], (done[name] // rounds + 1) * rounds)
         # stop_after must be below num_edits: the last round runs to the end (and its final evaluation)
         _run_serially([name], (*extra, f"stop_after={target if target < num_edits(name) else 'null'}"))
         if journaled(runs()[name][0]) <= done[name]:
@@ -253,7 +255,7 @@ def stop(timeout: float = 900.0) -> int:
     deadline = time.monotonic() + timeout
     waiting = set(queues) | set(live.values())
     while waiting and time.monotonic() < deadline:
-        waiting = {pid for pid in waiting if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+        waiting = {pid for pid in waiting if not _ended(pid)}
         time.sleep(1)
     for name in live:
         print(f"{name:<40} {progress(runs()[name][0])}")
@@ -263,18 +265,20 @@ def stop(timeout: float = 900.0) -> int:
     return 0
 
 
-def _parent(pid: int) -> int:
+def _stat(pid: int) -> list:
+    """/proc/<pid>/stat after the command name: [state, parent pid, ...]; [] for a process that is gone."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
-        return True
+        return []
+
+
+def _parent(pid: int) -> int:
+    return int((_stat(pid) or [None, 0])[1])
+
+
+def _ended(pid: int) -> bool:
+    return (_stat(pid) or ["Z"])[0] == "Z"  # gone, or a zombie its parent has not reaped yet
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
@@ -370,7 +374,7 @@ def main(argv) -> int:
         _end_queue_on_signal()
         extra, stop_after, rounds, names = _options(argv[1:])
         if rounds:
-            _run_in_rounds(names, extra, rounds, *([int(stop_after)] if stop_after is not None else []))
+            _run_in_rounds(names, extra, rounds, int(stop_after) if stop_after is not None else None)
         else:
             _run_serially(names, _with_stop(extra, stop_after))
         return 0

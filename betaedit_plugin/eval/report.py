@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from statistics import NormalDist
 from typing import Mapping, Optional, Sequence
 
 from .._fileio import atomic_write, atomic_write_text
@@ -91,6 +92,13 @@ def comparison_table(runs: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+def _common_steps(runs: Mapping[str, Mapping]) -> set:
+    """The steps every run evaluated (none for fewer than two runs)."""
+    if len(runs) < 2:
+        return set()
+    return set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None}
+
+
 #: the columns of `common_steps_table`: what a long sequential comparison is read by
 STEP_COLUMNS = ("efficacy", "generality", "specificity", "ppl", "mmlu_acc", "rel_leakage", "perturbation")
 
@@ -99,9 +107,7 @@ def common_steps_table(runs: Mapping[str, Mapping]) -> str:
     """Markdown table of every run at each step all of them evaluated (step 0 included), one row per
     (step, run): runs in progress compared where they are comparable, not each at its own last point.
     Empty string when there are fewer than two runs or no such step."""
-    if len(runs) < 2:
-        return ""
-    steps = set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None}
+    steps = _common_steps(runs)
     if not steps:
         return ""
     by_step = {label: {p["step"]: p for p in r.get("evals") or [] if "step" in p} for label, r in runs.items()}
@@ -117,7 +123,7 @@ def common_steps_table(runs: Mapping[str, Mapping]) -> str:
 #: metrics that are proportions of won comparisons: a point keeps each comparison's outcome
 #: (``outcomes``, `betaedit_plugin.eval.metrics.edit_metrics`), so their differences get intervals
 PROPORTIONS = ("efficacy", "generality", "specificity")
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
+Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a normal estimate
 
 
 def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple]:
@@ -148,10 +154,8 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
     """Markdown: at the last step every run reached (after 0), ``reference`` (default: the last run,
     BetaEdit in the registry's order) minus each other run, for each of `PROPORTIONS`, with 95%
     intervals (`proportion_difference`). Empty string for fewer than two runs or no such step."""
-    if len(runs) < 2:
-        return ""
     reference = reference if reference is not None else list(runs)[-1]
-    steps = set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None, 0}
+    steps = _common_steps(runs) - {0}
     if not steps:
         return ""
     step = max(steps)

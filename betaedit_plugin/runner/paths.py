@@ -246,16 +246,6 @@ class OutDirHold:
         except OSError:
             return set()
 
-    def _written(self) -> bool:
-        """Whether anything but logs appeared or changed in out_dir since the hold was taken (a
-        resumed run rewrites results.json, adds journal chunks and checkpoints: no new names)."""
-        new = self._new_entries()
-        return any(not name.endswith(".log") for name in new) or any(
-            _stamp(self.abs / name) != stamp for name, stamp in self._stamps.items())
-
-    def _logs_grew(self) -> bool:
-        return bool(self._new_entries()) or any(_size(self.abs / name) != size for name, size in self._logs.items())
-
     def release(self, undo: bool = False) -> None:
         """Let go of out_dir (the pid file goes, the lock file stays); does nothing once released.
 
@@ -264,10 +254,13 @@ class OutDirHold:
         logs with it."""
         if not self.held:
             return
-        if undo and self._written():
-            undo = False  # the run wrote results: its log belongs with them
-        undo = undo or not (self._written() or self._logs_grew())
         new = self._new_entries()
+        # anything but logs new or changed (a resumed run adds no name: it rewrites results.json and
+        # adds journal chunks and checkpoints inside existing folders): the results stay, their log with them
+        written = any(not name.endswith(".log") for name in new) or any(
+            _stamp(self.abs / name) != stamp for name, stamp in self._stamps.items())
+        logged = bool(new) or any(_size(self.abs / name) != size for name, size in self._logs.items())
+        undo = not written and (undo or not logged)
         if undo:
             for name in new:
                 with contextlib.suppress(OSError):

@@ -60,15 +60,27 @@ class StopRequest:
 
 
 @contextlib.contextmanager
+def _handling(signals: tuple, handler) -> Iterator[bool]:
+    """``handler`` for ``signals`` inside the block, the previous handlers back on exit; yields whether
+    it was installed (only on the main thread, the one Python delivers signals to)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield True
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def stop_between_edits(where: Callable[[], str]) -> Iterator[StopRequest]:
     """SIGINT and SIGTERM, inside the block: the first sets the yielded `StopRequest` (and logs what
     will happen, ``where()`` naming the edit in progress), a second raises `RunInterrupted` at once.
     The previous handlers come back on exit. Off the main thread (where Python delivers no signals)
     the request is never set."""
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
 
     def handler(signum, frame):
         if request:
@@ -77,30 +89,20 @@ def stop_between_edits(where: Callable[[], str]) -> Iterator[StopRequest]:
         logger.warning("%s: stopping after %s (journaled and checkpointed); send it again to stop at once",
                        signal_name(signum), where())
 
-    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
+    with _handling(STOP_SIGNALS, handler):
         yield request
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM raises `RunInterrupted` (a KeyboardInterrupt) inside the block, as SIGINT does by
     default, so that ``finally`` blocks and context managers run. Main thread only; a no-op elsewhere."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         raise RunInterrupted(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
+    with _handling((signal.SIGTERM,), handler):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def run_state(out_dir: Union[str, Path]) -> str:

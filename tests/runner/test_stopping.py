@@ -20,10 +20,13 @@ from betaedit_plugin.runner.experiment import RUN_PID
 from betaedit_plugin.runner.journal import Journal, JournalError
 from betaedit_plugin.runner.stopping import RunInterrupted, stop_between_edits
 
-# enough edits that the run is still editing when the signal comes; no evaluation before the end
-RUN = ["model=tiny-llama", "num_edits=400", "eval_every=400", "checkpoint_every=0", "eval.mmlu_n=2", "eval.ppl_tokens=48",
-       "eval.ppl_window=24", "eval.fluency_prompts=1", "eval.fluency_tokens=2", "eval.max_cases=2",
-       "hparams.v_num_grad_steps=2", "progress=false"]
+from test_out_dir import _tiny  # tests/runner is on sys.path (rootdir conftest, no packages)
+
+
+def _run(tmp: Path, out: Path, *extra: str) -> list:
+    """A tiny run with enough edits that it is still editing when the signal comes (no evaluation
+    before the end, no periodic checkpoint)."""
+    return _tiny(tmp, "num_edits=400", "eval_every=400", "checkpoint_every=0", "eval.max_cases=2", f"out_dir={out}", *extra)
 
 
 def _journaled(out: Path) -> int:
@@ -34,8 +37,7 @@ def _journaled(out: Path) -> int:
 
 
 def _start(tmp: Path, out: Path) -> subprocess.Popen:
-    args = [*RUN, f"hparams.stats_dir={tmp / 'stats'}", f"run_root={tmp / 'runs'}", f"out_dir={out}"]
-    return subprocess.Popen([sys.executable, "-m", "betaedit_plugin.run", *args], cwd=tmp, env=repo_env(),
+    return subprocess.Popen([sys.executable, "-m", "betaedit_plugin.run", *_run(tmp, out)], cwd=tmp, env=repo_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -70,9 +72,7 @@ def test_a_signal_stops_the_run_after_the_edit_in_progress_with_a_checkpoint_the
     assert not (out / RUN_PID).exists()  # the hold on out_dir was released
 
     if signum == signal.SIGINT:  # resume continues from that checkpoint: no replay, the next edit is the step after it
-        args = [*RUN, f"hparams.stats_dir={tmp_path / 'stats'}", f"run_root={tmp_path / 'runs'}", f"out_dir={out}",
-                "resume=true", f"stop_after={step + 1}"]
-        proc = cli(args, cwd=tmp_path)
+        proc = cli(_run(tmp_path, out, "resume=true", f"stop_after={step + 1}"), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         results = json.loads((out / "results.json").read_text())
         assert (results["status"], results["edits_done"], results["resumed_from"]) == ("stopped", step + 1, step)
