@@ -266,18 +266,25 @@ def _screening_cli(args: Sequence[str]) -> int:
 def _replay_cli(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="betaedit-run replay",
-        description="Rebuild a run's edited model from its journal, re-score the last journaled step and compare "
-                    "with the recorded metrics (nothing in DIR is written).")
+        description="Rebuild a run's edited model from its journal (or load its newest checkpoint), re-score the "
+                    "last journaled step and compare with the recorded metrics (nothing in DIR is written but with --amend).")
     parser.add_argument("dir", help="a run's out_dir or a published results folder (results.json + journal/)")
     parser.add_argument("--save", default=None, help="write the edited model: a .safetensors file or a directory (save_pretrained)")
     parser.add_argument("--no-eval", action="store_true", help="only rebuild (and check the journal's fingerprints)")
     parser.add_argument("--device", default=None, help="replay on this device instead of the run's hparams.device")
+    parser.add_argument("--from-checkpoint", action="store_true",
+                        help="load the newest checkpoint in DIR instead of replaying the journal, and score its step")
+    parser.add_argument("--amend", action="store_true",
+                        help="then add to the recorded point the per-case outcomes it lacks, if every recorded metric "
+                             "was reproduced (writes DIR/results.json)")
     ns = parser.parse_args(list(args))
-    from .runner.replay import replay_run
+    if ns.amend and ns.no_eval:
+        parser.error("--amend needs the evaluation: drop --no-eval")
+    from .runner.replay import amend_point, replay_run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device)
+        out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device, from_checkpoint=ns.from_checkpoint)
     except BetaEditError as exc:
         _fail(str(exc))
     print(f"replayed {out['steps']} edits in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
@@ -291,6 +298,13 @@ def _replay_cli(args: Sequence[str]) -> int:
               + ", ".join(f"{k}={out['replayed'][k]:.4g}" for k in ("efficacy", "generality", "specificity") if k in out["replayed"]))
     if out.get("saved"):
         print(f"edited model written to {out['saved']}")
+    if ns.amend:
+        try:
+            added = amend_point(ns.dir, out["replayed"])
+        except BetaEditError as exc:
+            _fail(str(exc))
+        print(f"added {', '.join(added)} to the point at step {out['steps']}" if added else
+              f"the point at step {out['steps']} kept every outcome already: nothing written")
     return 0
 
 

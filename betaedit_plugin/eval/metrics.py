@@ -77,8 +77,11 @@ def edit_metrics(
         mean log-probability margins ``efficacy_margin`` (log P(new) - log P(true) on the prompt)
         and ``specificity_margin`` (log P(true) - log P(new) on the neighbourhood); and ``outcomes``:
         for each of efficacy, generality and specificity, every comparison's result as a string of
-        "1" (won) and "0" in the order of ``requests`` (then of their prompts): what a paired
-        comparison of two models on the same requests needs (`betaedit_plugin.eval.report`).
+        "1" (won) and "0" in the order of ``requests`` (then of their prompts), and with
+        ``locality_ref`` for ``locality_acc`` each neighbourhood prompt's tokens as "1" (the argmax
+        agrees with the unedited model's) and "0", prompts separated by a space (`locality_scores`
+        reads them back): what a paired comparison of two models on the same requests needs
+        (`betaedit_plugin.eval.report`).
     """
     jobs: list = []  # (kind, request index, prompt, target)
     for i, req in enumerate(requests):
@@ -98,7 +101,7 @@ def edit_metrics(
     scores = score_targets(model, tok, [j[2] for j in jobs], [j[3] for j in jobs], batch_size=batch_size)
     table = {(kind, i): s for (kind, i, _, _), s in zip(jobs, scores)}
 
-    eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc, loc_acc = [], [], [], [], [], [], [], []
+    eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc, loc_tokens = [], [], [], [], [], [], [], []
     for i, req in enumerate(requests):
         new = table[("new", i)]
         rw_acc.append(new.token_accuracy)
@@ -119,8 +122,9 @@ def edit_metrics(
             spec.append(float(true.mean_logprob > wrong.mean_logprob))
             spec_margin.append(true.mean_logprob - wrong.mean_logprob)
             if refs is not None and k < len(refs):
-                ref = refs[k]
-                loc_acc.append(sum(a == b for a, b in zip(true.argmax, ref)) / max(len(ref), 1))
+                ref = refs[k]  # a token missing from the argmax counts as a disagreement
+                agree = [a == b for a, b in zip(true.argmax, ref)] + [False] * max(len(ref) - len(true.argmax), 0)
+                loc_tokens.append("".join("1" if a else "0" for a in agree))
             k += 1
     out = {
         "outcomes": {name: "".join("1" if v else "0" for v in values)
@@ -134,8 +138,19 @@ def edit_metrics(
         "rephrase_acc": _mean(rp_acc),
     }
     if locality_ref is not None:
-        out["locality_acc"] = _mean(loc_acc)
+        out["outcomes"]["locality_acc"] = " ".join(loc_tokens)
+        out["locality_acc"] = _mean([_agreement(t) for t in loc_tokens])
     return out
+
+
+def _agreement(tokens: str) -> float:
+    return tokens.count("1") / max(len(tokens), 1)
+
+
+def locality_scores(tokens: str) -> list:
+    """Each neighbourhood prompt's token agreement (the share of "1"; 0 for a prompt without tokens)
+    from ``outcomes["locality_acc"]`` (`edit_metrics`): the values ``locality_acc`` is the mean of."""
+    return [_agreement(t) for t in tokens.split(" ")] if tokens else []
 
 
 # ----------------------------------------------------------------------------- fluency

@@ -32,22 +32,52 @@ def _finite(points: Sequence[Mapping], key: str) -> tuple:
     return xs, ys
 
 
-def _plain_log_formatter(**kwargs):
-    """matplotlib's LogFormatter (which ticks get a label) writing the numbers plainly: 35, 0.06, 1000."""
-    from matplotlib.ticker import LogFormatter
+def _within_a_decade(axis) -> bool:
+    lo, hi = sorted(axis.get_view_interval())
+    return 0 < lo and hi < 10 * lo
 
-    class PlainLogFormatter(LogFormatter):
+
+def _plain_log_ticks():
+    """(major locator, minor locator, major formatter, minor formatter) of `plain_log_axis`."""
+    from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator
+
+    class Locator(LogLocator):
+        """A log axis's ticks; within a decade, evenly spaced round numbers (30, 35, 40, ...) as majors
+        and no minors, where the decade's own ticks (20, 30, ..., 90) would leave two or three."""
+
+        def __init__(self, minor: bool):
+            super().__init__(subs="auto" if minor else (1.0,))
+            self.minor = minor
+
+        def tick_values(self, vmin, vmax):
+            if 0 < min(vmin, vmax) and max(vmin, vmax) < 10 * min(vmin, vmax):
+                if self.minor:
+                    return []
+                ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
+                return ticks[ticks > 0]  # 0 has no place on a log axis
+            return super().tick_values(vmin, vmax)
+
+    class Formatter(LogFormatter):
+        """matplotlib's LogFormatter (which ticks get a label) writing the numbers plainly: 35, 0.06,
+        1000; within a decade every (major) tick."""
+
         def __call__(self, x, pos=None):
-            return f"{x:g}" if super().__call__(x, pos) else ""
+            if _within_a_decade(self.axis) or super().__call__(x, pos):
+                return f"{x:g}"
+            return ""
 
-    return PlainLogFormatter(**kwargs)
+    return Locator(minor=False), Locator(minor=True), Formatter(), Formatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
 
 
 def plain_log_axis(axis) -> None:
     """Label a log-scaled matplotlib axis (``ax.xaxis`` / ``ax.yaxis``) with plain numbers: its
-    decades, and within about two decades its minor ticks too (35, 40, 0.06), not 3.5x10^1."""
-    axis.set_major_formatter(_plain_log_formatter())
-    axis.set_minor_formatter(_plain_log_formatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    decades, within about two decades its minor ticks too (0.06, 0.2), and within one decade evenly
+    spaced round numbers (35, 40, 45), not 3.5x10^1 or only the 40 and 50 of the decade's ticks."""
+    major, minor, major_fmt, minor_fmt = _plain_log_ticks()
+    axis.set_major_locator(major)
+    axis.set_minor_locator(minor)
+    axis.set_major_formatter(major_fmt)
+    axis.set_minor_formatter(minor_fmt)
 
 
 def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:

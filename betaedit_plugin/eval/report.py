@@ -123,7 +123,23 @@ def common_steps_table(runs: Mapping[str, Mapping]) -> str:
 #: metrics that are proportions of won comparisons: a point keeps each comparison's outcome
 #: (``outcomes``, `betaedit_plugin.eval.metrics.edit_metrics`), so their differences get intervals
 PROPORTIONS = ("efficacy", "generality", "specificity")
+#: ... and token locality, a mean of each neighbourhood prompt's share of agreeing tokens: its
+#: differences get an interval only where both points kept every prompt's tokens (paired)
+BY_CASE = (*PROPORTIONS, "locality_acc")
+_HEADER = {key: header for key, header, _ in TABLE_COLUMNS}
 Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a normal estimate
+
+
+def case_values(point: Mapping, metric: str) -> Optional[list]:
+    """The values ``point[metric]`` is the mean of, from its ``outcomes`` (None where it kept none)."""
+    kept = (point.get("outcomes") or {}).get(metric)
+    if not kept:
+        return None
+    if metric == "locality_acc":
+        from .metrics import locality_scores  # here: the tables need no torch until a point kept its tokens
+
+        return locality_scores(kept)
+    return [int(c) for c in kept]
 
 
 def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple]:
@@ -131,19 +147,22 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
 
     Paired when both points kept their outcomes on the same cases (the same ``scored_cases``): the
     mean of the case-by-case differences and its standard error (sample standard deviation / sqrt(n)).
-    Otherwise as two independent binomial proportions of ``n_scored`` comparisons each:
-    sqrt(p_a(1 - p_a)/n_a + p_b(1 - p_b)/n_b), wider than the paired one where the cases are shared.
+    Otherwise, for the `PROPORTIONS`, as two independent binomial proportions of ``n_scored``
+    comparisons each: sqrt(p_a(1 - p_a)/n_a + p_b(1 - p_b)/n_b), wider than the paired one where the
+    cases are shared; ``locality_acc`` (not a proportion) has no unpaired interval.
 
     Returns:
         (difference, half-width, "paired" or "unpaired", n), or None when a point lacks the metric.
     """
-    wa, wb = (a.get("outcomes") or {}).get(metric), (b.get("outcomes") or {}).get(metric)
-    if wa and wb and len(wa) == len(wb) and a.get("scored_cases") and a.get("scored_cases") == b.get("scored_cases"):
-        d = [int(x) - int(y) for x, y in zip(wa, wb)]
+    va, vb = case_values(a, metric), case_values(b, metric)
+    if va and vb and len(va) == len(vb) and a.get("scored_cases") and a.get("scored_cases") == b.get("scored_cases"):
+        d = [x - y for x, y in zip(va, vb)]
         n = len(d)
         mean = sum(d) / n
         var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else float("nan")
         return mean, Z95 * math.sqrt(var / n), "paired", n
+    if metric not in PROPORTIONS:
+        return None
     pa, pb, na, nb = a.get(metric), b.get(metric), a.get("n_scored"), b.get("n_scored")
     if not all(isinstance(v, (int, float)) for v in (pa, pb, na, nb)) or not (na and nb) or math.isnan(pa) or math.isnan(pb):
         return None
@@ -152,7 +171,7 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
 
 def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
     """Markdown: at the last step every run reached (after 0), ``reference`` (default: the last run,
-    BetaEdit in the registry's order) minus each other run, for each of `PROPORTIONS`, with 95%
+    BetaEdit in the registry's order) minus each other run, for each of `BY_CASE`, with 95%
     intervals (`proportion_difference`). Empty string for fewer than two runs or no such step."""
     reference = reference if reference is not None else list(runs)[-1]
     steps = _common_steps(runs) - {0}
@@ -164,12 +183,13 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
              "difference these cases cannot show. Paired: the same cases scored in both runs, the mean and standard "
              "error of their case-by-case differences; unpaired (points that did not keep each outcome): two "
              "independent binomial proportions, wider.", "",
-             f"| {reference} minus | " + " | ".join(PROPORTIONS) + " | cases | interval |", "|" + "---|" * (len(PROPORTIONS) + 3)]
+             f"| {reference} minus | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | cases | interval |",
+             "|" + "---|" * (len(BY_CASE) + 3)]
     for label in runs:
         if label == reference:
             continue
         cells, kinds, ns = [], set(), set()
-        for metric in PROPORTIONS:
+        for metric in BY_CASE:
             diff = proportion_difference(at[reference], at[label], metric)
             if diff is None:
                 cells.append("–")

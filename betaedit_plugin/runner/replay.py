@@ -8,6 +8,17 @@ loads the model and the statistics, writes every journaled step from its z* (key
 updates recomputed, as in the run), checks the weights' fingerprints where the journal has them,
 then scores the last journaled step like the run did and compares with the recorded metrics.
 Nothing in the folder is written.
+
+    python -m betaedit_plugin.run replay DIR --from-checkpoint            # the newest checkpoint's weights
+    python -m betaedit_plugin.run replay DIR --from-checkpoint --amend    # ... and add what the point lacks
+
+``--from-checkpoint`` loads the newest verified checkpoint instead of replaying the journal (minutes
+instead of an edit's cost per journaled step; the journal's fingerprint at that step is checked
+where it has one) and scores that step. `amend_point` adds to the recorded point at that step the
+per-case ``outcomes`` it did not keep (points written before token locality's were kept), and only
+when the new scoring reproduced every recorded metric: a point's numbers never change, it gains
+the detail a paired comparison needs. That writes results.json (out_dir held, as a run holds it);
+the checkpoint's own copy stays as it was (its manifest covers it).
 """
 
 from __future__ import annotations
@@ -27,14 +38,15 @@ from .results import RunResults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["replay_run", "metric_differences", "save_weights"]
+__all__ = ["replay_run", "metric_differences", "save_weights", "amend_point"]
 
 #: metrics compared between the recorded and the replayed final point (those that exist in both)
 COMPARED = ("efficacy", "generality", "specificity", "rewrite_acc", "rephrase_acc", "locality_acc",
             "ppl", "fluency", "mmlu_acc", "rel_leakage", "perturbation")
 
 
-def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device: Optional[str] = None) -> Dict[str, Any]:
+def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device: Optional[str] = None,
+               from_checkpoint: bool = False) -> Dict[str, Any]:
     """Replay the journal in ``src`` (an out_dir or a published results folder).
 
     Args:
@@ -42,12 +54,14 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
             directory (``save_pretrained`` of the model and its tokenizer).
         evaluate: score the last journaled step and compare with the recorded point.
         device: run on this device instead of the run's ``hparams.device``.
+        from_checkpoint: load the newest checkpoint in ``src`` (verified against the run's identity
+            and its digests) instead of replaying the journal; its step is the one scored.
     Returns:
         {"steps", "replay_s", "fingerprints", "identical", "max_rel_diff", "recorded", "replayed",
          "differences": {metric: |recorded - replayed|}}.
     Raises:
         ConfigError: no results.json or journal, a journal of another run, or a replay that diverges
-            (the step and layer named).
+            (the step and layer named); with ``from_checkpoint``, no usable checkpoint.
     """
     from .experiment import _read_results, set_up_editing
 
@@ -86,20 +100,31 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     editor.prepare()
 
     out: Dict[str, Any] = {"steps": journal.last_step, "fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
+
+    def check_fingerprint(record) -> None:
+        try:
+            got = compare_fingerprint(record.fingerprint, setup.fingerprint(), record.step)
+        except JournalError as exc:
+            raise ConfigError(f"replay {str(src)!r}: {exc}") from None
+        out["fingerprints"] += 1
+        out["identical"] += int(got["identical"])
+        out["max_rel_diff"] = max(out["max_rel_diff"], got["max_rel_diff"])
+
     t0, step = time.perf_counter(), 0
-    for record in journal.records:
-        editor.apply(requests[step: record.step], z_star=record.z_star)
-        step = record.step
-        if record.fingerprint is not None:
-            try:
-                got = compare_fingerprint(record.fingerprint, setup.fingerprint(), step)
-            except JournalError as exc:
-                raise ConfigError(f"replay {str(src)!r}: {exc}") from None
-            out["fingerprints"] += 1
-            out["identical"] += int(got["identical"])
-            out["max_rel_diff"] = max(out["max_rel_diff"], got["max_rel_diff"])
+    if from_checkpoint:
+        step = _load_checkpoint(src, editor, results.identity or {})
+        out["steps"] = step
+        for record in journal.records:
+            if record.step == step and record.fingerprint is not None:
+                check_fingerprint(record)
+    else:
+        for record in journal.records:
+            editor.apply(requests[step: record.step], z_star=record.z_star)
+            step = record.step
+            if record.fingerprint is not None:
+                check_fingerprint(record)
     out["replay_s"] = time.perf_counter() - t0
-    logger.info("replayed %d edits in %.1f s", step, out["replay_s"])
+    logger.info("%s %d edits in %.1f s", "loaded the checkpoint of" if from_checkpoint else "replayed", step, out["replay_s"])
 
     if evaluate:
         recorded = results.point(step)
@@ -110,6 +135,72 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     if save:
         out["saved"] = str(save_weights(setup.model, setup.tok, save))
     return out
+
+
+def _load_checkpoint(src: Path, editor, identity) -> int:
+    """Load the newest verified checkpoint of ``src`` into ``editor`` (weights included); its step."""
+    from .._fileio import IntegrityError
+    from .checkpoint import EDITOR_STATE, SEALED_FORMAT, CheckpointError, latest_checkpoint
+
+    try:
+        ckpt = latest_checkpoint(src, identity)
+    except CheckpointError as exc:
+        raise ConfigError(f"replay {str(src)!r} --from-checkpoint: {exc}") from None
+    if ckpt is None:
+        raise ConfigError(f"replay {str(src)!r} --from-checkpoint: no checkpoint in {str(src / 'checkpoints')!r} "
+                          "(checkpoints stay on the machine that wrote them)", fix="replay the journal: drop --from-checkpoint")
+    try:
+        editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True, allow_unverified=ckpt.manifest["format"] < SEALED_FORMAT)
+    except (IntegrityError, ValueError) as exc:
+        raise ConfigError(f"replay {str(src)!r} --from-checkpoint: checkpoint {ckpt.path.name}: {exc}") from None
+    return ckpt.step
+
+
+#: how closely a re-scored point must reproduce the recorded one before `amend_point` adds to it:
+#: shares of cases exactly (they are counts), the rest to float noise of another thread count
+_REPRODUCED = {"efficacy": 0.0, "generality": 0.0, "specificity": 0.0, "rewrite_acc": 1e-9, "rephrase_acc": 1e-9,
+               "locality_acc": 1e-9}
+_REPRODUCED_REL = 1e-4
+
+
+def amend_point(src, replayed: Dict[str, Any]) -> list:
+    """Add to ``src``'s recorded point at ``replayed["step"]`` the ``outcomes`` it lacks, from ``replayed``
+    (a re-scoring of the same model on the same cases: `replay_run`). Returns the outcomes added
+    (empty: nothing to add, nothing written).
+
+    Raises:
+        ConfigError: no recorded point at that step, other cases scored, or a metric not reproduced
+            (named with both values): then nothing is written.
+    """
+    from .._fileio import atomic_write_text
+    from .experiment import _read_results
+    from .paths import hold_out_dir
+
+    src = Path(src)
+    step = replayed["step"]
+    with hold_out_dir(src):
+        try:
+            results = RunResults.from_json(_read_results(src / "results.json"))
+        except ValueError as exc:
+            raise ConfigError(f"replay --amend {str(src)!r}: {exc}") from None
+        point = results.point(step)
+        if point is None:
+            raise ConfigError(f"replay --amend: {str(src)!r} records no evaluation at step {step}; nothing to amend")
+        if point.get("scored_cases") != replayed.get("scored_cases"):
+            raise ConfigError(f"replay --amend: the point at {step} scored other cases ({point.get('scored_cases')!r}, "
+                              f"re-scored {replayed.get('scored_cases')!r}); nothing written")
+        for key, diff in metric_differences(point, replayed).items():
+            a = abs(float(point[key]))
+            if diff > _REPRODUCED.get(key, _REPRODUCED_REL * max(a, 1e-12)):
+                raise ConfigError(f"replay --amend: {key} at step {step} not reproduced (recorded {point[key]!r}, "
+                                  f"re-scored {replayed[key]!r}); nothing written")
+        kept = point.setdefault("outcomes", {})
+        added = [k for k in (replayed.get("outcomes") or {}) if k not in kept]
+        if added:
+            kept.update({k: replayed["outcomes"][k] for k in added})
+            atomic_write_text(src / "results.json", results.dumps())
+            logger.info("added %s to the point at step %d of %s", ", ".join(added), step, src / "results.json")
+    return added
 
 
 def metric_differences(recorded: Dict[str, Any], replayed: Dict[str, Any]) -> Dict[str, float]:

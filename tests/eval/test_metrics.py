@@ -15,6 +15,7 @@ from betaedit_plugin.eval.metrics import (
     edit_metrics,
     layer_diagnostics,
     locality_reference,
+    locality_scores,
     ngram_entropy,
     weight_diagnostics,
 )
@@ -102,8 +103,10 @@ def test_edit_metrics_are_the_probability_comparisons(llama):
     assert out["efficacy"] == pytest.approx(sum(eff) / len(reqs))
     assert out["generality"] == pytest.approx(sum(gen) / len(reqs))
     assert out["specificity"] == pytest.approx(sum(spec) / len(reqs))
+    ref_lengths = [len(ref) for refs in locality_reference(model, tok, reqs) for ref in refs]
     assert out["outcomes"] == {"efficacy": "".join(str(int(v)) for v in eff), "generality": "".join(str(int(v)) for v in gen),
-                               "specificity": "".join(str(int(v)) for v in spec)}  # one comparison each, in order
+                               "specificity": "".join(str(int(v)) for v in spec),  # one comparison each, in order
+                               "locality_acc": " ".join("1" * n for n in ref_lengths)}  # every token agrees:
     assert out["locality_acc"] == 1.0  # the model has not changed since the reference
     assert 0 < sum(rw) + sum(rp), "a check that cannot tell a right metric from one stuck at 0"
     assert out["rewrite_acc"] == pytest.approx(sum(rw) / len(rw))
@@ -117,6 +120,16 @@ def test_locality_acc_drops_when_the_model_changes(llama):
     other, _ = __import__("betaedit_plugin.models.tiny", fromlist=["build_tiny"]).build_tiny("llama", seed=1)
     out = edit_metrics(other, tok, reqs, locality_ref=ref)
     assert out["locality_acc"] < 1.0
+    # each prompt's tokens as kept in the outcomes, by hand from the other model's argmax against the reference
+    hand = []
+    for req, refs in zip(reqs, ref):
+        for prompt, answer, tokens in zip(req.locality_prompts, req.locality_ground_truth, refs):
+            argmax = _hand_logprobs(other, tok, prompt, answer)[1]
+            hand.append("".join("1" if a == b else "0" for a, b in zip(argmax, tokens)))
+    assert out["outcomes"]["locality_acc"] == " ".join(hand) and "0" in " ".join(hand)
+    assert locality_scores(out["outcomes"]["locality_acc"]) == [h.count("1") / len(h) for h in hand]
+    assert out["locality_acc"] == pytest.approx(sum(h.count("1") / len(h) for h in hand) / len(hand), rel=1e-12)
+    assert locality_scores("") == [] and locality_scores("10 1 ") == [0.5, 1.0, 0.0]  # a prompt without tokens: 0
 
 
 def test_ngram_entropy_by_hand():

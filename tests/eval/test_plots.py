@@ -26,14 +26,17 @@ def _labels(lo: float, hi: float) -> tuple:
 
 
 @pytest.mark.parametrize("lo, hi, expect", [
-    (31.0, 40.0, {"32", "35", "40"}),  # perplexity within one decade: labelled minor ticks
-    (0.018, 0.13, {"0.02", "0.06", "0.1"}),  # relative leakage
+    (31.0, 40.0, {"32", "34", "36", "38", "40"}),  # perplexity within one decade: round numbers
+    (30.5, 53.0, {"35", "40", "45", "50"}),  # where the decade's own ticks would label only 40 and 50
+    (0.018, 0.13, {"0.02", "0.06", "0.1", "0.12"}),  # relative leakage
+    (0.015, 0.25, {"0.02", "0.06", "0.1", "0.2"}),  # more than a decade: the decade's ticks
 ])
-def test_log_axes_within_a_decade_are_labelled_in_plain_numbers(lo, hi, expect):
+def test_log_axes_within_a_decade_or_two_are_labelled_in_plain_numbers(lo, hi, expect):
     major, minor = _labels(lo, hi)
     labels = set(major) | set(minor)
     assert expect <= labels, labels
     assert not any("e" in l or "times" in l or "^" in l for l in labels), labels
+    assert "0" not in labels  # no tick at 0 on a log axis
 
 
 def test_log_axes_over_many_decades_label_the_decades_only():

@@ -79,6 +79,27 @@ def test_points_on_other_cases_or_without_outcomes_get_the_wider_unpaired_interv
     assert proportion_difference(a, b, "generality") is None
 
 
+def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreeing_tokens():
+    import statistics
+
+    from betaedit_plugin.eval.report import differences_table, proportion_difference
+
+    a = _point(100, {"efficacy": "111", "locality_acc": "1111 10 011"})
+    b = _point(100, {"efficacy": "101", "locality_acc": "0111 00 111"})
+    d = [1.0 - 0.75, 0.5 - 0.0, 2 / 3 - 1.0]
+    diff, half, kind, n = proportion_difference(a, b, "locality_acc")
+    assert (kind, n) == ("paired", 3) and diff == pytest.approx(statistics.fmean(d), rel=1e-12)
+    assert half == pytest.approx(1.959964 * statistics.stdev(d) / 3 ** 0.5, rel=1e-6)
+    # a mean of shares is no binomial proportion: on other cases, or without the tokens, no interval
+    assert proportion_difference(a, _point(100, b["outcomes"], cases="xyz"), "locality_acc") is None
+    assert proportion_difference(a, _point(100, {"efficacy": "101"}), "locality_acc") is None
+    table = differences_table({"alphaedit": {"evals": [b]}, "betaedit": {"evals": [a]}})
+    assert "| betaedit minus | efficacy | generality | specificity | locality acc | cases | interval |" in table
+    half_eff = 1.959964 * statistics.stdev([0, 1, 0]) / 3 ** 0.5
+    assert table.splitlines()[-1] == (f"| alphaedit | +0.333 ± {half_eff:.3f} | – | – | {statistics.fmean(d):+.3f} ± "
+                                      f"{1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | 3 | paired |")
+
+
 def test_the_comparison_shows_the_reference_minus_each_run_at_the_last_step_all_reached(tmp_path):
     from betaedit_plugin.eval.report import differences_table
 
@@ -92,8 +113,8 @@ def test_the_comparison_shows_the_reference_minus_each_run_at_the_last_step_all_
     table = differences_table(runs)
     assert table.startswith("betaedit minus each other run at 100 edits")
     rows = _rows("\n".join(table.splitlines()[2:]))
-    assert rows == [["memit", "+0.500 ± 0.566", "–", "–", "4", "paired"],
-                    ["alphaedit", "+0.250 ± 0.490", "–", "–", "4", "paired"]]
+    assert rows == [["memit", "+0.500 ± 0.566", "–", "–", "–", "4", "paired"],
+                    ["alphaedit", "+0.250 ± 0.490", "–", "–", "–", "4", "paired"]]
     assert differences_table(runs, reference="memit").splitlines()[4].startswith("| alphaedit | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""

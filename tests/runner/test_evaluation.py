@@ -3,8 +3,10 @@ sample of ``eval.max_cases`` in between, and the sample at the end too with ``ev
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from betaedit_plugin.eval.metrics import locality_scores
 from betaedit_plugin.runner import eval_sample, run_experiment
 from betaedit_plugin.runner.identity import config_hash, identity_difference
 
@@ -33,10 +35,14 @@ def test_sample_final_scores_the_sample_at_the_end_and_is_its_own_run(tmp_path):
         assert _metrics(a) == _metrics(b), a["step"]
         assert (a["scored_cases"], a["outcomes"]) == (b["scored_cases"], b["outcomes"]), a["step"]
     # each point keeps every comparison's outcome (what a paired comparison of two runs reads), one per
-    # scored case here (one rephrase and one neighbourhood prompt per case), their mean the metric
+    # scored case here (one rephrase and one neighbourhood prompt per case), their mean the metric;
+    # token locality: each neighbourhood prompt's tokens, the mean of their shares the metric
     for p in every["evals"] + sampled["evals"]:
+        assert sorted(p["outcomes"]) == ["efficacy", "generality", "locality_acc", "specificity"]
         for metric, won in p["outcomes"].items():
-            assert len(won) == p["n_scored"] and won.count("1") / len(won) == p[metric], (p["step"], metric)
+            values = locality_scores(won) if metric == "locality_acc" else [int(c) for c in won]
+            assert len(values) == p["n_scored"] and sum(values) / len(values) == pytest.approx(p[metric], rel=1e-12), \
+                (p["step"], metric)
     digest = {p["step"]: p["scored_cases"] for p in every["evals"]}
     assert digest[0] == digest[5] != digest[2]  # all five cases; the first two
     # its own run: another identity; sample_final=false is the identity of runs written before the key

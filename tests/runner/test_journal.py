@@ -184,6 +184,42 @@ def test_replay_rebuilds_the_edited_model_and_its_metrics(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # the run's folder is only read
 
 
+def test_the_newest_checkpoint_is_rescored_and_its_point_gains_only_the_outcomes_it_lacks(tmp_path):
+    from betaedit_plugin.runner.replay import amend_point, replay_run
+
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "checkpoint_every=5"))  # checkpointed at its last step
+    path = out / "results.json"
+    raw = json.loads(path.read_text())
+    kept = raw["evals"][-1]["outcomes"].pop("locality_acc")  # a point written before token locality's were kept
+    path.write_text(json.dumps(raw, indent=1))
+    got = replay_run(out, from_checkpoint=True)
+    assert (got["steps"], got["fingerprints"], got["identical"]) == (5, 1, 1)  # the journal's fingerprint at 5
+    assert got["differences"] and all(d == 0 for d in got["differences"].values()), got["differences"]
+    # refused, and nothing written: a metric not reproduced, other cases scored
+    before = path.read_bytes()
+    worse = dict(got["replayed"], specificity=got["replayed"]["specificity"] + 0.2)
+    with pytest.raises(ConfigError, match=r"specificity at step 5 not reproduced \(recorded .*\); nothing written"):
+        amend_point(out, worse)
+    with pytest.raises(ConfigError, match=r"the point at 5 scored other cases"):
+        amend_point(out, dict(got["replayed"], scored_cases="0123"))
+    assert path.read_bytes() == before
+    # the CLI: re-score from the checkpoint and amend
+    env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
+    proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--from-checkpoint", "--amend"],
+                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "added locality_acc to the point at step 5" in proc.stdout, proc.stdout
+    after = json.loads(path.read_text())
+    assert after["evals"][-1]["outcomes"]["locality_acc"] == kept
+    del after["evals"][-1]["outcomes"]["locality_acc"]
+    assert after == raw  # every other value as it was
+    assert amend_point(out, got["replayed"]) == []  # nothing left to add
+    shutil.rmtree(out / "checkpoints")
+    with pytest.raises(ConfigError, match=r"no checkpoint in .*replay the journal: drop --from-checkpoint"):
+        replay_run(out, from_checkpoint=True)
+
+
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
     bank = tmp_path / "bank"
     b = run_experiment(_cfg(tmp_path, bank, "mode=bank", "num_edits=4"))
