@@ -287,7 +287,8 @@ def _replay_cli(args: Sequence[str]) -> int:
         out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device, from_checkpoint=ns.from_checkpoint)
     except BetaEditError as exc:
         _fail(str(exc))
-    print(f"replayed {out['steps']} edits in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
+    how = "loaded the checkpoint of" if ns.from_checkpoint else "replayed"
+    print(f"{how} {out['steps']} edits in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
           f"{out['identical']} bit-identical, largest relative ||W_t - W_0|| difference {out['max_rel_diff']:.3g}")
     if out.get("recorded") is not None:
         print(f"{'metric':<14} {'recorded':>12} {'replayed':>12} {'|diff|':>10}")

@@ -74,11 +74,26 @@ def test_the_sequential_runs_share_records_and_evaluation_and_differ_in_their_se
     assert cmds["memit"][-1] == "out_dir=results/smollm2-counterfact-n1000/memit"
 
 
-def test_a_sequential_variant_differs_from_its_headline_run_only_in_its_setting_and_folder(campaign):
-    head, variant = campaign.command("seq-betaedit"), campaign.command("seq-betaedit-l1_1000")
-    assert sorted(set(head) ^ set(variant)) == sorted([
-        "hparams.lambda1=300", "hparams.lambda1=1000", "out_dir=results/smollm2-counterfact-n1000/betaedit",
-        "out_dir=results/smollm2-counterfact-n1000/betaedit-l1_1000"])
+@pytest.mark.parametrize("variant, setting", [
+    ("betaedit-l1_1000", ["hparams.lambda1=300", "hparams.lambda1=1000"]),
+    ("betaedit-l1_0", ["hparams.lambda1=300", "hparams.lambda1=0"]),  # the ablation without the leakage penalty
+    ("betaedit-tau_never", ["hparams.tau=100", "hparams.tau=100000"]),  # ... without the refresh
+    ("betaedit-last", ["hparams.fact_token=last"]),  # ... keys at the prompt's last token
+])
+def test_a_sequential_variant_differs_from_its_headline_run_only_in_its_setting_and_folder(campaign, variant, setting):
+    head, other = campaign.command("seq-betaedit"), campaign.command(f"seq-{variant}")
+    assert sorted(set(head) ^ set(other)) == sorted([*setting, "out_dir=results/smollm2-counterfact-n1000/betaedit",
+                                                     f"out_dir=results/smollm2-counterfact-n1000/{variant}"])
+    assert campaign.num_edits(f"seq-{variant}") == 1000
+
+
+def test_the_zsre_runs_are_the_headline_runs_on_zsre_in_their_own_folder(campaign):
+    for method in campaign.SEQ_SETTINGS:
+        cf, zsre = campaign.command(f"seq-{method}"), campaign.command(f"zsre-{method}")
+        assert sorted(set(cf) ^ set(zsre)) == sorted([
+            "data=counterfact", "data=zsre", f"out_dir=results/smollm2-counterfact-n1000/{method}",
+            f"out_dir=results/smollm2-zsre-n1000/{method}", "run_root=results/smollm2-counterfact-n1000",
+            "run_root=results/smollm2-zsre-n1000"])
 
 
 # ---------------------------------------------------------------------------- the end of a stretch: stop

@@ -170,36 +170,45 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
 
 
 def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
-    """Markdown: at the last step every run reached (after 0), ``reference`` (default: the last run,
-    BetaEdit in the registry's order) minus each other run, for each of `BY_CASE`, with 95%
-    intervals (`proportion_difference`). Empty string for fewer than two runs or no such step."""
-    reference = reference if reference is not None else list(runs)[-1]
-    steps = _common_steps(runs) - {0}
-    if not steps:
-        return ""
-    step = max(steps)
-    at = {label: next(p for p in r["evals"] if p.get("step") == step) for label, r in runs.items()}
-    lines = [f"{reference} minus each other run at {step} edits, with 95% intervals: an interval that holds 0 is a "
-             "difference these cases cannot show. Paired: the same cases scored in both runs, the mean and standard "
-             "error of their case-by-case differences; unpaired (points that did not keep each outcome): two "
-             "independent binomial proportions, wider.", "",
-             f"| {reference} minus | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | cases | interval |",
-             "|" + "---|" * (len(BY_CASE) + 3)]
-    for label in runs:
-        if label == reference:
+    """Markdown: each run of the last run's method (BetaEdit and its variants, in the registry's order)
+    minus each run of another method, or only ``reference`` minus each other run, at the last step
+    (after 0) both reached, for each of `BY_CASE`, with 95% intervals (`proportion_difference`).
+    Empty string where no pair has such a step."""
+    def method(label: str) -> str:
+        return str(runs[label].get("method") or label)
+
+    if reference is not None:
+        pairs = [(reference, label) for label in runs if label != reference]
+    else:
+        last = method(list(runs)[-1]) if runs else None
+        pairs = [(ref, label) for ref in runs if method(ref) == last for label in runs if method(label) != last]
+    lines = []
+    for ref, label in pairs:
+        steps = _common_steps({ref: runs[ref], label: runs[label]}) - {0}
+        if not steps:
             continue
+        step = max(steps)
+        a, b = (next(p for p in runs[x]["evals"] if p.get("step") == step) for x in (ref, label))
         cells, kinds, ns = [], set(), set()
         for metric in BY_CASE:
-            diff = proportion_difference(at[reference], at[label], metric)
+            diff = proportion_difference(a, b, metric)
             if diff is None:
                 cells.append("–")
                 continue
             cells.append(f"{diff[0]:+.3f} ± {diff[1]:.3f}")
             kinds.add(diff[2])
             ns.add(diff[3])
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {'/'.join(str(n) for n in sorted(ns)) or '–'} | "
-                     f"{'/'.join(sorted(kinds)) or '–'} |")
-    return "\n".join(lines)
+        lines.append(f"| {ref} minus {label} | {step} | " + " | ".join(cells)
+                     + f" | {'/'.join(str(n) for n in sorted(ns)) or '–'} | {'/'.join(sorted(kinds)) or '–'} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        "Each pair at the last step both runs reached, with 95% intervals: an interval that holds 0 is a difference "
+        "these cases cannot show. Paired: the same cases scored in both runs, the mean and standard error of their "
+        "case-by-case differences; unpaired (points that did not keep each outcome): two independent binomial "
+        "proportions, wider; token locality only paired.", "",
+        "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | cases | interval |",
+        "|" + "---|" * (len(BY_CASE) + 4), *lines])
 
 
 def load_results(out_dir: Path) -> dict:

@@ -94,13 +94,13 @@ def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreei
     assert proportion_difference(a, _point(100, b["outcomes"], cases="xyz"), "locality_acc") is None
     assert proportion_difference(a, _point(100, {"efficacy": "101"}), "locality_acc") is None
     table = differences_table({"alphaedit": {"evals": [b]}, "betaedit": {"evals": [a]}})
-    assert "| betaedit minus | efficacy | generality | specificity | locality acc | cases | interval |" in table
+    assert "| difference | edits | efficacy | generality | specificity | locality acc | cases | interval |" in table
     half_eff = 1.959964 * statistics.stdev([0, 1, 0]) / 3 ** 0.5
-    assert table.splitlines()[-1] == (f"| alphaedit | +0.333 ± {half_eff:.3f} | – | – | {statistics.fmean(d):+.3f} ± "
-                                      f"{1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | 3 | paired |")
+    assert table.splitlines()[-1] == (f"| betaedit minus alphaedit | 100 | +0.333 ± {half_eff:.3f} | – | – | "
+                                      f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | 3 | paired |")
 
 
-def test_the_comparison_shows_the_reference_minus_each_run_at_the_last_step_all_reached(tmp_path):
+def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_at_the_last_step_both_reached(tmp_path):
     from betaedit_plugin.eval.report import differences_table
 
     runs = {
@@ -109,12 +109,17 @@ def test_the_comparison_shows_the_reference_minus_each_run_at_the_last_step_all_
         "alphaedit": {"method": "alphaedit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1110"})]},
         "betaedit": {"method": "betaedit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1111"}),
                                                       _point(200, {"efficacy": "1111"})]},
+        # a variant (another setting) still at its first point: compared where it is, not pulling the others back
+        "betaedit (variant)": {"method": "betaedit", "evals": [_point(0, {"efficacy": "0000"}),
+                                                                _point(100, {"efficacy": "0111"})]},
     }
     table = differences_table(runs)
-    assert table.startswith("betaedit minus each other run at 100 edits")
+    assert table.startswith("Each pair at the last step both runs reached")
     rows = _rows("\n".join(table.splitlines()[2:]))
-    assert rows == [["memit", "+0.500 ± 0.566", "–", "–", "–", "4", "paired"],
-                    ["alphaedit", "+0.250 ± 0.490", "–", "–", "–", "4", "paired"]]
-    assert differences_table(runs, reference="memit").splitlines()[4].startswith("| alphaedit | -0.250 ± 0.490 |")
+    assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", "–", "–", "–", "4", "paired"],
+                    ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", "–", "–", "–", "4", "paired"],
+                    ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", "–", "–", "–", "4", "paired"],
+                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "4", "paired"]]
+    assert differences_table(runs, reference="memit").splitlines()[4].startswith("| memit minus alphaedit | 100 | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""

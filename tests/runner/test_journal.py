@@ -209,7 +209,8 @@ def test_the_newest_checkpoint_is_rescored_and_its_point_gains_only_the_outcomes
     proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--from-checkpoint", "--amend"],
                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "added locality_acc to the point at step 5" in proc.stdout, proc.stdout
+    assert "loaded the checkpoint of 5 edits" in proc.stdout and "added locality_acc to the point at step 5" in proc.stdout, \
+        proc.stdout
     after = json.loads(path.read_text())
     assert after["evals"][-1]["outcomes"]["locality_acc"] == kept
     del after["evals"][-1]["outcomes"]["locality_acc"]
