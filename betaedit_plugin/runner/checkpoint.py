@@ -78,6 +78,12 @@ class Checkpoint:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def load_into(self, editor) -> None:
+        """Load the editor state (history, projector, solver, weights) into ``editor``; formats before
+        `SEALED_FORMAT` are covered by the manifest's sha256 only. Raises what ``editor.load_state``
+        raises: IntegrityError (a tensor that does not match its digest), ValueError (another run's)."""
+        editor.load_state(self.file(EDITOR_STATE), restore_weights=True, allow_unverified=self.manifest["format"] < SEALED_FORMAT)
+
 
 def checkpoint_root(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR

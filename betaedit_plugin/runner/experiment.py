@@ -33,8 +33,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .._fileio import IntegrityError
-from .checkpoint import EDITOR_STATE, CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
-from .checkpoint import SEALED_FORMAT
+from .checkpoint import CheckpointError, atomic_write_text, latest_checkpoint, list_checkpoints, write_checkpoint
 from .baseline import default_baseline_dir
 from .compare import update_comparison
 from .config import validate_config
@@ -568,8 +567,7 @@ def _resume(run: _Run, ckpt) -> int:
         raise ConfigError(f"{str(ckpt.file('results.json'))!r} lacks 'evals' or 'edits'",
                           fix=f"delete checkpoint {ckpt.path.name}")
     try:
-        run.editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True,
-                              allow_unverified=ckpt.manifest["format"] < SEALED_FORMAT)  # older: manifest sha256 only
+        ckpt.load_into(run.editor)
     except IntegrityError as exc:
         raise ConfigError(f"checkpoint {ckpt.path.name}: {exc}", field="out_dir", value=run.cfg["out_dir"]) from None
     except ValueError as exc:

@@ -140,7 +140,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
 def _load_checkpoint(src: Path, editor, identity) -> int:
     """Load the newest verified checkpoint of ``src`` into ``editor`` (weights included); its step."""
     from .._fileio import IntegrityError
-    from .checkpoint import EDITOR_STATE, SEALED_FORMAT, CheckpointError, latest_checkpoint
+    from .checkpoint import CheckpointError, latest_checkpoint
 
     try:
         ckpt = latest_checkpoint(src, identity)
@@ -150,7 +150,7 @@ def _load_checkpoint(src: Path, editor, identity) -> int:
         raise ConfigError(f"replay {str(src)!r} --from-checkpoint: no checkpoint in {str(src / 'checkpoints')!r} "
                           "(checkpoints stay on the machine that wrote them)", fix="replay the journal: drop --from-checkpoint")
     try:
-        editor.load_state(ckpt.file(EDITOR_STATE), restore_weights=True, allow_unverified=ckpt.manifest["format"] < SEALED_FORMAT)
+        ckpt.load_into(editor)
     except (IntegrityError, ValueError) as exc:
         raise ConfigError(f"replay {str(src)!r} --from-checkpoint: checkpoint {ckpt.path.name}: {exc}") from None
     return ckpt.step
