@@ -32,8 +32,8 @@ def _finite(points: Sequence[Mapping], key: str) -> tuple:
     return xs, ys
 
 
-def _within_a_decade(axis) -> bool:
-    lo, hi = sorted(axis.get_view_interval())
+def _within_a_decade(a: float, b: float) -> bool:
+    lo, hi = sorted((a, b))
     return 0 < lo and hi < 10 * lo
 
 
@@ -50,7 +50,7 @@ def _plain_log_ticks():
             self.minor = minor
 
         def tick_values(self, vmin, vmax):
-            if 0 < min(vmin, vmax) and max(vmin, vmax) < 10 * min(vmin, vmax):
+            if _within_a_decade(vmin, vmax):
                 if self.minor:
                     return []
                 ticks = MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax)
@@ -62,7 +62,7 @@ def _plain_log_ticks():
         1000; within a decade every (major) tick."""
 
         def __call__(self, x, pos=None):
-            if _within_a_decade(self.axis) or super().__call__(x, pos):
+            if _within_a_decade(*self.axis.get_view_interval()) or super().__call__(x, pos):
                 return f"{x:g}"
             return ""
 
