@@ -277,14 +277,33 @@ def _replay_cli(args: Sequence[str]) -> int:
     parser.add_argument("--amend", action="store_true",
                         help="then add to the recorded point the per-case outcomes it lacks, if every recorded metric "
                              "was reproduced (writes DIR/results.json)")
+    parser.add_argument("--every-point", action="store_true",
+                        help="also re-score every earlier step results.json records a point at, as the journal is replayed "
+                             "(with --amend each of them gains the outcomes it lacks)")
     ns = parser.parse_args(list(args))
     if ns.amend and ns.no_eval:
         parser.error("--amend needs the evaluation: drop --no-eval")
-    from .runner.replay import amend_point, replay_run
+    if ns.every_point and (ns.from_checkpoint or ns.no_eval):
+        parser.error("--every-point re-scores the points on the way as the journal is replayed: drop --from-checkpoint and --no-eval")
+    from .runner.replay import amend_point, metric_differences, replay_run
+
+    def each_point(replayed) -> None:
+        """--every-point: how the re-scored point compares with the recorded one, amended with --amend."""
+        from .eval.report import load_results
+
+        step = replayed["step"]
+        recorded = next(p for p in load_results(Path(ns.dir))["evals"] if p.get("step") == step)
+        worst = max(metric_differences(recorded, replayed).items(), key=lambda kv: kv[1], default=("-", 0.0))
+        print(f"step {step}: " + ", ".join(f"{k}={replayed[k]:.4g}" for k in ("efficacy", "generality", "specificity") if k in replayed)
+              + f"; largest |recorded - replayed| {worst[1]:.3g} ({worst[0]})", flush=True)
+        if ns.amend:
+            added = amend_point(ns.dir, replayed)
+            print(f"  added {', '.join(added)}" if added else "  kept every outcome already: nothing written", flush=True)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device, from_checkpoint=ns.from_checkpoint)
+        out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device, from_checkpoint=ns.from_checkpoint,
+                         on_point=each_point if ns.every_point else None)
     except BetaEditError as exc:
         _fail(str(exc))
     how = "loaded the checkpoint of" if ns.from_checkpoint else "replayed"

@@ -133,3 +133,60 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
         plt.close(fig)
         written.append(path)
     return written
+
+
+#: the panels of `plot_differences`: (metric key, title)
+DIFFERENCE_PANELS = (("efficacy", "efficacy"), ("generality", "generality"), ("specificity", "specificity"),
+                     ("locality_acc", "token locality"))
+
+
+def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_dir: Path) -> list:
+    """``differences.png``: one panel per metric of `DIFFERENCE_PANELS`, one line per pair with its 95%
+    band, and the zero line (a band across it is a difference these cases cannot show).
+
+    Args:
+        series: ``"a minus b"`` -> metric -> [(step, difference, half-width)], as
+            `betaedit_plugin.eval.report.difference_series` gives them.
+    Returns:
+        [the PNG's path], or [] where no pair has two steps of any metric (a single step is the
+        table's, not a curve).
+    """
+    if not any(len(points) >= 2 for by_metric in series.values() for points in by_metric.values()):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (metric, title) in zip(axes.flat, DIFFERENCE_PANELS):
+        for index, (pair, by_metric) in enumerate(series.items()):
+            points = sorted(by_metric.get(metric, ()))
+            if not points:
+                continue
+            xs, ds, hws = zip(*points)
+            colour = f"C{index % 10}"
+            ax.errorbar(xs, ds, yerr=hws, marker="o", capsize=3, color=colour, label=pair)
+            ax.fill_between(xs, [d - h for d, h in zip(ds, hws)], [d + h for d, h in zip(ds, hws)], color=colour, alpha=0.15)
+        ax.axhline(0.0, color="grey", linestyle=":")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
+    for ax in axes[-1]:
+        ax.set_xlabel("number of edits")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("difference (95% interval)")
+    legend = {}  # one entry per pair, from whichever panel drew it
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=min(len(legend), 3), fontsize=8)
+    fig.suptitle("Paired differences on the same cases, at every point that kept its outcomes", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+    path = out_dir / "differences.png"
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return [path]

@@ -169,26 +169,32 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
     return pa - pb, Z95 * math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb), "unpaired", min(na, nb)
 
 
-def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
-    """Markdown: each run of the last run's method (BetaEdit and its variants, in the registry's order)
-    minus each run of another method, or only ``reference`` minus each other run, at the last step
-    (after 0) both reached, for each of `BY_CASE`, with 95% intervals (`proportion_difference`).
-    Empty string where no pair has such a step."""
+def difference_pairs(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> list:
+    """(a, b) label pairs compared in ``runs``: each run of the last run's method (BetaEdit and its
+    variants, in the registry's order) and each run of another method; or ``reference`` and each other run."""
     def method(label: str) -> str:
         return str(runs[label].get("method") or label)
 
     if reference is not None:
-        pairs = [(reference, label) for label in runs if label != reference]
-    else:
-        last = method(list(runs)[-1]) if runs else None
-        pairs = [(ref, label) for ref in runs if method(ref) == last for label in runs if method(label) != last]
+        return [(reference, label) for label in runs if label != reference]
+    last = method(list(runs)[-1]) if runs else None
+    return [(ref, label) for ref in runs if method(ref) == last for label in runs if method(label) != last]
+
+
+def _point(run: Mapping, step: int) -> Mapping:
+    return next(p for p in run["evals"] if p.get("step") == step)
+
+
+def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
+    """Markdown: for each of `difference_pairs`, a minus b at the last step (after 0) both reached, for
+    each of `BY_CASE`, with 95% intervals (`proportion_difference`). Empty string where no pair has such a step."""
     lines = []
-    for ref, label in pairs:
+    for ref, label in difference_pairs(runs, reference):
         steps = _common_steps({ref: runs[ref], label: runs[label]}) - {0}
         if not steps:
             continue
         step = max(steps)
-        a, b = (next(p for p in runs[x]["evals"] if p.get("step") == step) for x in (ref, label))
+        a, b = _point(runs[ref], step), _point(runs[label], step)
         cells, kinds, ns = [], set(), set()
         for metric in BY_CASE:
             diff = proportion_difference(a, b, metric)
@@ -211,6 +217,22 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
         "|" + "---|" * (len(BY_CASE) + 4), *lines])
 
 
+def difference_series(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> dict:
+    """The paired differences of `difference_pairs` at every step (after 0) both runs evaluated on the
+    same cases with their outcomes kept: {"a minus b": {metric: [(step, difference, half-width)]}}
+    for each of `BY_CASE` (the curves `plots.plot_differences` draws; unpaired points are left out,
+    their intervals being of another kind). Pairs without such a step are left out."""
+    series: dict = {}
+    for ref, label in difference_pairs(runs, reference):
+        for step in sorted(_common_steps({ref: runs[ref], label: runs[label]}) - {0}):
+            a, b = _point(runs[ref], step), _point(runs[label], step)
+            for metric in BY_CASE:
+                diff = proportion_difference(a, b, metric)
+                if diff is not None and diff[2] == "paired":
+                    series.setdefault(f"{ref} minus {label}", {}).setdefault(metric, []).append((step, diff[0], diff[1]))
+    return series
+
+
 def load_results(out_dir: Path) -> dict:
     """``results.json`` of a run directory."""
     path = Path(out_dir) / "results.json"
@@ -221,11 +243,12 @@ def load_results(out_dir: Path) -> dict:
 
 def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     """Write ``comparison.md`` (table + timing) and the comparison plots into ``dest``."""
-    from .plots import plot_runs
+    from .plots import plot_differences, plot_runs
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     plots = plot_runs({label: r.get("evals", []) for label, r in runs.items()}, dest)
+    plots += plot_differences(difference_series(runs), dest)
     lines = ["# Comparison", "", "At each run's last evaluation point:", "", comparison_table(runs), ""]
     common = common_steps_table(runs)
     if common:

@@ -19,6 +19,13 @@ per-case ``outcomes`` it did not keep (points written before token locality's we
 when the new scoring reproduced every recorded metric: a point's numbers never change, it gains
 the detail a paired comparison needs. That writes results.json (out_dir held, as a run holds it);
 the checkpoint's own copy stays as it was (its manifest covers it).
+
+    python -m betaedit_plugin.run replay DIR --every-point --amend       # every recorded point on the way
+
+``--every-point`` re-scores, as the journal is replayed, every earlier step results.json records a
+point at (``on_point``), so that with ``--amend`` each of them gains its per-case outcomes: what the
+paired differences at every point (`betaedit_plugin.eval.report.difference_series`) need. It costs a
+replay plus one evaluation per point.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .config import validate_config
 from .errors import ConfigError
@@ -46,7 +53,7 @@ COMPARED = ("efficacy", "generality", "specificity", "rewrite_acc", "rephrase_ac
 
 
 def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device: Optional[str] = None,
-               from_checkpoint: bool = False) -> Dict[str, Any]:
+               from_checkpoint: bool = False, on_point: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Replay the journal in ``src`` (an out_dir or a published results folder).
 
     Args:
@@ -56,6 +63,9 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         device: run on this device instead of the run's ``hparams.device``.
         from_checkpoint: load the newest checkpoint in ``src`` (verified against the run's identity
             and its digests) instead of replaying the journal; its step is the one scored.
+        on_point: while the journal is replayed, also score every earlier step at which results.json
+            records an evaluation point (after 0) and call ``on_point(replayed point)`` there, before
+            the replay goes on (e.g. to amend it: `amend_point`); not with ``from_checkpoint``.
     Returns:
         {"steps", "replay_s", "fingerprints", "identical", "max_rel_diff", "recorded", "replayed",
          "differences": {metric: |recorded - replayed|}}.
@@ -75,6 +85,9 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         results = RunResults.from_json(raw)
     except ValueError as exc:
         raise ConfigError(f"replay {str(src)!r}: {exc}") from None
+    if on_point is not None and (from_checkpoint or not evaluate):
+        raise ConfigError(f"replay {str(src)!r}: scoring every recorded point needs the journal replayed and evaluated; "
+                          "drop --from-checkpoint and --no-eval")
     cfg = validate_config({**results.config, "out_dir": str(src), "resume": True})
     if cfg["mode"] == "bank":
         raise ConfigError(f"replay {str(src)!r}: a target bank edits nothing; replay the runs that use it")
@@ -118,11 +131,16 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
             if record.step == step and record.fingerprint is not None:
                 check_fingerprint(record)
     else:
+        recorded_steps = {p.get("step") for p in results.evals} if on_point is not None else set()
         for record in journal.records:
             editor.apply(requests[step: record.step], z_star=record.z_star)
             step = record.step
             if record.fingerprint is not None:
                 check_fingerprint(record)
+            if 0 < step < journal.last_step and step in recorded_steps:
+                t1 = time.perf_counter()
+                on_point(setup.evaluator.evaluate(step, editor.weight_deltas))
+                t0 += time.perf_counter() - t1  # replay_s counts the edits, not the scoring
     out["replay_s"] = time.perf_counter() - t0
     logger.info("%s %d edits in %.1f s", "loaded the checkpoint of" if from_checkpoint else "replayed", step, out["replay_s"])
 

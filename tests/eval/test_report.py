@@ -123,3 +123,29 @@ def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_at_the_l
     assert differences_table(runs, reference="memit").splitlines()[4].startswith("| memit minus alphaedit | 100 | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""
+
+
+def test_the_paired_differences_at_every_point_are_the_curves_of_differences_png(tmp_path):
+    from betaedit_plugin.eval.report import difference_series, proportion_difference
+
+    memit = [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1100", "specificity": "1111"}),
+             _point(200, {"efficacy": "1000", "specificity": "1110"}), _point(300, {"efficacy": "1000"})]
+    beta = [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": "1111", "specificity": "1011"}),
+            _point(200, {"efficacy": "1101", "specificity": "1111"}),
+            {k: v for k, v in _point(300, {"efficacy": "1110"}).items() if k != "outcomes"}]  # kept no outcomes
+    runs = {"memit": {"method": "memit", "evals": memit}, "betaedit": {"method": "betaedit", "evals": beta}}
+    series = difference_series(runs)
+    # steps after 0 that both evaluated on the same cases with their outcomes: 100 and 200, not the unpaired 300
+    assert list(series) == ["betaedit minus memit"] and set(series["betaedit minus memit"]) == {"efficacy", "specificity"}
+    got = series["betaedit minus memit"]["efficacy"]
+    assert [s for s, _, _ in got] == [100, 200]
+    for (step, diff, half), a, b in zip(got, beta[1:3], memit[1:3]):
+        assert (diff, half) == pytest.approx(proportion_difference(a, b, "efficacy")[:2])
+    assert got[1][1] == pytest.approx(0.5)  # 3 of 4 against 1 of 4
+    # the figure is drawn by write_comparison where some pair has two points, and only then
+    write_comparison(runs, tmp_path / "two")
+    assert (tmp_path / "two" / "differences.png").stat().st_size > 10_000
+    assert "![differences](differences.png)" in (tmp_path / "two" / "comparison.md").read_text()
+    runs["memit"]["evals"] = memit[:2]
+    write_comparison(runs, tmp_path / "one")
+    assert not (tmp_path / "one" / "differences.png").exists()  # one point is the table's, not a curve

@@ -221,6 +221,36 @@ def test_the_newest_checkpoint_is_rescored_and_its_point_gains_only_the_outcomes
         replay_run(out, from_checkpoint=True)
 
 
+def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_lacks(tmp_path):
+    from betaedit_plugin.runner.replay import replay_run
+
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))  # points at 2, 4 and the final 5
+    path = out / "results.json"
+    raw = json.loads(path.read_text())
+    kept = {p["step"]: p["outcomes"].pop("locality_acc") for p in raw["evals"] if p["step"] > 0}
+    assert sorted(kept) == [2, 4, 5]
+    path.write_text(json.dumps(raw, indent=1))
+    with pytest.raises(ConfigError, match=r"needs the journal replayed and evaluated; drop --from-checkpoint"):
+        replay_run(out, from_checkpoint=True, on_point=print)
+    env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
+    proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--every-point", "--amend"],
+                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    # the earlier points as the journal passes them, each reproduced before it is amended; then the last
+    for step in (2, 4):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"step {step}: "))
+        assert lines[at].endswith(")") and "largest |recorded - replayed| 0 " in lines[at], lines[at]
+        assert lines[at + 1] == "  added locality_acc"
+    assert "added locality_acc to the point at step 5" in proc.stdout, proc.stdout
+    after = json.loads(path.read_text())
+    assert {p["step"]: p["outcomes"]["locality_acc"] for p in after["evals"] if p["step"] > 0} == kept
+    for p in after["evals"][1:]:
+        del p["outcomes"]["locality_acc"]
+    assert after == raw  # every other value as it was
+
+
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
     bank = tmp_path / "bank"
     b = run_experiment(_cfg(tmp_path, bank, "mode=bank", "num_edits=4"))
