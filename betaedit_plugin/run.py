@@ -297,8 +297,15 @@ def _replay_cli(args: Sequence[str]) -> int:
         print(f"step {step}: " + ", ".join(f"{k}={replayed[k]:.4g}" for k in ("efficacy", "generality", "specificity") if k in replayed)
               + f"; largest |recorded - replayed| {worst[1]:.3g} ({worst[0]})", flush=True)
         if ns.amend:
-            added = amend_point(ns.dir, replayed)
+            try:
+                added = amend_point(ns.dir, replayed)
+            except BetaEditError as exc:  # this point stays as it was; the replay goes on to the others
+                not_amended.append(step)
+                print(f"  not amended: {exc}", flush=True)
+                return
             print(f"  added {', '.join(added)}" if added else "  kept every outcome already: nothing written", flush=True)
+
+    not_amended: List[int] = []
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -325,6 +332,9 @@ def _replay_cli(args: Sequence[str]) -> int:
             _fail(str(exc))
         print(f"added {', '.join(added)} to the point at step {out['steps']}" if added else
               f"the point at step {out['steps']} kept every outcome already: nothing written")
+    if not_amended:
+        _fail(f"the points at steps {', '.join(map(str, not_amended))} were not amended (not reproduced: see above); "
+              "the others were")
     return 0
 
 

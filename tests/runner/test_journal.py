@@ -230,25 +230,26 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     raw = json.loads(path.read_text())
     kept = {p["step"]: p["outcomes"].pop("locality_acc") for p in raw["evals"] if p["step"] > 0}
     assert sorted(kept) == [2, 4, 5]
+    raw["evals"][1]["specificity"] += 0.5  # the point at 2 as no re-scoring reproduces it
     path.write_text(json.dumps(raw, indent=1))
     with pytest.raises(ConfigError, match=r"needs the journal replayed and evaluated; drop --from-checkpoint"):
         replay_run(out, from_checkpoint=True, on_point=print)
     env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
     proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--every-point", "--amend"],
                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    # the earlier points as the journal passes them, each amended only where it was reproduced; then the last
+    assert proc.returncode == 2 and "the points at steps 2 were not amended (not reproduced" in proc.stderr, proc.stderr
     lines = proc.stdout.splitlines()
-    # the earlier points as the journal passes them, each reproduced before it is amended; then the last
-    for step in (2, 4):
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"step {step}: "))
-        assert lines[at].endswith(")") and "largest |recorded - replayed| 0 " in lines[at], lines[at]
-        assert lines[at + 1] == "  added locality_acc"
+    at = {step: next(i for i, line in enumerate(lines) if line.startswith(f"step {step}: ")) for step in (2, 4)}
+    assert "largest |recorded - replayed| 0.5 (specificity)" in lines[at[2]], lines[at[2]]
+    assert lines[at[2] + 1].startswith("  not amended: replay --amend: specificity at step 2 not reproduced")
+    assert "largest |recorded - replayed| 0 " in lines[at[4]] and lines[at[4] + 1] == "  added locality_acc", lines[at[4]:]
     assert "added locality_acc to the point at step 5" in proc.stdout, proc.stdout
     after = json.loads(path.read_text())
-    assert {p["step"]: p["outcomes"]["locality_acc"] for p in after["evals"] if p["step"] > 0} == kept
-    for p in after["evals"][1:]:
+    assert {p["step"]: p["outcomes"].get("locality_acc") for p in after["evals"] if p["step"] > 0} == {2: None, 4: kept[4], 5: kept[5]}
+    for p in after["evals"][2:]:
         del p["outcomes"]["locality_acc"]
-    assert after == raw  # every other value as it was
+    assert after == raw  # every other value as it was, the point at 2 untouched
 
 
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
