@@ -279,7 +279,7 @@ def _replay_cli(args: Sequence[str]) -> int:
                              "was reproduced (writes DIR/results.json)")
     parser.add_argument("--every-point", action="store_true",
                         help="also re-score every earlier step results.json records a point at, as the journal is replayed "
-                             "(with --amend each of them gains the outcomes it lacks)")
+                             "(with --amend only the points that lack a per-case outcome, and each gains what it lacks)")
     ns = parser.parse_args(list(args))
     if ns.amend and ns.no_eval:
         parser.error("--amend needs the evaluation: drop --no-eval")
@@ -306,11 +306,19 @@ def _replay_cli(args: Sequence[str]) -> int:
             print(f"  added {', '.join(added)}" if added else "  kept every outcome already: nothing written", flush=True)
 
     not_amended: List[int] = []
+    at_steps = None
+    if ns.every_point and ns.amend:  # only the points that lack a per-case outcome (a stopped amend goes on where it was)
+        from .eval.report import lacks_outcomes, load_results
+
+        try:
+            at_steps = [p["step"] for p in load_results(Path(ns.dir))["evals"] if lacks_outcomes(p)]
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = replay_run(ns.dir, save=ns.save, evaluate=not ns.no_eval, device=ns.device, from_checkpoint=ns.from_checkpoint,
-                         on_point=each_point if ns.every_point else None)
+                         on_point=each_point if ns.every_point else None, at_steps=at_steps)
     except BetaEditError as exc:
         _fail(str(exc))
     how = "loaded the checkpoint of" if ns.from_checkpoint else "replayed"

@@ -130,6 +130,13 @@ _HEADER = {key: header for key, header, _ in TABLE_COLUMNS}
 Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a normal estimate
 
 
+def lacks_outcomes(point: Mapping) -> bool:
+    """Whether ``point`` (after step 0) has a value of `BY_CASE` without the per-case outcomes it is the mean of."""
+    kept = point.get("outcomes") or {}
+    return point.get("step", 0) > 0 and any(
+        isinstance(point.get(m), (int, float)) and not math.isnan(point[m]) and m not in kept for m in BY_CASE)
+
+
 def case_values(point: Mapping, metric: str) -> Optional[list]:
     """The values ``point[metric]`` is the mean of, from its ``outcomes`` (None where it kept none)."""
     kept = (point.get("outcomes") or {}).get(metric)

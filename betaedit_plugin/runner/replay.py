@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional
 
 from .config import validate_config
 from .errors import ConfigError
@@ -53,7 +53,8 @@ COMPARED = ("efficacy", "generality", "specificity", "rewrite_acc", "rephrase_ac
 
 
 def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device: Optional[str] = None,
-               from_checkpoint: bool = False, on_point: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+               from_checkpoint: bool = False, on_point: Optional[Callable[[Dict[str, Any]], None]] = None,
+               at_steps: Optional[Iterable[int]] = None) -> Dict[str, Any]:
     """Replay the journal in ``src`` (an out_dir or a published results folder).
 
     Args:
@@ -66,6 +67,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         on_point: while the journal is replayed, also score every earlier step at which results.json
             records an evaluation point (after 0) and call ``on_point(replayed point)`` there, before
             the replay goes on (e.g. to amend it: `amend_point`); not with ``from_checkpoint``.
+        at_steps: with ``on_point``, only these of the recorded steps (e.g. the points that lack outcomes).
     Returns:
         {"steps", "replay_s", "fingerprints", "identical", "max_rel_diff", "recorded", "replayed",
          "differences": {metric: |recorded - replayed|}}.
@@ -132,6 +134,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
                 check_fingerprint(record)
     else:
         recorded_steps = {p.get("step") for p in results.evals} if on_point is not None else set()
+        if at_steps is not None:
+            recorded_steps &= set(at_steps)
         for record in journal.records:
             editor.apply(requests[step: record.step], z_star=record.z_star)
             step = record.step

@@ -149,3 +149,14 @@ def test_the_paired_differences_at_every_point_are_the_curves_of_differences_png
     runs["memit"]["evals"] = memit[:2]
     write_comparison(runs, tmp_path / "one")
     assert not (tmp_path / "one" / "differences.png").exists()  # one point is the table's, not a curve
+
+
+def test_a_point_lacks_outcomes_where_a_by_case_metric_has_a_value_but_not_its_cases():
+    from betaedit_plugin.eval.report import lacks_outcomes
+
+    full = _point(100, {"efficacy": "10", "generality": "11", "specificity": "01", "locality_acc": "11 10"})
+    assert not lacks_outcomes(full)
+    assert lacks_outcomes(dict(full, outcomes={k: v for k, v in full["outcomes"].items() if k != "locality_acc"}))
+    assert lacks_outcomes({k: v for k, v in full.items() if k != "outcomes"})
+    assert not lacks_outcomes(dict(full, step=0, outcomes={}))  # the unedited model's point is the same in every run
+    assert not lacks_outcomes({"step": 100, "efficacy": float("nan"), "outcomes": {}})  # no value, nothing to keep

@@ -250,6 +250,9 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     for p in after["evals"][2:]:
         del p["outcomes"]["locality_acc"]
     assert after == raw  # every other value as it was, the point at 2 untouched
+    seen = []  # on_point only at the steps asked for (the CLI asks for the points that lack outcomes); the last is out["replayed"]
+    assert replay_run(out, on_point=seen.append, at_steps=[4, 5])["replayed"]["step"] == 5
+    assert [p["step"] for p in seen] == [4]
 
 
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
