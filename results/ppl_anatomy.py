@@ -1,0 +1,125 @@
+"""Which edited layer raises the perplexity: a run's weight change W_t - W_0 put back one layer at a time.
+
+    python results/ppl_anatomy.py RUN_DIR[=EDITED.safetensors] ... [--out FILE.md]
+
+For each run (a results folder of the campaign, e.g. results/smollm2-counterfact-n1000/betaedit) the
+edited weights W_t of its layers come from its newest checkpoint (``checkpoints/step-N``, the editor
+state's ``layers.<l>.w``) or, where the machine keeps none, from ``RUN_DIR=FILE``: the state dict that
+``python -m betaedit_plugin.run replay RUN_DIR --save FILE.safetensors`` writes. On SmolLM2 with the
+run's held-out text (``eval.ppl_tokens`` of WikiText-2, ``eval.ppl_window``, as its evaluation points)
+it prints the perplexity of the unedited model, of the edited one (which must reproduce the run's
+recorded point: checked), of each layer's change alone and of the edited model without each layer's
+change, beside the layer's relative leakage and ||W_t - W_0||_F at that point (from results.json).
+Where the changes alone compound to less than the whole rise, the rest comes from their interaction:
+a layer's change alters the keys that every later edited layer reads, which the leakage (measured
+with the unedited model's keys, C0) does not see.
+
+Reads the run's files only; loads SmolLM2 once and computes 2 + 2 x layers perplexities a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from betaedit_plugin.eval.capability import heldout_token_ids, perplexity
+from betaedit_plugin.models.smollm2 import load_smollm2
+from betaedit_plugin.state import load_state_file
+
+#: the recorded point's perplexity must be reproduced this closely (float noise of another thread count)
+REPRODUCED_REL = 1e-4
+
+
+def edited_weights(run: Path, weights: Path = None) -> tuple:
+    """(step, {layer: W_t}) of ``run``: from ``weights`` (a saved state dict) at the run's last
+    journaled step, else from its newest checkpoint."""
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    layers = sorted(int(k.split("/L")[1]) for k in results["evals"][-1] if k.startswith("perturbation/L"))  # the edited layers
+    if weights is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+        return results["edits_done"], {l: state[f"model.layers.{l}.mlp.down_proj.weight"] for l in layers}
+    checkpoints = sorted((run / "checkpoints").glob("step-*[0-9]"))
+    if not checkpoints:
+        raise SystemExit(f"{run}: no checkpoint here; give RUN_DIR=FILE.safetensors from "
+                         f"`python -m betaedit_plugin.run replay {run} --save FILE.safetensors`")
+    tensors, meta = load_state_file(checkpoints[-1] / "editor_state.safetensors")  # digests checked
+    return meta["step"], {l: tensors[f"layers.{l}.w"] for l in layers}
+
+
+def anatomy(model, ids, run: Path, weights: Path = None) -> dict:
+    """One run's perplexities: {"step", "recorded", "edited", "layers": {l: {...}}}."""
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    ev = results["config"]["eval"]
+    step, edited = edited_weights(run, weights)
+    point = next(p for p in results["evals"] if p["step"] == step)
+    mlp = {l: model.model.layers[l].mlp.down_proj for l in edited}
+    base = {l: m.weight.detach().clone() for l, m in mlp.items()}
+
+    def ppl(with_layers) -> float:
+        with torch.no_grad():
+            for l, m in mlp.items():
+                m.weight.copy_(edited[l] if l in with_layers else base[l])
+        return perplexity(model, ids, window=ev["ppl_window"], batch_size=max(1, ev["batch_size"] // 4))["ppl"]
+
+    out = {"step": step, "recorded": point.get("ppl"), "unedited": ppl(()), "edited": ppl(tuple(edited)), "layers": {}}
+    for l in edited:
+        out["layers"][l] = {"alone": ppl((l,)), "without": ppl(tuple(k for k in edited if k != l)),
+                            "rel_leakage": point.get(f"rel_leakage/L{l}"), "perturbation": point.get(f"perturbation/L{l}")}
+    ppl(())  # the model as it was loaded
+    if out["recorded"] is not None and abs(out["edited"] - out["recorded"]) > REPRODUCED_REL * out["recorded"]:
+        raise SystemExit(f"{run}: the edited weights give ppl {out['edited']:.4f}, the run recorded {out['recorded']:.4f} "
+                         f"at step {step}: not the run's weights or not its held-out text")
+    return out
+
+
+def markdown(label: str, a: dict) -> str:
+    rise = a["edited"] / a["unedited"] - 1
+    lines = [f"{label} at step {a['step']}: ppl {a['unedited']:.2f} unedited, {a['edited']:.2f} edited "
+             f"({rise:+.1%}; recorded {a['recorded']:.2f})", "",
+             "| layer | ppl, this layer's change alone | rise alone | ppl without this layer's change | "
+             "share of the rise it removes | rel. leakage | ‖W_t - W_0‖_F |", "|---|---|---|---|---|---|---|"]
+    log_rise = math.log(a["edited"] / a["unedited"])
+    alone = math.prod(r["alone"] / a["unedited"] for r in a["layers"].values()) - 1
+    lines[0] += f"; each layer's change alone, compounded: {alone:+.1%}"
+    for l, r in a["layers"].items():
+        removed = (log_rise - math.log(r["without"] / a["unedited"])) / log_rise if log_rise else float("nan")
+        leak = "–" if r["rel_leakage"] is None else f"{r['rel_leakage']:.4f}"
+        pert = "–" if r["perturbation"] is None else f"{r['perturbation']:.1f}"
+        lines.append(f"| {l} | {r['alone']:.2f} | {r['alone'] / a['unedited'] - 1:+.1%} | {r['without']:.2f} | "
+                     f"{removed:.0%} | {leak} | {pert} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=EDITED.safetensors (a replay --save of it)")
+    p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = p.parse_args(argv)
+    parsed = []
+    for item in args.runs:
+        run, _, weights = item.partition("=")
+        if not (Path(run) / "results.json").is_file():
+            p.error(f"{run!r} holds no results.json: give a run's results folder")
+        parsed.append((Path(run), Path(weights) if weights else None))
+    model, tok = load_smollm2()
+    texts = []
+    for run, weights in parsed:
+        ev = json.loads((run / "results.json").read_text(encoding="utf-8"))["config"]["eval"]
+        ids = heldout_token_ids(tok, ev["ppl_tokens"])
+        text = markdown(run.name, anatomy(model, ids, run, weights))
+        print(text, flush=True)
+        texts.append(text)
+    if args.out:
+        args.out.write_text("\n".join(texts), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
