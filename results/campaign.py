@@ -11,6 +11,8 @@
         100 edits (one evaluation point) at a time, so that all three move on together
         start/queue --device cuda: compute there (hparams.device; not part of a run's identity, so a
         run journaled on a GPU continues on a CPU and the other way round)
+        start/queue NAME@N: that run stops after N edits (over --stop-after), e.g. one queue for a stretch:
+        `queue betaedit-l1_0-l2_10-tau100@500 alphaedit-L2_10-th_0.05@250 bank`
     python results/campaign.py stop [--timeout S]  # the end of a stretch: every live run and queue stops after
         the edit in progress (journaled, checkpointed, results.json written); waits for them (default 900 s)
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
@@ -139,6 +141,24 @@ def _with_stop(extra: tuple, stop_after) -> tuple:
     return (*extra, f"stop_after={stop_after}") if stop_after is not None else extra
 
 
+def named_stop(item: str) -> tuple:
+    """``NAME@N`` -> (NAME, N): that run's own stop (over ``--stop-after``); ``NAME`` -> (NAME, None)."""
+    name, at, stop = item.partition("@")
+    if not at:
+        return name, None
+    if not stop.isdigit() or int(stop) < 1:
+        raise SystemExit(f"{item!r}: expected NAME@N, N the edits after which the run stops, an int >= 1 (e.g. {name}@500)")
+    return name, int(stop)
+
+
+def _own_stop(extra: tuple, item: str) -> tuple:
+    """(name, ``extra`` with ``item``'s own stop, if it names one, in place of any other stop_after)."""
+    name, stop = named_stop(item)
+    if stop is None:
+        return name, extra
+    return name, _with_stop(tuple(e for e in extra if not e.startswith("stop_after=")), stop)
+
+
 def _options(args: list) -> tuple:
     """(overrides other than stop_after, ``--stop-after`` or None, ``--rounds`` or None, names)."""
     extra, stop_after, rounds = [], None, None
@@ -187,14 +207,15 @@ def _end_queue_on_signal() -> None:
 def _run_serially(names: list, extra: tuple) -> None:
     """Each run in turn, in the foreground; its output appended to results/<phase>/<run>.out. None
     starts once the queue got a stop signal."""
-    for name in names:
+    for item in names:
         if _STOPPED:
             return
+        name, run_extra = _own_stop(extra, item)
         out_dir = ROOT / runs()[name][0]
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(out_dir.parent / f"{name}.out", "a") as log:
-            print(f"running {name} {' '.join(extra)}", flush=True)
-            child = subprocess.Popen(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            print(f"running {name} {' '.join(run_extra)}", flush=True)
+            child = subprocess.Popen(command(name, run_extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             _CHILD[:] = [child]
             rc = child.wait()
             _CHILD.clear()
@@ -203,12 +224,13 @@ def _run_serially(names: list, extra: tuple) -> None:
 
 def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: Optional[int] = None) -> None:
     """`_run_serially`, ``rounds`` edits at a time, always the run furthest behind next (ties: in the order
-    given), until each reached ``limit`` edits (``--stop-after``; default: its num_edits). A run that did
-    not advance in its turn (it failed: see its .out) is left out from then on."""
-    names = list(names)
+    given), until each reached ``limit`` edits (``--stop-after``, or its own ``NAME@N``; default: its
+    num_edits). A run that did not advance in its turn (it failed: see its .out) is left out from then on."""
+    own = dict(named_stop(item) for item in names)
+    names = list(own)
     while not _STOPPED:
         done = {name: journaled(runs()[name][0]) for name in names}
-        end = {name: min(limit or num_edits(name), num_edits(name)) for name in names}
+        end = {name: min(own[name] or limit or num_edits(name), num_edits(name)) for name in names}
         behind = [name for name in names if done[name] < end[name]]
         if not behind:
             return
@@ -341,15 +363,15 @@ def main(argv) -> int:
         return 0
     if argv[0] == "command":
         extra, names = options(argv[1:])
-        print(" ".join(command(names[0], extra)))
+        print(" ".join(command(*_own_stop(extra, names[0]))))
         return 0
     if argv[0] == "start":
         extra, names = options(argv[1:])
-        for name in names:
+        for name, run_extra in [_own_stop(extra, item) for item in names]:  # a bad NAME@N fails before any starts
             out_dir = ROOT / runs()[name][0]
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(out_dir.parent / f"{name}.out", "a")
-            proc = subprocess.Popen(command(name, extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(command(name, run_extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             print(f"started {name} (pid {proc.pid}), log {log.name}")
         return 0
     if argv[0] == "stop":
@@ -374,7 +396,7 @@ def main(argv) -> int:
         print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        names = _options(argv[1:])[-1]  # a bad option fails here, not in the detached process
+        names = [named_stop(n)[0] for n in _options(argv[1:])[-1]]  # a bad option fails here, not in the detached process
         unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")

@@ -54,10 +54,42 @@ def test_a_run_that_does_not_advance_is_left_out_and_the_others_go_on(campaign, 
     assert "seq-alphaedit did not advance: left out of the rounds" in capsys.readouterr().out
 
 
+def test_a_run_named_with_at_n_stops_there_in_rounds(campaign, monkeypatch):
+    done = {"seq-memit": 300, "seq-alphaedit": 300}
+    calls = _fake_runs(campaign, monkeypatch, done)
+    campaign._run_in_rounds(["seq-alphaedit@500", "seq-memit"], (), 100, 400)
+    assert [(n, s) for n, s, _ in calls] == [("seq-alphaedit", 400), ("seq-memit", 400), ("seq-alphaedit", 500)]
+
+
+def test_a_run_named_with_at_n_stops_there_over_the_queues_stop_after(campaign, monkeypatch, tmp_path):
+    started = []
+
+    class Child:  # a run that ends at once
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(campaign, "ROOT", tmp_path)  # the runs' .out logs go there
+    monkeypatch.setattr(campaign.subprocess, "Popen", Child)
+    monkeypatch.setattr(campaign, "progress", lambda out_dir, target=1000: "")
+    campaign._run_serially(["betaedit-l1_0-l2_10-tau100@500", "alphaedit-L2_10", "bank@700"],
+                           ("hparams.device=cpu", "stop_after=250"))
+    stops = [[a for a in cmd if a.startswith(("stop_after=", "hparams.device="))] for cmd in started]
+    assert stops == [["hparams.device=cpu", "stop_after=500"], ["hparams.device=cpu", "stop_after=250"],
+                     ["hparams.device=cpu", "stop_after=700"]]
+    assert [cmd[-1] for cmd in started] == [f"out_dir={campaign.runs()[n][0]}"
+                                            for n in ("betaedit-l1_0-l2_10-tau100", "alphaedit-L2_10", "bank")]
+    assert campaign.command(*campaign._own_stop((), "seq-memit@300"))[-2] == "stop_after=300"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["start", "--rounds", "100", "seq-memit"], "--rounds is an option of queue"),
     (["queue", "--rounds", "0", "seq-memit"], "--rounds '0': expected edits per turn, an int >= 1"),
     (["queue", "--stop-after"], "--stop-after needs a value"),
+    (["queue", "seq-memit@0"], r"'seq-memit@0': expected NAME@N, N the edits after which the run stops, an int >= 1"),
+    (["start", "seq-memit@x"], r"'seq-memit@x': expected NAME@N"),
 ])
 def test_bad_options_are_named_before_anything_starts(campaign, monkeypatch, argv, message):
     monkeypatch.setattr(campaign.subprocess, "Popen", lambda *a, **k: pytest.fail("a run was started"))
