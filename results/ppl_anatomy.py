@@ -14,6 +14,11 @@ Where the changes alone compound to less than the whole rise, the rest comes fro
 a layer's change alters the keys that every later edited layer reads, which the leakage (measured
 with the unedited model's keys, C0) does not see.
 
+``--key-drift`` also collects the keys each edited layer reads in the edited model (the run's corpus
+and ``mom2_*`` settings) and compares them with the unedited model's C0: how far they moved, how much
+of their energy now lies in null(C0) (where AlphaEdit and BetaEdit write), and the relative leakage
+that the edited model's keys see, against the recorded one (measured with C0).
+
 Reads the run's files only; loads SmolLM2 once and computes 2 + 2 x layers perplexities a run.
 """
 
@@ -24,10 +29,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from betaedit_plugin.eval.capability import heldout_token_ids, perplexity
+from betaedit_plugin.covariance.cache import default_stats_dir
+from betaedit_plugin.linalg.nullspace import nullspace_split
 from betaedit_plugin.models.smollm2 import load_smollm2
 from betaedit_plugin.state import load_state_file
 
@@ -53,8 +61,12 @@ def edited_weights(run: Path, weights: Path = None) -> tuple:
     return meta["step"], {l: tensors[f"layers.{l}.w"] for l in layers}
 
 
-def anatomy(model, ids, run: Path, weights: Path = None) -> dict:
-    """One run's perplexities: {"step", "recorded", "edited", "layers": {l: {...}}}."""
+def anatomy(model, ids, run: Path, weights: Path = None, tok=None, stats_dir: Optional[Path] = None) -> dict:
+    """One run's perplexities: {"step", "recorded", "edited", "layers": {l: {...}}}.
+
+    With ``tok``, also how far the edited model's keys moved from the unedited model's (`key_drift`,
+    from `key_moments` with the run's ``mom2_*`` settings; C0 from the statistics cache in
+    ``stats_dir``, default ``$BETAEDIT_CACHE/stats``), per layer."""
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     ev = results["config"]["eval"]
     step, edited = edited_weights(run, weights)
@@ -62,21 +74,68 @@ def anatomy(model, ids, run: Path, weights: Path = None) -> dict:
     mlp = {l: model.model.layers[l].mlp.down_proj for l in edited}
     base = {l: m.weight.detach().clone() for l, m in mlp.items()}
 
-    def ppl(with_layers) -> float:
+    def put(with_layers) -> None:
         with torch.no_grad():
             for l, m in mlp.items():
                 m.weight.copy_(edited[l] if l in with_layers else base[l])
+
+    def ppl(with_layers) -> float:
+        put(with_layers)
         return perplexity(model, ids, window=ev["ppl_window"], batch_size=max(1, ev["batch_size"] // 4))["ppl"]
 
     out = {"step": step, "recorded": point.get("ppl"), "unedited": ppl(()), "edited": ppl(tuple(edited)), "layers": {}}
     for l in edited:
         out["layers"][l] = {"alone": ppl((l,)), "without": ppl(tuple(k for k in edited if k != l)),
                             "rel_leakage": point.get(f"rel_leakage/L{l}"), "perturbation": point.get(f"perturbation/L{l}")}
-    ppl(())  # the model as it was loaded
+    if tok is not None:
+        hp = results["hparams"]
+        put(())
+        c0 = key_moments(model, tok, hp, edited, cache_dir=stats_dir)
+        put(tuple(edited))
+        ct = key_moments(model, tok, hp, edited, cache_dir=None)
+        thr = float(hp.get("nullspace_threshold") or 0.02)  # MEMIT's hparams have none: AlphaEdit's default
+        for l in edited:
+            out["layers"][l].update(key_drift(c0[l], ct[l], edited[l] - base[l], base[l], thr))
+    put(())  # the model as it was loaded
     if out["recorded"] is not None and abs(out["edited"] - out["recorded"]) > REPRODUCED_REL * out["recorded"]:
         raise SystemExit(f"{run}: the edited weights give ppl {out['edited']:.4f}, the run recorded {out['recorded']:.4f} "
                          f"at step {step}: not the run's weights or not its held-out text")
     return out
+
+
+def key_moments(model, tok, hparams: dict, layers, cache_dir: Optional[Path] = None) -> dict:
+    """{layer: E[k k^T]} of the rewrite modules' input keys on the run's corpus (its ``mom2_*``
+    settings). ``cache_dir``: read (and write) the statistics cache there, for the unedited model's C0
+    (its key holds the weights' fingerprint); None: compute, cache nothing (an edited model's keys)."""
+    from betaedit_plugin.covariance.collect import layer_second_moments
+    from betaedit_plugin.models.layout import ModelLayout
+
+    return layer_second_moments(model, tok, ModelLayout.from_model(model), list(layers), corpus=hparams["mom2_dataset"],
+                                n_samples=hparams["mom2_n_samples"], max_length=hparams["mom2_max_length"],
+                                dtype=hparams["mom2_dtype"], progress=False, cache_dir=cache_dir,
+                                use_cache=cache_dir is not None)
+
+
+def _share(basis: torch.Tensor, cov: torch.Tensor) -> float:
+    """tr(U^T A U) / tr(A): the share of A's energy inside span(U)."""
+    return float(torch.einsum("ij,ik,kj->", basis, cov, basis) / torch.trace(cov))
+
+
+def key_drift(c0: torch.Tensor, ct: torch.Tensor, delta: torch.Tensor, w0: torch.Tensor, threshold: float) -> dict:
+    """How the keys a layer reads moved once the layers before it were edited, and what that does to
+    its leakage: ``key_drift`` ||C_t - C0||_F / ||C0||_F; ``null_share_c0`` / ``null_share_ct``: the share
+    of the unedited / the edited model's key energy inside null(C0) at ``threshold`` (the directions
+    AlphaEdit and BetaEdit write in); ``rel_leakage_c0`` / ``rel_leakage_ct``: tr(D C D^T) / tr(W0 C W0^T)
+    with the unedited model's keys (the runs' recorded leakage) and with the keys the edited model reads."""
+    c0, ct, d, w = (x.detach().to("cpu", torch.float64) for x in (c0, ct, delta, w0))
+    u, _ = nullspace_split(c0, threshold)
+
+    def rel(c):
+        return float(((d @ c) * d).sum() / ((w @ c) * w).sum())
+
+    return {"key_drift": float(torch.linalg.matrix_norm(ct - c0) / torch.linalg.matrix_norm(c0)),
+            "null_share_c0": _share(u, c0), "null_share_ct": _share(u, ct),
+            "rel_leakage_c0": rel(c0), "rel_leakage_ct": rel(ct)}
 
 
 def markdown(label: str, a: dict) -> str:
@@ -85,6 +144,10 @@ def markdown(label: str, a: dict) -> str:
              f"({rise:+.1%}; recorded {a['recorded']:.2f})", "",
              "| layer | ppl, this layer's change alone | rise alone | ppl without this layer's change | "
              "share of the rise it removes | rel. leakage | ‖W_t - W_0‖_F |", "|---|---|---|---|---|---|---|"]
+    drift = all("key_drift" in r for r in a["layers"].values())
+    if drift:
+        lines[-2] += " key drift ‖C_t - C0‖/‖C0‖ | keys' energy in null(C0): unedited -> edited | rel. leakage with the edited model's keys |"
+        lines[-1] += "---|---|---|"
     log_rise = math.log(a["edited"] / a["unedited"])
     alone = math.prod(r["alone"] / a["unedited"] for r in a["layers"].values()) - 1
     lines[0] += f"; each layer's change alone, compounded: {alone:+.1%}"
@@ -94,6 +157,9 @@ def markdown(label: str, a: dict) -> str:
         pert = "–" if r["perturbation"] is None else f"{r['perturbation']:.1f}"
         lines.append(f"| {l} | {r['alone']:.2f} | {r['alone'] / a['unedited'] - 1:+.1%} | {r['without']:.2f} | "
                      f"{removed:.0%} | {leak} | {pert} |")
+        if drift:
+            lines[-1] += (f" {r['key_drift']:.3f} | {r['null_share_c0']:.3f} -> {r['null_share_ct']:.3f} | "
+                          f"{r['rel_leakage_ct']:.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +167,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=EDITED.safetensors (a replay --save of it)")
     p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("--key-drift", action="store_true",
+                   help="also collect the edited model's keys on the run's corpus (its mom2_* settings: about as long as "
+                        "collecting C0) and show how far they moved and the leakage they see")
     args = p.parse_args(argv)
     parsed = []
     for item in args.runs:
@@ -113,7 +182,8 @@ def main(argv=None) -> int:
     for run, weights in parsed:
         ev = json.loads((run / "results.json").read_text(encoding="utf-8"))["config"]["eval"]
         ids = heldout_token_ids(tok, ev["ppl_tokens"])
-        text = markdown(run.name, anatomy(model, ids, run, weights))
+        text = markdown(run.name, anatomy(model, ids, run, weights, tok=tok if args.key_drift else None,
+                                          stats_dir=default_stats_dir()))
         print(text, flush=True)
         texts.append(text)
     if args.out:
