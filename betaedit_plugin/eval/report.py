@@ -178,14 +178,20 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
 
 def difference_pairs(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> list:
     """(a, b) label pairs compared in ``runs``: each run of the last run's method (BetaEdit and its
-    variants, in the registry's order) and each run of another method; or ``reference`` and each other run."""
+    variants, in the registry's order) and each run of another method, then each further run of a
+    method and that method's first run (a variant or ablation against the run it varies); or
+    ``reference`` and each other run."""
     def method(label: str) -> str:
         return str(runs[label].get("method") or label)
 
     if reference is not None:
         return [(reference, label) for label in runs if label != reference]
     last = method(list(runs)[-1]) if runs else None
-    return [(ref, label) for ref in runs if method(ref) == last for label in runs if method(label) != last]
+    pairs = [(ref, label) for ref in runs if method(ref) == last for label in runs if method(label) != last]
+    first: dict = {}
+    for label in runs:
+        first.setdefault(method(label), label)
+    return pairs + [(label, first[method(label)]) for label in runs if first[method(label)] != label]
 
 
 def _point(run: Mapping, step: int) -> Mapping:

@@ -100,7 +100,7 @@ def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreei
                                       f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | 3 | paired |")
 
 
-def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_at_the_last_step_both_reached(tmp_path):
+def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_and_each_variant_minus_its_run(tmp_path):
     from betaedit_plugin.eval.report import differences_table
 
     runs = {
@@ -119,7 +119,9 @@ def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_at_the_l
     assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", "–", "–", "–", "4", "paired"],
                     ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", "–", "–", "–", "4", "paired"],
                     ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", "–", "–", "–", "4", "paired"],
-                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "4", "paired"]]
+                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "4", "paired"],
+                    # and the variant against the run of its own method that it varies (an ablation's effect)
+                    ["betaedit (variant) minus betaedit", "100", "-0.250 ± 0.490", "–", "–", "–", "4", "paired"]]
     assert differences_table(runs, reference="memit").splitlines()[4].startswith("| memit minus alphaedit | 100 | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""
