@@ -100,19 +100,31 @@ def screening_rows(runs: Mapping[str, Mapping]) -> List[dict]:
     return rows
 
 
+#: leakages within this share of the chosen one are a tie that the choice cannot tell apart (`choose`)
+TIE_REL = 0.01
+
+
 def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str, Optional[dict]]:
     """{method: its row at ``step`` with the lowest relative leakage among those with efficacy >=
-    ``min_efficacy``, or None where no run of the method reached the floor (or the step)}."""
+    ``min_efficacy``, or None where no run of the method reached the floor (or the step)}. The row's
+    ``ties`` lists the settings of the method's other rows at the floor whose leakage lies within
+    `TIE_REL` of it: settings the rule picks between by less than the runs' own noise."""
     chosen: Dict[str, Optional[dict]] = {}
+    kept: Dict[str, list] = {}
     for row in rows:
         chosen.setdefault(row["method"], None)
         if row["step"] != step or not _number(row.get("efficacy")) or row["efficacy"] < min_efficacy:
             continue
         if not _number(row.get("rel_leakage")):
             continue
+        kept.setdefault(row["method"], []).append(row)
         best = chosen[row["method"]]
         if best is None or row["rel_leakage"] < best["rel_leakage"]:
             chosen[row["method"]] = dict(row)
+    for method, best in chosen.items():
+        if best is not None:
+            best["ties"] = [r["setting"] for r in kept[method]
+                            if r["run"] != best["run"] and r["rel_leakage"] <= best["rel_leakage"] * (1 + TIE_REL)]
     return chosen
 
 
@@ -251,13 +263,15 @@ def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int
              f"{len(runs)} runs; the settings shown (varied between a method's runs, or given on a run's command "
              "line): " + "; ".join(f"{m}: {', '.join(k) or 'none'}" for m, k in sorted(swept.items())) + ".", "",
              f"## Choice: lowest relative leakage with efficacy >= {min_efficacy:g} after {choose_step} edits", "",
-             "| method | setting | efficacy | rel. leakage |", "|---|---|---|---|"]
+             f"| method | setting | efficacy | rel. leakage | also within {TIE_REL:.0%} of that leakage (a tie) |",
+             "|---|---|---|---|---|"]
     for method, row in sorted(chosen.items()):
         if row is None:
-            lines.append(f"| {method} | none reached efficacy {min_efficacy:g} at {choose_step} edits (or the step) | – | – |")
+            lines.append(f"| {method} | none reached efficacy {min_efficacy:g} at {choose_step} edits (or the step) | – | – | – |")
         else:
+            ties = "; ".join(_setting_text(t) for t in sorted(row["ties"], key=_setting_order)) or "–"
             lines.append(f"| {method} | {_setting_text(row['setting'])} | {_fmt(row['efficacy'], '{:.3f}')} "
-                         f"| {_fmt(row['rel_leakage'], '{:.2e}')} |")
+                         f"| {_fmt(row['rel_leakage'], '{:.2e}')} | {ties} |")
     lines += ["", "## Every run and evaluation point", "", screening_table(rows), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     path = dest / "screening.md"

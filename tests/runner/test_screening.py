@@ -76,6 +76,13 @@ def test_the_choice_is_the_lowest_leakage_that_keeps_the_efficacy_floor(screen):
     # a floor only the leakier run keeps moves the choice to it; one nobody keeps chooses nothing
     above = choose(rows, 4, low["efficacy"] + 1e-9)["betaedit"]
     assert (above or {}).get("run") == (high["run"] if high["efficacy"] > low["efficacy"] else None)
+    assert chosen["betaedit"]["ties"] == ([high["setting"]] if high["rel_leakage"] <= 1.01 * low["rel_leakage"] else [])
+    # settings whose leakage lies within 1% of the chosen one's are named as ties, others not
+    tied = [dict(r, run=f"{r['run']}-twin", setting={**r["setting"], "tau": 3}, rel_leakage=r["rel_leakage"] * f)
+            for r in (low,) for f in (1.009, 1.011)]
+    got = choose(rows + tied, step=4, min_efficacy=0.0)["betaedit"]
+    assert got["run"] == low["run"] and {"lambda1": low["setting"]["lambda1"], "tau": 3} in got["ties"]
+    assert len([t for t in got["ties"] if t.get("tau") == 3]) == 1  # the one 1.1% above is no tie
     assert choose(rows, 4, 1.01) == {"betaedit": None, "alphaedit": None}
     assert choose(rows, 3, 0.0) == {"betaedit": None, "alphaedit": None}  # no run evaluated at step 3
 
@@ -102,8 +109,9 @@ def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(s
     md = (tmp / "pub" / "screening.md").read_text()
     assert md.startswith("# Screening on fixed targets\n\n3 runs;")  # the bank is not a screening run
     chosen = choose(screening_rows(results), 4, 0.0)["betaedit"]
+    ties = "; ".join(f"lambda1={t['lambda1']:g}, tau=2" for t in chosen["ties"]) or "–"
     assert (f"| betaedit | lambda1={chosen['setting']['lambda1']:g}, tau=2 | {chosen['efficacy']:.3f} "
-            f"| {chosen['rel_leakage']:.2e} |") in md
+            f"| {chosen['rel_leakage']:.2e} | {ties} |") in md
     assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 4  # the choice + 2 runs x 2 steps
     assert md.count("| alphaedit | L2=10 |") == 1 + 2
     figures = sorted(p.name for p in (tmp / "pub").glob("*.png"))
