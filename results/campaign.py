@@ -118,6 +118,15 @@ def runs() -> dict:
     return out
 
 
+def screening_twin(method: str) -> str:
+    """The screening run with the sequential runs' settings of ``method`` (SEQ_SETTINGS): on the same bank it
+    writes the same edits as ``fixed-<method>``, evaluated at other steps (250 / 500 / ...)."""
+    want = _screen(method, **SEQ_SETTINGS[method])
+    return next(name for name, (out_dir, over) in runs().items()
+                if out_dir.startswith(SCREEN + "/") and "/" not in out_dir[len(SCREEN) + 1:] and name != "bank"
+                and sorted(o for o in over if o.startswith(("method=", "hparams."))) == sorted(want))
+
+
 def num_edits(name: str) -> int:
     """The run's target (its ``num_edits`` override)."""
     return int(next(o.split("=", 1)[1] for o in reversed(runs()[name][1]) if o.startswith("num_edits=")))
@@ -388,12 +397,25 @@ def main(argv) -> int:
         from betaedit_plugin.eval.report import load_results
         from betaedit_plugin.eval.screening import write_fixed_vs_sequential
 
-        pairs = {}
+        from betaedit_plugin.eval.screening import pool_points
+
+        pairs, pooled = {}, []
         for method in SEQ_SETTINGS:
             seq, fixed = (ROOT / runs()[f"{kind}-{method}"][0] for kind in ("seq", "fixed"))
             if (seq / "results.json").is_file() and (fixed / "results.json").is_file():
                 pairs[method] = (load_results(seq), load_results(fixed))
-        print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED)}")
+                twin = ROOT / runs()[screening_twin(method)][0]
+                if (twin / "results.json").is_file():
+                    try:
+                        pairs[method] = (pairs[method][0], pool_points(pairs[method][1], load_results(twin)))
+                        pooled.append(f"{method}: `{screening_twin(method)}`")
+                    except ValueError as exc:
+                        print(f"{method}: the screening run {screening_twin(method)} not pooled: {exc}")
+        note = ("The fixed-target points at steps the fixed-as-seq run did not evaluate (250, 500, ...) are those of "
+                "the screening run with the same settings on the same bank, which wrote the same edits (case ids and "
+                "||Delta||_F per layer equal at every step both journaled; `pool_points`): " + "; ".join(pooled) + "."
+                ) if pooled else ""
+        print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED, note)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
         names = [named_stop(n)[0] for n in _options(argv[1:])[-1]]  # a bad option fails here, not in the detached process

@@ -223,3 +223,15 @@ def test_stop_signals_each_queue_and_each_run_outside_a_queue_once_and_waits_for
     finally:
         for p in procs.values():
             p.kill()
+
+
+def test_each_fixed_as_seq_run_has_a_screening_twin_with_its_settings_and_bank(campaign):
+    for method in campaign.SEQ_SETTINGS:
+        twin = campaign.screening_twin(method)
+        assert not twin.startswith(("fixed-", "seq-", "zsre-")) and twin != "bank"
+
+        def edits(name):  # what decides the edits written: method, settings, records, bank
+            return sorted(o for o in campaign.runs()[name][1]
+                          if o.startswith(("method=", "hparams.", "targets=", "data=", "model=", "num_edits=")))
+
+        assert edits(twin) == edits(f"fixed-{method}")

@@ -305,14 +305,40 @@ def fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]]) -> List[di
     return rows
 
 
+def pool_points(primary: Mapping, twin: Mapping) -> dict:
+    """``primary`` (results.json of a run) with the evaluation points of ``twin`` at the steps it lacks,
+    where the two wrote the same edits: the same case_ids and the same ||Delta||_F per layer at every
+    step both journaled (e.g. a screening run and the fixed-target twin of a sequential run, with the
+    same settings and bank but other evaluation steps; past the steps both journaled, the twin's points
+    are of the run the primary would be, had it gone on). Each borrowed point says so (``pooled_from``).
+
+    Raises:
+        ValueError: the runs wrote other edits (the first step where they differ named), or share no step.
+    """
+    edits = {e["step"]: e for e in primary.get("edits") or []}
+    common = [e for e in twin.get("edits") or [] if e["step"] in edits]
+    if not common:
+        raise ValueError("the runs share no journaled step: nothing shows that they wrote the same edits")
+    for e in common:
+        mine = edits[e["step"]]
+        if (mine.get("case_ids"), mine.get("delta_norm")) != (e.get("case_ids"), e.get("delta_norm")):
+            raise ValueError(f"the runs wrote other edits at step {e['step']} (cases {mine.get('case_ids')} / "
+                             f"{e.get('case_ids')}, ||Delta||_F {mine.get('delta_norm')} / {e.get('delta_norm')})")
+    have = {p["step"] for p in primary.get("evals") or []}
+    borrowed = [dict(p, pooled_from=str(twin.get("config", {}).get("out_dir") or "twin"))
+                for p in twin.get("evals") or [] if p["step"] not in have]
+    return dict(primary, evals=sorted([*(primary.get("evals") or []), *borrowed], key=lambda p: p["step"]))
+
+
 def _difference(pair) -> Optional[float]:
     seq, fixed = pair
     return fixed - seq if _number(seq) and _number(fixed) else None
 
 
-def write_fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]], dest: Path) -> Path:
-    """``fixed-vs-sequential.md`` (every common point: sequential, fixed, fixed - sequential) and
-    ``fixed-vs-sequential.png`` (each metric against edits: sequential solid, fixed dashed) in ``dest``."""
+def write_fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]], dest: Path, note: str = "") -> Path:
+    """``fixed-vs-sequential.md`` (every common point: sequential, fixed, fixed - sequential; ``note``
+    after the introduction) and ``fixed-vs-sequential.png`` (each metric against edits: sequential
+    solid, fixed dashed) in ``dest``."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     rows = fixed_vs_sequential(pairs)
@@ -320,7 +346,7 @@ def write_fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]], dest
     lines = ["# Screening against the sequential protocol", "",
              "Each method's sequential run beside the same run on the bank's fixed targets (z* computed once on "
              "the unedited model): same records, settings, statistics and evaluation sample, so the only "
-             "difference is where z* comes from. diff = fixed - sequential.", "",
+             "difference is where z* comes from. diff = fixed - sequential.", "", *([note, ""] if note else []),
              f"| method | edits | {head} |", "|---|---|" + "---|" * len(CLOSENESS_METRICS)]
     for row in sorted(rows, key=lambda r: (r["method"], r["step"])):
         cells = [f"{_fmt(row[k][0], f)} / {_fmt(row[k][1], f)} / {_fmt(_difference(row[k]), f)}"

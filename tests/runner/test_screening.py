@@ -154,6 +154,26 @@ def test_a_sequential_run_beside_its_fixed_target_twin(screen):
     assert fixed_vs_sequential({"betaedit": (seq, {"evals": [{"step": 0}, {"step": 3}]})}) == []
 
 
+def test_a_twin_that_wrote_the_same_edits_lends_its_evaluation_points(screen):
+    from betaedit_plugin.eval.screening import pool_points
+
+    tmp, root, results = screen
+    # the same run as beta-l1_30 (settings, bank), evaluated at 3 instead of 2 and 4, and stopped there
+    twin = run_experiment(_cfg(tmp, tmp / "twin-l1_30", "num_edits=4", f"targets={root / 'bank'}", "method=betaedit",
+                               "hparams.lambda1=30", "hparams.tau=2", "eval_every=3", "stop_after=3"))
+    fixed = results["beta-l1_30"]
+    pooled = pool_points(twin, fixed)
+    assert [p["step"] for p in pooled["evals"]] == [0, 2, 3, 4]  # 2 and 4 borrowed, past the twin's last step too
+    assert [p.get("pooled_from") is not None for p in pooled["evals"]] == [False, True, False, True]
+    assert {k: v for k, v in pooled["evals"][1].items() if k != "pooled_from"} == fixed["evals"][1]
+    assert pooled["edits"] == twin["edits"] and twin["evals"] == [p for p in pooled["evals"] if "pooled_from" not in p]
+    # other edits (another lambda1): refused, naming the first step where they differ
+    with pytest.raises(ValueError, match=r"wrote other edits at step 1"):
+        pool_points(twin, results["beta-l1_0"])
+    with pytest.raises(ValueError, match=r"share no journaled step"):
+        pool_points(twin, dict(fixed, edits=[]))
+
+
 def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(monkeypatch, tmp_path):
     from betaedit_plugin.eval import screening as scr
 
