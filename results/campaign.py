@@ -412,8 +412,8 @@ def main(argv) -> int:
                     except ValueError as exc:
                         print(f"{method}: the screening run {screening_twin(method)} not pooled: {exc}")
         note = ("The fixed-target points at steps the fixed-as-seq run did not evaluate (250, 500, ...) are those of "
-                "the screening run with the same settings on the same bank, which wrote the same edits (case ids and "
-                "||Delta||_F per layer equal at every step both journaled; `pool_points`): " + "; ".join(pooled) + "."
+                "the screening run with the same settings on the same bank, which wrote the same edits (case ids equal and "
+                "||Delta||_F per layer within 1e-4 relative at every step both journaled; `pool_points`): " + "; ".join(pooled) + "."
                 ) if pooled else ""
         print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED, note)}")
         return 0

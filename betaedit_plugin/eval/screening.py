@@ -305,10 +305,15 @@ def fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]]) -> List[di
     return rows
 
 
+#: two runs wrote the same edit where their ||Delta||_F per layer agree this closely (relative): float32
+#: updates computed on another machine (a GPU) differ in the last digits (as the journal's FINGERPRINT_RTOL)
+SAME_EDIT_RTOL = 1e-4
+
+
 def pool_points(primary: Mapping, twin: Mapping) -> dict:
     """``primary`` (results.json of a run) with the evaluation points of ``twin`` at the steps it lacks,
-    where the two wrote the same edits: the same case_ids and the same ||Delta||_F per layer at every
-    step both journaled (e.g. a screening run and the fixed-target twin of a sequential run, with the
+    where the two wrote the same edits: the same case_ids and the same ||Delta||_F per layer (to
+    `SAME_EDIT_RTOL`) at every step both journaled (e.g. a screening run and the fixed-target twin of a sequential run, with the
     same settings and bank but other evaluation steps; past the steps both journaled, the twin's points
     are of the run the primary would be, had it gone on). Each borrowed point says so (``pooled_from``).
 
@@ -319,9 +324,14 @@ def pool_points(primary: Mapping, twin: Mapping) -> dict:
     common = [e for e in twin.get("edits") or [] if e["step"] in edits]
     if not common:
         raise ValueError("the runs share no journaled step: nothing shows that they wrote the same edits")
+    def same(a: Mapping, b: Mapping) -> bool:
+        norms_a, norms_b = a.get("delta_norm") or {}, b.get("delta_norm") or {}
+        return a.get("case_ids") == b.get("case_ids") and set(norms_a) == set(norms_b) and all(
+            abs(norms_a[l] - norms_b[l]) <= SAME_EDIT_RTOL * max(abs(norms_a[l]), abs(norms_b[l])) for l in norms_a)
+
     for e in common:
         mine = edits[e["step"]]
-        if (mine.get("case_ids"), mine.get("delta_norm")) != (e.get("case_ids"), e.get("delta_norm")):
+        if not same(mine, e):
             raise ValueError(f"the runs wrote other edits at step {e['step']} (cases {mine.get('case_ids')} / "
                              f"{e.get('case_ids')}, ||Delta||_F {mine.get('delta_norm')} / {e.get('delta_norm')})")
     have = {p["step"] for p in primary.get("evals") or []}

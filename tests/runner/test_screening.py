@@ -170,6 +170,12 @@ def test_a_twin_that_wrote_the_same_edits_lends_its_evaluation_points(screen):
     # other edits (another lambda1): refused, naming the first step where they differ
     with pytest.raises(ValueError, match=r"wrote other edits at step 1"):
         pool_points(twin, results["beta-l1_0"])
+    # the same edits computed elsewhere (float32 sums in another order): within 1e-4 relative, pooled
+    nudged = [dict(e, delta_norm={l: v * (1 + 5e-5) for l, v in e["delta_norm"].items()}) for e in fixed["edits"]]
+    assert [p["step"] for p in pool_points(twin, dict(fixed, edits=nudged))["evals"]] == [0, 2, 3, 4]
+    bigger = [dict(e, delta_norm={l: v * (1 + 5e-4) for l, v in e["delta_norm"].items()}) for e in fixed["edits"]]
+    with pytest.raises(ValueError, match=r"wrote other edits at step 1"):
+        pool_points(twin, dict(fixed, edits=bigger))
     with pytest.raises(ValueError, match=r"share no journaled step"):
         pool_points(twin, dict(fixed, edits=[]))
 
