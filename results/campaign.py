@@ -13,6 +13,9 @@
         run journaled on a GPU continues on a CPU and the other way round)
         start/queue NAME@N: that run stops after N edits (over --stop-after), e.g. one queue for a stretch:
         `queue betaedit-l1_0-l2_10-tau100@500 alphaedit-L2_10-th_0.05@250 bank`
+        queue amend:NAME: replay that run's journal and re-score every recorded point that lacks its per-case
+        outcomes, adding them where every metric is reproduced (`replay --every-point --amend`; log
+        <run>.amend.out); a stopped amend goes on where it was (only the points still lacking are scored)
     python results/campaign.py stop [--timeout S]  # the end of a stretch: every live run and queue stops after
         the edit in progress (journaled, checkpointed, results.json written); waits for them (default 900 s)
     python results/campaign.py summary             # screening.md + figures from the screening runs so far
@@ -213,22 +216,32 @@ def _end_queue_on_signal() -> None:
         signal.signal(s, handler)
 
 
+AMEND = "amend:"  # a queue item that re-scores a run's recorded points instead of running it
+
+
+def amend_command(name: str) -> list:
+    """``replay --every-point --amend`` of the run: its recorded points that lack per-case outcomes gain them."""
+    return [PY, "-m", "betaedit_plugin.run", "replay", runs()[name][0], "--every-point", "--amend"]
+
+
 def _run_serially(names: list, extra: tuple) -> None:
-    """Each run in turn, in the foreground; its output appended to results/<phase>/<run>.out. None
-    starts once the queue got a stop signal."""
+    """Each run (or ``amend:NAME``) in turn, in the foreground; its output appended to
+    results/<phase>/<run>.out (<run>.amend.out). None starts once the queue got a stop signal."""
     for item in names:
         if _STOPPED:
             return
-        name, run_extra = _own_stop(extra, item)
+        amend = item.startswith(AMEND)
+        name, run_extra = (item[len(AMEND):], ()) if amend else _own_stop(extra, item)
         out_dir = ROOT / runs()[name][0]
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_dir.parent / f"{name}.out", "a") as log:
-            print(f"running {name} {' '.join(run_extra)}", flush=True)
-            child = subprocess.Popen(command(name, run_extra), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        with open(out_dir.parent / f"{name}{'.amend' if amend else ''}.out", "a") as log:
+            print(f"{'amending' if amend else 'running'} {name} {' '.join(run_extra)}", flush=True)
+            cmd = amend_command(name) if amend else command(name, run_extra)
+            child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             _CHILD[:] = [child]
             rc = child.wait()
             _CHILD.clear()
-            print(f"{name} exited {rc}: {progress(runs()[name][0])}", flush=True)
+            print(f"{name} {'amend ' if amend else ''}exited {rc}: {progress(runs()[name][0])}", flush=True)
 
 
 def _run_in_rounds(names: list, extra: tuple, rounds: int, limit: Optional[int] = None) -> None:
@@ -418,7 +431,10 @@ def main(argv) -> int:
         print(f"{len(pairs)} method(s) written to {write_fixed_vs_sequential(pairs, ROOT / FIXED, note)}")
         return 0
     if argv[0] == "queue":  # one detached process that runs the names in turn (one core's worth of work)
-        names = [named_stop(n)[0] for n in _options(argv[1:])[-1]]  # a bad option fails here, not in the detached process
+        _, _, rounds, items = _options(argv[1:])  # a bad option fails here, not in the detached process
+        if rounds and any(i.startswith(AMEND) for i in items):
+            raise SystemExit("amend:NAME re-scores a run's points; it has no rounds: queue it without --rounds")
+        names = [i[len(AMEND):] if i.startswith(AMEND) else named_stop(i)[0] for i in items]
         unknown = [n for n in names if n not in runs()]
         if unknown:
             print(f"unknown run(s) {unknown}; `status` lists them")

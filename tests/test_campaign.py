@@ -82,6 +82,12 @@ def test_a_run_named_with_at_n_stops_there_over_the_queues_stop_after(campaign, 
     assert [cmd[-1] for cmd in started] == [f"out_dir={campaign.runs()[n][0]}"
                                             for n in ("betaedit-l1_0-l2_10-tau100", "alphaedit-L2_10", "bank")]
     assert campaign.command(*campaign._own_stop((), "seq-memit@300"))[-2] == "stop_after=300"
+    # amend:NAME re-scores the run's recorded points (replay --every-point --amend), logged beside its .out
+    started.clear()
+    campaign._run_serially(["amend:seq-betaedit", "seq-memit@300"], ("stop_after=250",))
+    assert started[0][-5:] == ["betaedit_plugin.run", "replay", campaign.runs()["seq-betaedit"][0], "--every-point", "--amend"]
+    assert "stop_after=300" in started[1]
+    assert (tmp_path / campaign.SEQ / "seq-betaedit.amend.out").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -90,6 +96,7 @@ def test_a_run_named_with_at_n_stops_there_over_the_queues_stop_after(campaign, 
     (["queue", "--stop-after"], "--stop-after needs a value"),
     (["queue", "seq-memit@0"], r"'seq-memit@0': expected NAME@N, N the edits after which the run stops, an int >= 1"),
     (["start", "seq-memit@x"], r"'seq-memit@x': expected NAME@N"),
+    (["queue", "--rounds", "100", "amend:seq-memit"], "amend:NAME re-scores a run's points; it has no rounds"),
 ])
 def test_bad_options_are_named_before_anything_starts(campaign, monkeypatch, argv, message):
     monkeypatch.setattr(campaign.subprocess, "Popen", lambda *a, **k: pytest.fail("a run was started"))
