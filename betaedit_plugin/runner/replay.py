@@ -190,9 +190,14 @@ def amend_point(src, replayed: Dict[str, Any]) -> list:
     (a re-scoring of the same model on the same cases: `replay_run`). Returns the outcomes added
     (empty: nothing to add, nothing written).
 
+    A point written before points kept the digest of their cases (``scored_cases``) gains it too, where
+    it scored as many cases and every metric was reproduced (the sample is a function of the step,
+    the seed and the run's size: `eval_sample`): the paired differences need it.
+
     Raises:
-        ConfigError: no recorded point at that step, other cases scored, or a metric not reproduced
-            (named with both values): then nothing is written.
+        ConfigError: no recorded point at that step, other cases scored (or as many cases as the
+            digest-less point had not), or a metric not reproduced (named with both values): then
+            nothing is written.
     """
     from .._fileio import atomic_write_text
     from .experiment import _read_results
@@ -208,8 +213,12 @@ def amend_point(src, replayed: Dict[str, Any]) -> list:
         point = results.point(step)
         if point is None:
             raise ConfigError(f"replay --amend: {str(src)!r} records no evaluation at step {step}; nothing to amend")
-        if point.get("scored_cases") != replayed.get("scored_cases"):
-            raise ConfigError(f"replay --amend: the point at {step} scored other cases ({point.get('scored_cases')!r}, "
+        digest = point.get("scored_cases")
+        if digest is None and point.get("n_scored") != replayed.get("n_scored"):
+            raise ConfigError(f"replay --amend: the point at {step} scored {point.get('n_scored')!r} cases, the "
+                              f"re-scoring {replayed.get('n_scored')!r}; nothing written")
+        if digest is not None and digest != replayed.get("scored_cases"):
+            raise ConfigError(f"replay --amend: the point at {step} scored other cases ({digest!r}, "
                               f"re-scored {replayed.get('scored_cases')!r}); nothing written")
         for key, diff in metric_differences(point, replayed).items():
             a = abs(float(point[key]))
@@ -218,8 +227,11 @@ def amend_point(src, replayed: Dict[str, Any]) -> list:
                                   f"re-scored {replayed[key]!r}); nothing written")
         kept = point.setdefault("outcomes", {})
         added = [k for k in (replayed.get("outcomes") or {}) if k not in kept]
+        if added and digest is None:  # a point from before the digest: the same sample (n_scored and every
+            point["scored_cases"] = replayed["scored_cases"]  # metric reproduced) gains it, to pair with others
+            added.append("scored_cases")
         if added:
-            kept.update({k: replayed["outcomes"][k] for k in added})
+            kept.update({k: replayed["outcomes"][k] for k in added if k != "scored_cases"})
             atomic_write_text(src / "results.json", results.dumps())
             logger.info("added %s to the point at step %d of %s", ", ".join(added), step, src / "results.json")
     return added

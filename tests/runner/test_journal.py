@@ -222,7 +222,7 @@ def test_the_newest_checkpoint_is_rescored_and_its_point_gains_only_the_outcomes
 
 
 def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_lacks(tmp_path):
-    from betaedit_plugin.runner.replay import replay_run
+    from betaedit_plugin.runner.replay import amend_point, replay_run
 
     out = tmp_path / "out"
     run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))  # points at 2, 4 and the final 5
@@ -231,6 +231,7 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     kept = {p["step"]: p["outcomes"].pop("locality_acc") for p in raw["evals"] if p["step"] > 0}
     assert sorted(kept) == [2, 4, 5]
     raw["evals"][1]["specificity"] += 0.5  # the point at 2 as no re-scoring reproduces it
+    digest = raw["evals"][2].pop("scored_cases")  # the point at 4 as written before points kept their cases' digest
     path.write_text(json.dumps(raw, indent=1))
     with pytest.raises(ConfigError, match=r"needs the journal replayed and evaluated; drop --from-checkpoint"):
         replay_run(out, from_checkpoint=True, on_point=print)
@@ -243,13 +244,23 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     at = {step: next(i for i, line in enumerate(lines) if line.startswith(f"step {step}: ")) for step in (2, 4)}
     assert "largest |recorded - replayed| 0.5 (specificity)" in lines[at[2]], lines[at[2]]
     assert lines[at[2] + 1].startswith("  not amended: replay --amend: specificity at step 2 not reproduced")
-    assert "largest |recorded - replayed| 0 " in lines[at[4]] and lines[at[4] + 1] == "  added locality_acc", lines[at[4]:]
+    assert "largest |recorded - replayed| 0 " in lines[at[4]] and lines[at[4] + 1] == "  added locality_acc, scored_cases", \
+        lines[at[4]:]
     assert "added locality_acc to the point at step 5" in proc.stdout, proc.stdout
     after = json.loads(path.read_text())
     assert {p["step"]: p["outcomes"].get("locality_acc") for p in after["evals"] if p["step"] > 0} == {2: None, 4: kept[4], 5: kept[5]}
+    assert after["evals"][2].pop("scored_cases") == digest  # the same sample: it gains its digest, to be paired
     for p in after["evals"][2:]:
         del p["outcomes"]["locality_acc"]
     assert after == raw  # every other value as it was, the point at 2 untouched
+    # a point without the digest that scored another number of cases is not the same sample: refused
+    final = replay_run(out)["replayed"]  # the point at 5
+    raw5 = json.loads(path.read_text())
+    del raw5["evals"][3]["scored_cases"]
+    raw5["evals"][3]["n_scored"] += 1
+    path.write_text(json.dumps(raw5, indent=1))
+    with pytest.raises(ConfigError, match=r"the point at 5 scored 6 cases, the re-scoring 5; nothing written"):
+        amend_point(out, final)
     seen = []  # on_point only at the steps asked for (the CLI asks for the points that lack outcomes); the last is out["replayed"]
     assert replay_run(out, on_point=seen.append, at_steps=[4, 5])["replayed"]["step"] == 5
     assert [p["step"] for p in seen] == [4]
