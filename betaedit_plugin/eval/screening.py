@@ -310,12 +310,19 @@ def fixed_vs_sequential(pairs: Mapping[str, Tuple[Mapping, Mapping]]) -> List[di
 SAME_EDIT_RTOL = 1e-4
 
 
+def _same_edit(a: Mapping, b: Mapping) -> bool:
+    """Two runs' ``edits`` entries of one step: the same cases, the same ||Delta||_F per layer (`SAME_EDIT_RTOL`)."""
+    norms_a, norms_b = a.get("delta_norm") or {}, b.get("delta_norm") or {}
+    return a.get("case_ids") == b.get("case_ids") and set(norms_a) == set(norms_b) and all(
+        abs(norms_a[l] - norms_b[l]) <= SAME_EDIT_RTOL * max(abs(norms_a[l]), abs(norms_b[l])) for l in norms_a)
+
+
 def pool_points(primary: Mapping, twin: Mapping) -> dict:
     """``primary`` (results.json of a run) with the evaluation points of ``twin`` at the steps it lacks,
-    where the two wrote the same edits: the same case_ids and the same ||Delta||_F per layer (to
-    `SAME_EDIT_RTOL`) at every step both journaled (e.g. a screening run and the fixed-target twin of a sequential run, with the
-    same settings and bank but other evaluation steps; past the steps both journaled, the twin's points
-    are of the run the primary would be, had it gone on). Each borrowed point says so (``pooled_from``).
+    where the two wrote the same edits (`_same_edit` at every step both journaled): e.g. a screening run
+    and the fixed-target twin of a sequential run, with the same settings and bank but other evaluation
+    steps; past the steps both journaled, the twin's points are of the run the primary would be, had it
+    gone on. Each borrowed point says so (``pooled_from``).
 
     Raises:
         ValueError: the runs wrote other edits (the first step where they differ named), or share no step.
@@ -324,14 +331,9 @@ def pool_points(primary: Mapping, twin: Mapping) -> dict:
     common = [e for e in twin.get("edits") or [] if e["step"] in edits]
     if not common:
         raise ValueError("the runs share no journaled step: nothing shows that they wrote the same edits")
-    def same(a: Mapping, b: Mapping) -> bool:
-        norms_a, norms_b = a.get("delta_norm") or {}, b.get("delta_norm") or {}
-        return a.get("case_ids") == b.get("case_ids") and set(norms_a) == set(norms_b) and all(
-            abs(norms_a[l] - norms_b[l]) <= SAME_EDIT_RTOL * max(abs(norms_a[l]), abs(norms_b[l])) for l in norms_a)
-
     for e in common:
         mine = edits[e["step"]]
-        if not same(mine, e):
+        if not _same_edit(mine, e):
             raise ValueError(f"the runs wrote other edits at step {e['step']} (cases {mine.get('case_ids')} / "
                              f"{e.get('case_ids')}, ||Delta||_F {mine.get('delta_norm')} / {e.get('delta_norm')})")
     have = {p["step"] for p in primary.get("evals") or []}
