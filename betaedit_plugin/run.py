@@ -285,12 +285,11 @@ def _replay_cli(args: Sequence[str]) -> int:
         parser.error("--amend needs the evaluation: drop --no-eval")
     if ns.every_point and (ns.from_checkpoint or ns.no_eval):
         parser.error("--every-point re-scores the points on the way as the journal is replayed: drop --from-checkpoint and --no-eval")
+    from .eval.report import lacks_outcomes, load_results
     from .runner.replay import amend_point, metric_differences, replay_run
 
     def each_point(replayed) -> None:
         """--every-point: how the re-scored point compares with the recorded one, amended with --amend."""
-        from .eval.report import load_results
-
         step = replayed["step"]
         recorded = next(p for p in load_results(Path(ns.dir))["evals"] if p.get("step") == step)
         worst = max(metric_differences(recorded, replayed).items(), key=lambda kv: kv[1], default=("-", 0.0))
@@ -308,8 +307,6 @@ def _replay_cli(args: Sequence[str]) -> int:
     not_amended: List[int] = []
     at_steps = None
     if ns.every_point and ns.amend:  # only the points that lack a per-case outcome (a stopped amend goes on where it was)
-        from .eval.report import lacks_outcomes, load_results
-
         try:
             at_steps = [p["step"] for p in load_results(Path(ns.dir))["evals"] if lacks_outcomes(p)]
         except (FileNotFoundError, ValueError) as exc:

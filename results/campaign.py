@@ -408,22 +408,20 @@ def main(argv) -> int:
         return 0
     if argv[0] == "closeness":
         from betaedit_plugin.eval.report import load_results
-        from betaedit_plugin.eval.screening import write_fixed_vs_sequential
-
-        from betaedit_plugin.eval.screening import pool_points
+        from betaedit_plugin.eval.screening import pool_points, write_fixed_vs_sequential
 
         pairs, pooled = {}, []
         for method in SEQ_SETTINGS:
             seq, fixed = (ROOT / runs()[f"{kind}-{method}"][0] for kind in ("seq", "fixed"))
             if (seq / "results.json").is_file() and (fixed / "results.json").is_file():
                 pairs[method] = (load_results(seq), load_results(fixed))
-                twin = ROOT / runs()[screening_twin(method)][0]
-                if (twin / "results.json").is_file():
+                twin = screening_twin(method)
+                if (ROOT / runs()[twin][0] / "results.json").is_file():
                     try:
-                        pairs[method] = (pairs[method][0], pool_points(pairs[method][1], load_results(twin)))
-                        pooled.append(f"{method}: `{screening_twin(method)}`")
+                        pairs[method] = (pairs[method][0], pool_points(pairs[method][1], load_results(ROOT / runs()[twin][0])))
+                        pooled.append(f"{method}: `{twin}`")
                     except ValueError as exc:
-                        print(f"{method}: the screening run {screening_twin(method)} not pooled: {exc}")
+                        print(f"{method}: the screening run {twin} not pooled: {exc}")
         note = ("The fixed-target points at steps the fixed-as-seq run did not evaluate (250, 500, ...) are those of "
                 "the screening run with the same settings on the same bank, which wrote the same edits (case ids equal and "
                 "||Delta||_F per layer within 1e-4 relative at every step both journaled; `pool_points`): " + "; ".join(pooled) + "."

@@ -35,7 +35,8 @@ import torch
 
 from betaedit_plugin.eval.capability import heldout_token_ids, perplexity
 from betaedit_plugin.covariance.cache import default_stats_dir
-from betaedit_plugin.linalg.nullspace import nullspace_split
+from betaedit_plugin.eval.metrics import layer_diagnostics
+from betaedit_plugin.linalg.nullspace import energy_share, nullspace_split
 from betaedit_plugin.models.smollm2 import load_smollm2
 from betaedit_plugin.state import load_state_file
 
@@ -43,10 +44,9 @@ from betaedit_plugin.state import load_state_file
 REPRODUCED_REL = 1e-4
 
 
-def edited_weights(run: Path, weights: Path = None) -> tuple:
-    """(step, {layer: W_t}) of ``run``: from ``weights`` (a saved state dict) at the run's last
-    journaled step, else from its newest checkpoint."""
-    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+def edited_weights(run: Path, results: dict, weights: Path = None) -> tuple:
+    """(step, {layer: W_t}) of ``run`` (its ``results``: results.json): from ``weights`` (a saved state
+    dict) at the run's last journaled step, else from its newest checkpoint."""
     layers = sorted(int(k.split("/L")[1]) for k in results["evals"][-1] if k.startswith("perturbation/L"))  # the edited layers
     if weights is not None:
         from safetensors.torch import load_file
@@ -69,7 +69,7 @@ def anatomy(model, ids, run: Path, weights: Path = None, tok=None, stats_dir: Op
     ``stats_dir``, default ``$BETAEDIT_CACHE/stats``), per layer."""
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     ev = results["config"]["eval"]
-    step, edited = edited_weights(run, weights)
+    step, edited = edited_weights(run, results, weights)
     point = next(p for p in results["evals"] if p["step"] == step)
     mlp = {l: model.model.layers[l].mlp.down_proj for l in edited}
     base = {l: m.weight.detach().clone() for l, m in mlp.items()}
@@ -116,26 +116,17 @@ def key_moments(model, tok, hparams: dict, layers, cache_dir: Optional[Path] = N
                                 use_cache=cache_dir is not None)
 
 
-def _share(basis: torch.Tensor, cov: torch.Tensor) -> float:
-    """tr(U^T A U) / tr(A): the share of A's energy inside span(U)."""
-    return float(torch.einsum("ij,ik,kj->", basis, cov, basis) / torch.trace(cov))
-
-
 def key_drift(c0: torch.Tensor, ct: torch.Tensor, delta: torch.Tensor, w0: torch.Tensor, threshold: float) -> dict:
     """How the keys a layer reads moved once the layers before it were edited, and what that does to
     its leakage: ``key_drift`` ||C_t - C0||_F / ||C0||_F; ``null_share_c0`` / ``null_share_ct``: the share
     of the unedited / the edited model's key energy inside null(C0) at ``threshold`` (the directions
-    AlphaEdit and BetaEdit write in); ``rel_leakage_c0`` / ``rel_leakage_ct``: tr(D C D^T) / tr(W0 C W0^T)
-    with the unedited model's keys (the runs' recorded leakage) and with the keys the edited model reads."""
-    c0, ct, d, w = (x.detach().to("cpu", torch.float64) for x in (c0, ct, delta, w0))
+    AlphaEdit and BetaEdit write in); ``rel_leakage_ct``: the relative leakage (`layer_diagnostics`) with
+    the keys the edited model reads, where the runs record it with C0."""
+    c0, ct = (x.detach().to("cpu", torch.float64) for x in (c0, ct))
     u, _ = nullspace_split(c0, threshold)
-
-    def rel(c):
-        return float(((d @ c) * d).sum() / ((w @ c) * w).sum())
-
     return {"key_drift": float(torch.linalg.matrix_norm(ct - c0) / torch.linalg.matrix_norm(c0)),
-            "null_share_c0": _share(u, c0), "null_share_ct": _share(u, ct),
-            "rel_leakage_c0": rel(c0), "rel_leakage_ct": rel(ct)}
+            "null_share_c0": energy_share(u, c0), "null_share_ct": energy_share(u, ct),
+            "rel_leakage_ct": layer_diagnostics(delta, ct, w0)["rel_leakage"]}
 
 
 def markdown(label: str, a: dict) -> str:

@@ -31,18 +31,13 @@ from pathlib import Path
 
 import torch
 
-from betaedit_plugin.linalg.nullspace import nullspace_split, protected_cov
+from betaedit_plugin.linalg.nullspace import energy_share, nullspace_split, protected_cov
 from betaedit_plugin.methods.betaedit import largest_principal_angle
 from betaedit_plugin.state import load_state_file
 
 COLUMNS = ("layer", "t", "null(C0)", "null(S)", "P in use", "near threshold", "angle", "angle, deep",
            "pre-trained keys in null(C0)", "pre-trained keys in P", "edited keys in null(C0)", "edited keys in P",
            "tr(H/t) / tr(C0)")
-
-
-def _share(basis: torch.Tensor, cov: torch.Tensor) -> float:
-    """tr(U^T A U) / tr(A): the share of A's energy inside span(U)."""
-    return float(torch.einsum("ij,ik,kj->", basis, cov, basis) / torch.trace(cov))
 
 
 def anatomy(checkpoint: Path) -> tuple:
@@ -60,8 +55,8 @@ def anatomy(checkpoint: Path) -> tuple:
             "layer": l, "t": t, "null(C0)": u0.shape[1], "null(S)": us.shape[1], "P in use": in_use.shape[1],
             "near threshold": int(((eig0 > thr / 2) & (eig0 < 2 * thr)).sum()),
             "angle": largest_principal_angle(u0, in_use), "angle, deep": largest_principal_angle(deep, in_use),
-            "pre-trained keys in null(C0)": _share(u0, c0), "pre-trained keys in P": _share(in_use, c0),
-            "edited keys in null(C0)": _share(u0, hist), "edited keys in P": _share(in_use, hist),
+            "pre-trained keys in null(C0)": energy_share(u0, c0), "pre-trained keys in P": energy_share(in_use, c0),
+            "edited keys in null(C0)": energy_share(u0, hist), "edited keys in P": energy_share(in_use, hist),
             "tr(H/t) / tr(C0)": float(torch.trace(hist) / t / torch.trace(c0)),
         })
     return {"method": meta["method"], "step": t, "last_refresh": meta.get("last_refresh"), "hparams": hp}, rows

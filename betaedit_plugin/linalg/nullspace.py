@@ -6,7 +6,7 @@ import torch
 
 from ._checks import check_cov, check_scalar
 
-__all__ = ["nullspace_basis", "nullspace_split", "nullspace_projector", "protected_cov"]
+__all__ = ["nullspace_basis", "nullspace_split", "nullspace_projector", "protected_cov", "energy_share"]
 
 
 def nullspace_split(cov, threshold: float = 0.02) -> tuple:
@@ -34,6 +34,12 @@ def nullspace_projector(cov, threshold: float = 0.02) -> torch.Tensor:
     """
     U = nullspace_basis(cov, threshold).double()
     return (U @ U.T).to(dtype=cov.dtype)
+
+
+def energy_share(basis, cov) -> float:
+    """tr(U^T A U) / tr(A): the share of the energy of A (a covariance of keys) inside span(U), U an
+    orthonormal basis (d_k, m): e.g. how much of the pre-trained keys a null-space projector lets through."""
+    return float(torch.einsum("ij,ik,kj->", basis, cov, basis) / torch.trace(cov))
 
 
 def protected_cov(hist_cov, n_edits: int, prior_cov, lambda1: float) -> torch.Tensor:

@@ -227,11 +227,11 @@ def amend_point(src, replayed: Dict[str, Any]) -> list:
                                   f"re-scored {replayed[key]!r}); nothing written")
         kept = point.setdefault("outcomes", {})
         added = [k for k in (replayed.get("outcomes") or {}) if k not in kept]
+        kept.update({k: replayed["outcomes"][k] for k in added})
         if added and digest is None:  # a point from before the digest: the same sample (n_scored and every
             point["scored_cases"] = replayed["scored_cases"]  # metric reproduced) gains it, to pair with others
             added.append("scored_cases")
         if added:
-            kept.update({k: replayed["outcomes"][k] for k in added if k != "scored_cases"})
             atomic_write_text(src / "results.json", results.dumps())
             logger.info("added %s to the point at step %d of %s", ", ".join(added), step, src / "results.json")
     return added

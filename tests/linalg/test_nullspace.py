@@ -89,3 +89,19 @@ def test_nan_cov_is_named():
     C[0, 0] = float("inf")
     with pytest.raises(ValueError, match="cov: contains NaN or Inf"):
         nullspace_projector(C)
+
+
+def test_energy_share_is_the_trace_share_inside_the_span_against_float64_numpy():
+    import numpy as np
+
+    from betaedit_plugin.linalg.nullspace import energy_share, nullspace_split
+
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(200, 12, generator=g, dtype=torch.float64) * torch.linspace(0.05, 2.0, 12, dtype=torch.float64)
+    cov = keys.T @ keys / 200
+    u, _ = nullspace_split(cov, 0.05)
+    c, b = cov.numpy(), u.numpy()
+    assert 0 < u.shape[1] < 12
+    assert energy_share(u, cov) == pytest.approx(np.trace(b.T @ c @ b) / np.trace(c), rel=1e-12)
+    full = torch.linalg.eigh(cov).eigenvectors
+    assert energy_share(full, cov) == pytest.approx(1.0, rel=1e-12)  # the whole space holds all the energy
