@@ -330,7 +330,9 @@ def _replay_cli(args: Sequence[str]) -> int:
               + ", ".join(f"{k}={out['replayed'][k]:.4g}" for k in ("efficacy", "generality", "specificity") if k in out["replayed"]))
     if out.get("saved"):
         print(f"edited model written to {out['saved']}")
-    if ns.amend:
+    if "replayed" not in out and not ns.no_eval:
+        print(f"the point at step {out['steps']} kept every outcome already: not scored again")
+    elif ns.amend:
         try:
             added = amend_point(ns.dir, out["replayed"])
         except BetaEditError as exc:

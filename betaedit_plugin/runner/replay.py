@@ -25,7 +25,8 @@ the checkpoint's own copy stays as it was (its manifest covers it).
 ``--every-point`` re-scores, as the journal is replayed, every earlier step results.json records a
 point at (``on_point``), so that with ``--amend`` each of them gains its per-case outcomes: what the
 paired differences at every point (`betaedit_plugin.eval.report.difference_series`) need. It costs a
-replay plus one evaluation per point.
+replay plus one evaluation per point; with ``--amend`` the last point is not scored again where it
+kept its outcomes already.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         on_point: while the journal is replayed, also score every earlier step at which results.json
             records an evaluation point (after 0) and call ``on_point(replayed point)`` there, before
             the replay goes on (e.g. to amend it: `amend_point`); not with ``from_checkpoint``.
-        at_steps: with ``on_point``, only these of the recorded steps (e.g. the points that lack outcomes).
+        at_steps: with ``on_point``, only these of the recorded steps (e.g. the points that lack outcomes),
+            the last one included: where it is not among them, it is not scored again (no "replayed").
     Returns:
         {"steps", "replay_s", "fingerprints", "identical", "max_rel_diff", "recorded", "replayed",
          "differences": {metric: |recorded - replayed|}}.
@@ -125,6 +127,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         out["identical"] += int(got["identical"])
         out["max_rel_diff"] = max(out["max_rel_diff"], got["max_rel_diff"])
 
+    wanted = None if at_steps is None or on_point is None else set(at_steps)
     t0, step = time.perf_counter(), 0
     if from_checkpoint:
         step = _load_checkpoint(src, editor, results.identity or {})
@@ -134,8 +137,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
                 check_fingerprint(record)
     else:
         recorded_steps = {p.get("step") for p in results.evals} if on_point is not None else set()
-        if at_steps is not None:
-            recorded_steps &= set(at_steps)
+        if wanted is not None:
+            recorded_steps &= wanted
         for record in journal.records:
             editor.apply(requests[step: record.step], z_star=record.z_star)
             step = record.step
@@ -148,7 +151,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     out["replay_s"] = time.perf_counter() - t0
     logger.info("%s %d edits in %.1f s", "loaded the checkpoint of" if from_checkpoint else "replayed", step, out["replay_s"])
 
-    if evaluate:
+    if evaluate and (wanted is None or step in wanted):
         recorded = results.point(step)
         point = setup.evaluator.evaluate(step, editor.weight_deltas)
         out["replayed"] = point

@@ -253,6 +253,14 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     for p in after["evals"][2:]:
         del p["outcomes"]["locality_acc"]
     assert after == raw  # every other value as it was, the point at 2 untouched
+    # again: only the point that still lacks (2) is scored; the last kept its outcomes and is not scored again
+    before = path.read_bytes()
+    again = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--every-point", "--amend"],
+                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "the points at steps 2 were not amended" in again.stderr, again.stderr
+    assert [line.split(":")[0] for line in again.stdout.splitlines() if line.startswith("step ")] == ["step 2"], again.stdout
+    assert "the point at step 5 kept every outcome already: not scored again" in again.stdout, again.stdout
+    assert path.read_bytes() == before  # nothing written
     # a point without the digest that scored another number of cases is not the same sample: refused
     final = replay_run(out)["replayed"]  # the point at 5
     raw5 = json.loads(path.read_text())
@@ -264,6 +272,9 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     seen = []  # on_point only at the steps asked for (the CLI asks for the points that lack outcomes); the last is out["replayed"]
     assert replay_run(out, on_point=seen.append, at_steps=[4, 5])["replayed"]["step"] == 5
     assert [p["step"] for p in seen] == [4]
+    seen = []  # the last step not among them: not scored again
+    got = replay_run(out, on_point=seen.append, at_steps=[4])
+    assert [p["step"] for p in seen] == [4] and "replayed" not in got and got["steps"] == 5
 
 
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
