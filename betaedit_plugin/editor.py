@@ -11,7 +11,8 @@ A step writes a batch of n >= 1 requests with MEMIT's layer loop (Meng et al., 2
    Delta (d_v, d_k) from the layer's `IncrementalSolver`, checked finite, then written;
 3. commit, once every layer is written: H += K K^T, the solver takes the keys (Woodbury) when the
    method keeps a history, step += n, then the method's `UpdateRule.after_commit` (BetaEdit:
-   its projector refresh every ``tau`` edits).
+   its projector refresh every ``tau`` edits; with ``recollect_c0`` it collects C0 again from the
+   model as edited so far, `BetaEditor.current_priors`).
 
 What differs between methods (the solver's lambdas, the initial projector, what happens after a
 commit) is the method's `UpdateRule`. If anything fails in 1-2 the written layers are restored bit
@@ -166,6 +167,12 @@ class BetaEditor(StateIO):
         self.state = EditorState(method=self.method, layers=layers, context_templates=templates)
         return self.state
 
+    def current_priors(self) -> Dict[int, torch.Tensor]:
+        """{layer: C0} collected from the model as it is now (the hparams' ``mom2_*`` corpus and settings,
+        float64 on CPU), without the statistics cache: an edited model's statistics are used once."""
+        logger.info("collecting key second moments of the edited model for layers %s", self.hparams.layers)
+        return stats_for_hparams(self.model, self.tok, self.hparams, self.layout, progress=False, use_cache=False)
+
     def _make_solver(self, layer: int, prior_cov, basis=None, hist_cov=None):
         placement = {"compute_device": self.layer_devices[layer], **self._solver_options}
         prior_cov = prior_cov.to(self._storage[layer], torch.float64)
@@ -231,7 +238,7 @@ class BetaEditor(StateIO):
         snap = state.snapshot()
         try:  # step 3
             state.commit(keys, self.layer_devices, self.rule.uses_history, len(reqs))
-            refreshed = bool(self.rule.after_commit(state))
+            refreshed = bool(self.rule.after_commit(state, current_priors=self.current_priors))
         except BaseException:
             state.restore(snap)
             self._restore_weights(before)

@@ -123,7 +123,8 @@ def tensor_bytes_by_device(tensors) -> Dict[str, int]:
 class StateSnapshot:
     """References to everything one step changes (cheap: tensors are never mutated in place).
 
-    ``layers``: {layer: (H, n_keys, solver snapshot from `Solver.snapshot` (linalg))}.
+    ``layers``: {layer: (H, C0, n_keys, solver snapshot from `Solver.snapshot` (linalg))} (C0 changes
+    only where BetaEdit's ``recollect_c0`` collects it again at a refresh).
     """
 
     step: int
@@ -169,15 +170,15 @@ class EditorState:
             step=self.step,
             last_refresh=self.last_refresh,
             layers={
-                l: (s.hist_cov, s.n_keys, s.solver.snapshot()) for l, s in self.layers.items()
+                l: (s.hist_cov, s.prior_cov, s.n_keys, s.solver.snapshot()) for l, s in self.layers.items()
             },
         )
 
     def restore(self, snap: StateSnapshot) -> None:
         """Return to a `snapshot` taken earlier on this state."""
-        for l, (hist_cov, n_keys, solver_state) in snap.layers.items():
+        for l, (hist_cov, prior_cov, n_keys, solver_state) in snap.layers.items():
             s = self.layers[l]
-            s.hist_cov, s.n_keys = hist_cov, n_keys
+            s.hist_cov, s.prior_cov, s.n_keys = hist_cov, prior_cov, n_keys
             s.solver.restore(solver_state)
         self.step, self.last_refresh = snap.step, snap.last_refresh
 

@@ -118,6 +118,7 @@ def test_the_sequential_runs_share_records_and_evaluation_and_differ_in_their_se
     ("betaedit-l1_0", ["hparams.lambda1=300", "hparams.lambda1=0"]),  # the ablation without the leakage penalty
     ("betaedit-tau_never", ["hparams.tau=100", "hparams.tau=100000"]),  # ... without the refresh
     ("betaedit-last", ["hparams.fact_token=last"]),  # ... keys at the prompt's last token
+    ("betaedit-rc0", ["hparams.recollect_c0=true"]),  # C0 from the edited model at each refresh (not in the paper)
 ])
 def test_a_sequential_variant_differs_from_its_headline_run_only_in_its_setting_and_folder(campaign, variant, setting):
     head, other = campaign.command("seq-betaedit"), campaign.command(f"seq-{variant}")

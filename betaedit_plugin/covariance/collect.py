@@ -250,11 +250,12 @@ def write_second_moments(
     return written
 
 
-def stats_for_hparams(model: nn.Module, tok: Any, hparams: Any, layout: Any, *, progress: bool = True) -> Dict[int, torch.Tensor]:
+def stats_for_hparams(model: nn.Module, tok: Any, hparams: Any, layout: Any, *, progress: bool = True,
+                      use_cache: bool = True) -> Dict[int, torch.Tensor]:
     """:func:`layer_second_moments` for ``hparams.layers`` with the hparams' ``mom2_*`` settings.
 
     Uses ``mom2_dataset``, ``mom2_n_samples``, ``mom2_max_length``, ``mom2_dtype`` and
-    ``stats_dir`` (None: ``$BETAEDIT_CACHE/stats``).
+    ``stats_dir`` (None: ``$BETAEDIT_CACHE/stats``); ``use_cache=False`` computes and writes nothing there.
     """
     return layer_second_moments(
         model, tok, layout, list(hparams.layers),
@@ -264,4 +265,5 @@ def stats_for_hparams(model: nn.Module, tok: Any, hparams: Any, layout: Any, *, 
         dtype=hparams.mom2_dtype,
         cache_dir=hparams.stats_dir,
         progress=progress,
+        use_cache=use_cache,
     )

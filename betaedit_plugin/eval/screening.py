@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._fileio import atomic_write, atomic_write_text
-from ..methods.base import PLACEMENT_FIELDS
+from ..methods.base import ADDED_FIELDS, PLACEMENT_FIELDS
 from .report import _fmt
 from .plots import plain_log_axis
 
@@ -42,7 +42,8 @@ ROW_METRICS = (
 def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
     """{method: the hparams keys whose values differ between that method's runs, or that a run of it
     set on its command line (``hparams.X=...``) unless every run of the screening set it alike (a
-    statistics folder, say)}, sorted; never the `PLACEMENT_FIELDS` (a screening run on a GPU is not a setting)."""
+    statistics folder, say)}, sorted; never the `PLACEMENT_FIELDS` (a screening run on a GPU is not a setting).
+    A field that runs written before it existed lack counts at its neutral value (`ADDED_FIELDS`)."""
     by_method: Dict[str, List[Mapping]] = {}
     given: Dict[str, set] = {}
     overrides = {name: {k: repr(v) for k, v in ((r.get("config") or {}).get("hparams") or {}).items() if v is not None}
@@ -55,8 +56,13 @@ def swept_settings(runs: Mapping[str, Mapping]) -> Dict[str, List[str]]:
     swept = {}
     for method, hps in by_method.items():
         keys = sorted({k for hp in hps for k in hp} - set(PLACEMENT_FIELDS))
-        swept[method] = [k for k in keys if len({repr(hp.get(k)) for hp in hps}) > 1 or k in given[method]]
+        swept[method] = [k for k in keys if len({repr(_setting(hp, k)) for hp in hps}) > 1 or k in given[method]]
     return swept
+
+
+def _setting(hparams: Mapping, key: str):
+    """``hparams[key]``; for a field added later (`ADDED_FIELDS`) that an older run lacks, its neutral value."""
+    return hparams.get(key, ADDED_FIELDS.get(key))
 
 
 def _refreshes(results: Mapping, up_to: int) -> dict:
@@ -88,7 +94,7 @@ def screening_rows(runs: Mapping[str, Mapping]) -> List[dict]:
     rows = []
     for name, results in runs.items():
         method, hp = results["method"], results.get("hparams") or {}
-        setting = {k: hp.get(k) for k in swept.get(method, [])}
+        setting = {k: _setting(hp, k) for k in swept.get(method, [])}
         for point in results.get("evals") or []:
             if point.get("step", 0) == 0:
                 continue
@@ -132,8 +138,12 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _value_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else _fmt(value, "{:g}")
+
+
 def _setting_text(setting: Mapping) -> str:
-    return ", ".join(f"{k}={_fmt(v, '{:g}')}" for k, v in setting.items()) or "(default)"
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in setting.items()) or "(default)"
 
 
 def _setting_order(setting: Mapping) -> tuple:
@@ -218,6 +228,8 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
     others = [k for k in (mine[0]["setting"] if mine else {}) if k != key]
     if len({repr(r["setting"][key]) for r in mine}) < 2:  # a setting given but not varied
         return None
+    if not all(_number(r["setting"][key]) for r in mine):  # a switch (recollect_c0): the table shows it
+        return None
     for other in others:  # hold every other setting at its most common value among these runs
         common = repr(_most_common([r["setting"][other] for r in mine]))
         mine = [r for r in mine if repr(r["setting"][other]) == common]
@@ -242,7 +254,7 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
         ax.set_title(header, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    held = ", ".join(f"{k}={_fmt(mine[0]['setting'][k], '{:g}')}" for k in others)
+    held = ", ".join(f"{k}={_value_text(mine[0]['setting'][k])}" for k in others)
     fig.suptitle(f"{method}: sensitivity to {key} on fixed targets" + (f" ({held})" if held else ""), fontsize=11)
     return _save(fig, path)
 

@@ -185,11 +185,11 @@ class AutoFormSolver:
         return None if inner is self._inner else self._inner
 
     # ------------------------------------------------------------------ what changes the form
-    def refresh(self, basis=None, hist_cov=None) -> None:
-        """New basis U and history H: the form for the new m, its inverse recomputed in float64."""
+    def refresh(self, basis=None, hist_cov=None, prior_cov=None) -> None:
+        """New basis U and history H (and, given, C0): the form for the new m, its inverse recomputed in float64."""
         basis64 = check_basis(basis, self.d_k, self.placement)
         inner = self._choose(basis64)
-        inner._refresh(basis64, hist_cov, replacing=self._replaced_by(inner))
+        inner._refresh(basis64, hist_cov, replacing=self._replaced_by(inner), prior_cov=prior_cov)
         self._inner = inner
 
     def load_state_dict(self, state: Mapping[str, Any], hist_cov=None) -> None:

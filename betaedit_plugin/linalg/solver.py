@@ -97,7 +97,7 @@ class Solver(Protocol):
 
     def delta(self, keys, resid) -> torch.Tensor: ...
     def add_keys(self, keys, hist_cov=None) -> None: ...
-    def refresh(self, basis=None, hist_cov=None) -> None: ...
+    def refresh(self, basis=None, hist_cov=None, prior_cov=None) -> None: ...
     def refresh_inverse(self, hist_cov) -> None: ...
     def snapshot(self) -> Any: ...
     def restore(self, snap) -> None: ...
@@ -356,13 +356,23 @@ class FormSolver:
         check_cov("hist_cov", hist_cov, self.d_k)
         return hist_cov.to(self.storage_device, torch.float64)
 
-    def refresh(self, basis=None, hist_cov=None) -> None:
-        """New basis U (None: U = I) and history H: recompute the inverse from scratch in float64."""
-        self._refresh(check_basis(basis, self.d_k, self.placement), hist_cov)
+    def refresh(self, basis=None, hist_cov=None, prior_cov=None) -> None:
+        """New basis U (None: U = I) and history H (and, given, a new C0): recompute the inverse from
+        scratch in float64."""
+        self._refresh(check_basis(basis, self.d_k, self.placement), hist_cov, prior_cov=prior_cov)
 
-    def _refresh(self, basis64: Optional[torch.Tensor], hist_cov, replacing: Optional["FormSolver"] = None) -> None:
+    def _refresh(self, basis64: Optional[torch.Tensor], hist_cov, replacing: Optional["FormSolver"] = None,
+                 prior_cov=None) -> None:
         """``replacing``: the solver of the other form this one takes over from ('auto')."""
-        inv = self._solve_base(basis64, self._history(hist_cov))  # raises before anything changes
+        old_prior = self.prior_cov
+        if prior_cov is not None:
+            check_cov("prior_cov", prior_cov, self.d_k)
+            self.prior_cov = prior_cov.to(self.storage_device, torch.float64)
+        try:
+            inv = self._solve_base(basis64, self._history(hist_cov))  # raises before anything else changes
+        except BaseException:
+            self.prior_cov = old_prior
+            raise
         if replacing is not None:
             replacing._release()
         self._set_basis(basis64)
@@ -431,7 +441,7 @@ class FormSolver:
     # ------------------------------------------------------------------ undo
     def snapshot(self) -> Dict[str, Any]:
         """References to everything `add_keys` and `refresh` change; no tensor is copied."""
-        return {"basis": self._basis64, "inv": self._held, "factor": self._factor.snapshot()}
+        return {"basis": self._basis64, "inv": self._held, "factor": self._factor.snapshot(), "prior": self.prior_cov}
 
     def restore(self, snap: Mapping[str, Any]) -> None:
         """Return to a `snapshot` of this solver."""
@@ -444,6 +454,7 @@ class FormSolver:
             self._set_basis(snap["basis"])
         self._held = held
         self._factor.restore(snap["factor"])
+        self.prior_cov = snap["prior"]
 
     def _needs_basis_copy(self) -> bool:
         return False

@@ -47,6 +47,10 @@ EASYEDIT_IGNORED_FIELDS = ("P_loc", "model_parallel_devices", "fp16")
 #: saved state's fingerprint, never a screening's swept setting.
 PLACEMENT_FIELDS = ("device", "model_parallel")
 
+#: Fields added after editor states were saved, with the value that writes edits as before: left out of
+#: a saved state's fingerprint at that value, so that checkpoints written before them still load.
+ADDED_FIELDS = {"recollect_c0": False}
+
 
 def _help(text: str, runner: bool = True, **kw) -> Any:
     """A dataclass field with ``help`` metadata; ``runner=False``: not a ``hparams.X=`` override of the runner."""
@@ -261,12 +265,14 @@ class EditHyperParams(HyperParams):
         return cls(**config)
 
     def fingerprint(self) -> dict:
-        """Settings that change the editor's state; stored with saved state and compared on load."""
+        """Settings that change the editor's state; stored with saved state and compared on load.
+        A field added after states were saved (`ADDED_FIELDS`) is left out at its neutral value, so
+        that those states still load."""
         skip = {*PLACEMENT_FIELDS, "max_length", "batch_size", "stats_dir"}
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in skip:
+            if f.name in skip or (f.name in ADDED_FIELDS and value == ADDED_FIELDS[f.name]):
                 continue
             if f.name == "model_name" and not isinstance(value, str):
                 value = type(value).__name__  # EasyEdit also accepts a (model, tok) pair here
@@ -396,8 +402,11 @@ class UpdateRule:
             prior_cov, basis=basis, hist_cov=hist_cov, lambda1=lambda1, lambda2=lambda2, **placement
         )
 
-    def after_commit(self, state) -> bool:
+    def after_commit(self, state, current_priors=None) -> bool:
         """Called with the `EditorState` once a step is committed (``state.step`` counts it).
+
+        ``current_priors``: a callable returning {layer: C0} collected from the model as it is now
+        (BetaEdit's ``recollect_c0``); a rule calls it only when it needs it (a statistics pass).
 
         Returns:
             whether the solvers were rebuilt (reported as ``refreshed`` by ``BetaEditor.apply``).

@@ -5,6 +5,11 @@
 P starts from C0 like AlphaEdit's; every ``tau`` edits it is recomputed from the protected matrix
 S = (H / t + lambda1 C0) / (lambda1 + 1) (t = edits so far), and the solver is rebuilt on the
 new basis. lambda1 = 0 gives AlphaEdit.
+
+``recollect_c0`` (not in the paper, off by default): at each refresh C0 itself is collected again,
+from the edited model, and replaces the unedited model's in S, in the penalty and in the projector.
+Edits at earlier layers move the keys a later layer reads (results/CAMPAIGN.md, "Where the
+perplexity comes from"), so the unedited model's C0 protects keys the model no longer produces.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ class BetaEditHyperParams(EditHyperParams):
     lambda1: float = _help("Leakage penalty: weight of C0 inside the solve and in the protected matrix S.", default=3000.0)
     lambda2: float = _help("Ridge term added to the projected normal matrix.", default=10.0)
     tau: int = _help("Refresh the projector from pre-trained plus edited keys every tau edits.", default=1000)
+    recollect_c0: bool = _help(
+        "At each refresh, collect C0 again from the edited model (the mom2_* corpus, not cached) and use it in "
+        "place of the unedited model's; not in the paper. Costs one statistics pass per refresh.", default=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,6 +55,9 @@ class BetaEditHyperParams(EditHyperParams):
             )
         if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 1:
             raise HyperParamsError(f"tau={self.tau!r}: expected an int >= 1 (edits between projector refreshes)")
+        if not isinstance(self.recollect_c0, bool):
+            raise HyperParamsError(f"recollect_c0={self.recollect_c0!r}: expected true or false (collect C0 again from the "
+                                   "edited model at each refresh)")
 
 
 class BetaEditRule(UpdateRule):
@@ -54,7 +65,8 @@ class BetaEditRule(UpdateRule):
 
     ``last_refresh`` holds, after a refresh, how much each layer's projector changed:
     ``{layer: {"step", "rank_before", "rank_after", "max_angle_deg"}}`` (the largest principal angle
-    between the old and the new null space, measured within the smaller of the two).
+    between the old and the new null space, measured within the smaller of the two); with
+    ``recollect_c0`` also ``"c0_change"``, ||C0_new - C0_old||_F / ||C0_old||_F.
     """
 
     last_refresh: dict = {}
@@ -65,21 +77,44 @@ class BetaEditRule(UpdateRule):
     def initial_basis(self, prior_cov):
         return checked_nullspace(prior_cov, self.hparams.nullspace_threshold, "C0")
 
-    def after_commit(self, state) -> bool:
-        """Every ``tau`` edits: P from S = (H / t + lambda1 C0) / (lambda1 + 1), solvers rebuilt."""
+    def after_commit(self, state, current_priors=None) -> bool:
+        """Every ``tau`` edits: P from S = (H / t + lambda1 C0) / (lambda1 + 1), solvers rebuilt; with
+        ``recollect_c0``, C0 from ``current_priors()`` ({layer: C0 of the model as edited so far})."""
         if state.step - state.last_refresh < self.hparams.tau:
             return False
-        from ..linalg import protected_cov  # torch on first use: `import betaedit_plugin` stays light
+        import torch  # on first use: `import betaedit_plugin` stays light
+
+        from ..linalg import protected_cov
 
         hp = self.hparams
+        priors = None
+        if hp.recollect_c0:
+            if current_priors is None:
+                raise HyperParamsError("recollect_c0=true: the refresh needs the edited model's statistics; "
+                                       "edit through BetaEditor, which passes them")
+            priors = current_priors()
+            for l, s in state.layers.items():
+                if priors[l].shape != s.prior_cov.shape:
+                    raise ValueError(f"recollect_c0: the key statistics of layer {l} have shape {tuple(priors[l].shape)}, "
+                                     f"expected {tuple(s.prior_cov.shape)}")
+                if not bool(torch.isfinite(priors[l]).all()):
+                    raise ValueError(f"recollect_c0: the key statistics of the edited model at layer {l}, step {state.step}, "
+                                     "are not finite; the step is taken back (the model's keys overflowed: check the edits "
+                                     "so far, or edit with recollect_c0=false)")
         changes = {}
         for l, s in state.layers.items():
-            S = protected_cov(s.hist_cov, state.step, s.prior_cov, hp.lambda1)
+            C0 = s.prior_cov if priors is None else priors[l].to(s.prior_cov.device, s.prior_cov.dtype)
+            S = protected_cov(s.hist_cov, state.step, C0, hp.lambda1)
             basis = checked_nullspace(S, hp.nullspace_threshold, f"the protected matrix S of layer {l} at step {state.step}")
             old = s.solver.basis
             changes[l] = {"step": state.step, "rank_before": None if old is None else int(old.shape[1]),
                           "rank_after": int(basis.shape[1]), "max_angle_deg": largest_principal_angle(old, basis)}
-            s.solver.refresh(basis, s.hist_cov)
+            if priors is None:
+                s.solver.refresh(basis, s.hist_cov)
+            else:
+                changes[l]["c0_change"] = float((C0 - s.prior_cov).norm() / s.prior_cov.norm())
+                s.solver.refresh(basis, s.hist_cov, prior_cov=C0)
+                s.prior_cov = C0
             logger.info("step %d, layer %d: projector refreshed, rank %s -> %d, largest principal angle %.3g deg",
                         state.step, l, changes[l]["rank_before"], basis.shape[1], changes[l]["max_angle_deg"])
         state.last_refresh = state.step

@@ -38,15 +38,29 @@ def _chunks(out_dir):
     return sorted(p.name for p in (Path(out_dir) / "journal").iterdir())
 
 
-@pytest.mark.parametrize("method", ALL_METHODS)
+#: BetaEdit collecting C0 again from the edited model at its refreshes (at 2 and 4): a replay collects it again
+RECOLLECT = "betaedit+recollect_c0"
+
+
+def _method_args(method: str) -> tuple:
+    if method == RECOLLECT:
+        return "method=betaedit", "hparams.tau=2", "hparams.recollect_c0=true"
+    return (f"method={method}",)
+
+
+@pytest.mark.parametrize("method", [*ALL_METHODS, RECOLLECT])
 def test_resume_from_the_journal_alone_ends_bit_identical(tmp_path, method):
-    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole", f"method={method}"))
+    whole = run_experiment(_cfg(tmp_path, tmp_path / "whole", *_method_args(method)))
+    if method == RECOLLECT:  # the run's setting, and what its refreshes recorded
+        assert whole["hparams"]["recollect_c0"] is True and whole["identity"]["hparams"]["recollect_c0"] is True
+        refreshes = [e["refresh"] for e in whole["edits"] if e.get("refresh")]
+        assert [r["2"]["step"] for r in refreshes] == [2, 4] and all(r["2"]["c0_change"] > 0 for r in refreshes)
     out = tmp_path / "resumed"
-    stopped = run_experiment(_cfg(tmp_path, out, f"method={method}", "stop_after=3"))
+    stopped = run_experiment(_cfg(tmp_path, out, *_method_args(method), "stop_after=3"))
     assert stopped["status"] == "stopped" and "tail.safetensors" in _chunks(out)
     shutil.rmtree(out / "checkpoints")  # what a fresh clone of a repository with the journal committed has
     (out / "results.json").unlink()
-    resumed = run_experiment(_cfg(tmp_path, out, f"method={method}", "resume=true"))
+    resumed = run_experiment(_cfg(tmp_path, out, *_method_args(method), "resume=true"))
     assert resumed["status"] == "complete" and resumed["replayed"]["to_step"] == 3
     assert resumed["replayed"]["fingerprints"] == 1 and resumed["replayed"]["identical"] == 1  # step 2's weights
     # every evaluation point (those lost with results.json were evaluated during the replay) and the final weights

@@ -195,3 +195,22 @@ def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(mon
     # the usual BetaEdit point (all settings at their most common values) is named by its first swept
     # setting; a method with one point has nothing swept
     assert sorted(drawn["texts"]) == sorted(["lambda1=0", "lambda1=300", "lambda1=3000", "tau=10", "th=0.005", "(default)"])
+
+
+def test_a_switch_added_later_is_a_setting_only_where_a_run_turned_it_on(screen):
+    _, _, results = screen
+    assert results["beta-l1_0"]["hparams"]["recollect_c0"] is False  # today's runner writes every field
+    # a run written before the field existed lacks it: as if at its neutral value, so nothing is swept
+    older = {**results["beta-l1_30"], "hparams": {k: v for k, v in results["beta-l1_30"]["hparams"].items()
+                                                  if k != "recollect_c0"}}
+    assert swept_settings({**results, "beta-l1_30": older})["betaedit"] == ["lambda1", "tau"]
+    on = {**results["beta-l1_30"], "hparams": {**results["beta-l1_30"]["hparams"], "recollect_c0": True},
+          "config": {**results["beta-l1_30"]["config"],
+                     "hparams": {**results["beta-l1_30"]["config"]["hparams"], "recollect_c0": True}}}
+    runs = {**results, "beta-l1_30": older, "beta-rc0": on}
+    assert swept_settings(runs)["betaedit"] == ["lambda1", "recollect_c0", "tau"]
+    rows = screening_rows(runs)
+    assert {r["run"]: r["setting"]["recollect_c0"] for r in rows if r["method"] == "betaedit"} == \
+        {"beta-l1_0": False, "beta-l1_30": False, "beta-rc0": True}
+    table = screening_table(rows)
+    assert "| lambda1=30, recollect_c0=true, tau=2 |" in table and "| lambda1=30, recollect_c0=false, tau=2 |" in table
