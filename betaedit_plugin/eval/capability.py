@@ -70,7 +70,9 @@ def perplexity(
         token_ids: 1-D long tensor.
 
     Returns:
-        {"ppl": float, "nll": mean NLL (nats), "n_tokens": number of predicted tokens}.
+        {"ppl": float, "nll": mean NLL (nats), "n_tokens": number of predicted tokens, "windows": [[summed
+        NLL, predicted tokens] of each window, in order]} (the windows pair two models' perplexities on the
+        same text: `betaedit_plugin.eval.report.ppl_ratio`).
     """
     if token_ids.dim() != 1 or token_ids.numel() < 2:
         raise ValueError(f"token_ids has shape {tuple(token_ids.shape)}: expected a 1-D tensor of at least 2 ids")
@@ -81,7 +83,7 @@ def perplexity(
     window = min(window, limit) if limit else window
     chunks = [token_ids[i: i + window] for i in range(0, token_ids.numel(), window)]
     chunks = [c for c in chunks if c.numel() >= 2]
-    total, count = 0.0, 0
+    windows = []
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start: start + batch_size]
         width = max(c.numel() for c in batch)
@@ -96,10 +98,10 @@ def perplexity(
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         nll = -logprobs.gather(2, ids[:, 1:, None])[..., 0]
         valid = mask[:, 1:].bool()
-        total += float(nll[valid].sum())
-        count += int(valid.sum())
-    mean = total / count
-    return {"ppl": math.exp(mean), "nll": mean, "n_tokens": count}
+        windows += [[float(nll[i][valid[i]].sum()), int(valid[i].sum())] for i in range(len(batch))]
+    count = sum(n for _, n in windows)
+    mean = sum(t for t, _ in windows) / count
+    return {"ppl": math.exp(mean), "nll": mean, "n_tokens": count, "windows": windows}
 
 
 def load_mmlu(n: int, path: Union[str, Path, None] = None) -> list:

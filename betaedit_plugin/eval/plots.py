@@ -137,7 +137,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
 
 #: the panels of `plot_differences`: (metric key, title)
 DIFFERENCE_PANELS = (("efficacy", "efficacy"), ("generality", "generality"), ("specificity", "specificity"),
-                     ("locality_acc", "token locality"))
+                     ("locality_acc", "token locality"), ("ppl", "perplexity: log(a / b)"))
 
 
 def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_dir: Path) -> list:
@@ -161,7 +161,9 @@ def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
+    for ax in axes.flat[len(DIFFERENCE_PANELS):]:
+        ax.set_visible(False)
     for ax, (metric, title) in zip(axes.flat, DIFFERENCE_PANELS):
         for index, (pair, by_metric) in enumerate(series.items()):
             points = sorted(by_metric.get(metric, ()))
@@ -175,8 +177,10 @@ def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_di
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
-    for ax in axes[-1]:
-        ax.set_xlabel("number of edits")
+    for column in axes.T:  # the lowest panel drawn in each column carries the x axis
+        lowest = [ax for ax in column if ax.get_visible()][-1]
+        lowest.tick_params(labelbottom=True)
+        lowest.set_xlabel("number of edits")
     for ax in axes[:, 0]:
         ax.set_ylabel("difference (95% interval)")
     legend = {}  # one entry per pair, from whichever panel drew it

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from functools import lru_cache
 from statistics import NormalDist
 from typing import Mapping, Optional, Sequence
 
@@ -131,10 +132,58 @@ Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a norma
 
 
 def lacks_outcomes(point: Mapping) -> bool:
-    """Whether ``point`` (after step 0) has a value of `BY_CASE` without the per-case outcomes it is the mean of."""
+    """Whether ``point`` (after step 0) has a value of `BY_CASE` (or a perplexity) without the per-case
+    outcomes (per-window NLLs) it comes from."""
     kept = point.get("outcomes") or {}
     return point.get("step", 0) > 0 and any(
-        isinstance(point.get(m), (int, float)) and not math.isnan(point[m]) and m not in kept for m in BY_CASE)
+        isinstance(point.get(m), (int, float)) and not math.isnan(point[m]) and m not in kept for m in (*BY_CASE, "ppl"))
+
+
+@lru_cache(maxsize=64)
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom: the CDF integrated
+    (Simpson's rule, float64) and inverted by bisection; 12.706 at (0.975, 1), 2.365 at (0.975, 7)."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"t_quantile(p={p!r}, df={df!r}): expected 0.5 < p < 1 and df >= 1")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float, n: int = 2000) -> float:  # 0.5 + the integral of the density from 0 to t
+        h = t / n
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def ppl_ratio(a: Mapping, b: Mapping) -> Optional[tuple]:
+    """``a["ppl"] / b["ppl"]`` of two evaluation points on the same text, with its 95% interval.
+
+    The log of the ratio is the token-weighted mean of the windows' NLL differences (each point's
+    ``outcomes["ppl"]``: [summed NLL, tokens] per window, `betaedit_plugin.eval.capability.perplexity`);
+    its standard error is that of a weighted mean over the windows, the interval Student's t with
+    (windows - 1) degrees of freedom, mapped back through exp.
+
+    Returns:
+        (ratio, low, high, windows), or None where a point kept no windows, or the windows differ in
+        number or tokens (another text), or there are fewer than two.
+    """
+    wa, wb = ((p.get("outcomes") or {}).get("ppl") for p in (a, b))
+    if not wa or not wb or len(wa) != len(wb) or len(wa) < 2 or any(x[1] != y[1] for x, y in zip(wa, wb)):
+        return None
+    weights = [n for _, n in wa]
+    total = sum(weights)
+    d = [(x[0] - y[0]) / n for x, y, n in zip(wa, wb, weights)]  # each window's mean NLL difference
+    mean = sum(w * x for w, x in zip(weights, d)) / total
+    k = len(d)
+    se = math.sqrt(k / (k - 1) * sum((w * (x - mean)) ** 2 for w, x in zip(weights, d))) / total
+    half = t_quantile(0.975, k - 1) * se
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half), k
 
 
 def case_values(point: Mapping, metric: str) -> Optional[list]:
@@ -217,6 +266,8 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
             cells.append(f"{diff[0]:+.3f} ± {diff[1]:.3f}")
             kinds.add(diff[2])
             ns.add(diff[3])
+        ratio = ppl_ratio(a, b)
+        cells.append("–" if ratio is None else f"{ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f})")
         lines.append(f"| {ref} minus {label} | {step} | " + " | ".join(cells)
                      + f" | {'/'.join(str(n) for n in sorted(ns)) or '–'} | {'/'.join(sorted(kinds)) or '–'} |")
     if not lines:
@@ -225,16 +276,18 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
         "Each pair at the last step both runs reached, with 95% intervals: an interval that holds 0 is a difference "
         "these cases cannot show. Paired: the same cases scored in both runs, the mean and standard error of their "
         "case-by-case differences; unpaired (points that did not keep each outcome): two independent binomial "
-        "proportions, wider; token locality only paired.", "",
-        "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | cases | interval |",
-        "|" + "---|" * (len(BY_CASE) + 4), *lines])
+        "proportions, wider; token locality only paired. The perplexity is a ratio (a / b; 1: no difference), "
+        "paired over the held-out text's windows (Student's t over the windows; `ppl_ratio`).", "",
+        "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | ppl ratio | cases | interval |",
+        "|" + "---|" * (len(BY_CASE) + 5), *lines])
 
 
 def difference_series(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> dict:
     """The paired differences of `difference_pairs` at every step (after 0) both runs evaluated on the
     same cases with their outcomes kept: {"a minus b": {metric: [(step, difference, half-width)]}}
-    for each of `BY_CASE` (the curves `plots.plot_differences` draws; unpaired points are left out,
-    their intervals being of another kind). Pairs without such a step are left out."""
+    for each of `BY_CASE` and, where both kept their windows, "ppl": log(ppl_a / ppl_b) (`ppl_ratio`)
+    (the curves `plots.plot_differences` draws; unpaired points are left out, their intervals being of
+    another kind). Pairs without such a step are left out."""
     series: dict = {}
     for ref, label in difference_pairs(runs, reference):
         for step in sorted(_common_steps({ref: runs[ref], label: runs[label]}) - {0}):
@@ -243,6 +296,11 @@ def difference_series(runs: Mapping[str, Mapping], reference: Optional[str] = No
                 diff = proportion_difference(a, b, metric)
                 if diff is not None and diff[2] == "paired":
                     series.setdefault(f"{ref} minus {label}", {}).setdefault(metric, []).append((step, diff[0], diff[1]))
+            ratio = ppl_ratio(a, b)
+            if ratio is not None:  # drawn as log(a / b), whose interval is symmetric
+                log_ratio = math.log(ratio[0])
+                series.setdefault(f"{ref} minus {label}", {}).setdefault("ppl", []).append(
+                    (step, log_ratio, math.log(ratio[2]) - log_ratio))
     return series
 
 

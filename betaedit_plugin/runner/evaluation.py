@@ -132,6 +132,7 @@ class Evaluator:
         if self.heldout is not None:
             ppl = perplexity(self.model, self.heldout, window=ev["ppl_window"], batch_size=max(1, ev["batch_size"] // 4))
             point.update({"ppl": ppl["ppl"], "ppl_tokens": ppl["n_tokens"]})
+            point.setdefault("outcomes", {})["ppl"] = ppl["windows"]  # pairs two points' perplexities (`ppl_ratio`)
         if self.mmlu is not None:
             point.update(mmlu_accuracy(self.model, self.tok, len(self.mmlu), records=self.mmlu, batch_size=ev["batch_size"]))
         point.update(weight_diagnostics(weight_deltas(), self.prior_covs, self.base_weights))

@@ -167,6 +167,13 @@ def test_perplexity_is_exp_of_the_mean_nll_by_hand(llama):
     assert out["n_tokens"] == count == 150 - 3
     assert out["nll"] == pytest.approx(nll / count, rel=1e-6)
     assert out["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-6)
+    # each window's summed NLL and count (what pairs two models' perplexities), the last one short
+    assert [n for _, n in out["windows"]] == [63, 63, 21]
+    for (window_nll, _), start in zip(out["windows"], range(0, 150, 64)):
+        chunk = ids[start:start + 64]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=chunk[None]).logits[0].double(), -1)
+        assert window_nll == pytest.approx(-sum(float(lp[i - 1, chunk[i]]) for i in range(1, len(chunk))), rel=1e-9)
 
 
 def test_perplexity_rejects_bad_input(llama):

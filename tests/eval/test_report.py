@@ -94,10 +94,10 @@ def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreei
     assert proportion_difference(a, _point(100, b["outcomes"], cases="xyz"), "locality_acc") is None
     assert proportion_difference(a, _point(100, {"efficacy": "101"}), "locality_acc") is None
     table = differences_table({"alphaedit": {"evals": [b]}, "betaedit": {"evals": [a]}})
-    assert "| difference | edits | efficacy | generality | specificity | locality acc | cases | interval |" in table
+    assert "| difference | edits | efficacy | generality | specificity | locality acc | ppl ratio | cases | interval |" in table
     half_eff = 1.959964 * statistics.stdev([0, 1, 0]) / 3 ** 0.5
     assert table.splitlines()[-1] == (f"| betaedit minus alphaedit | 100 | +0.333 ± {half_eff:.3f} | – | – | "
-                                      f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | 3 | paired |")
+                                      f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | – | 3 | paired |")
 
 
 def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_and_each_variant_minus_its_run(tmp_path):
@@ -116,12 +116,12 @@ def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_and_each
     table = differences_table(runs)
     assert table.startswith("Each pair at the last step both runs reached")
     rows = _rows("\n".join(table.splitlines()[2:]))
-    assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", "–", "–", "–", "4", "paired"],
-                    ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", "–", "–", "–", "4", "paired"],
-                    ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", "–", "–", "–", "4", "paired"],
-                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "4", "paired"],
+    assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", "–", "–", "–", "–", "4", "paired"],
+                    ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", "–", "–", "–", "–", "4", "paired"],
+                    ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", "–", "–", "–", "–", "4", "paired"],
+                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "–", "4", "paired"],
                     # and the variant against the run of its own method that it varies (an ablation's effect)
-                    ["betaedit (variant) minus betaedit", "100", "-0.250 ± 0.490", "–", "–", "–", "4", "paired"]]
+                    ["betaedit (variant) minus betaedit", "100", "-0.250 ± 0.490", "–", "–", "–", "–", "4", "paired"]]
     assert differences_table(runs, reference="memit").splitlines()[4].startswith("| memit minus alphaedit | 100 | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""
@@ -162,3 +162,46 @@ def test_a_point_lacks_outcomes_where_a_by_case_metric_has_a_value_but_not_its_c
     assert lacks_outcomes({k: v for k, v in full.items() if k != "outcomes"})
     assert not lacks_outcomes(dict(full, step=0, outcomes={}))  # the unedited model's point is the same in every run
     assert not lacks_outcomes({"step": 100, "efficacy": float("nan"), "outcomes": {}})  # no value, nothing to keep
+
+
+def test_t_quantiles_against_the_printed_table():
+    from betaedit_plugin.eval.report import t_quantile
+
+    # Student's t, two-sided 95% (and one 90%) points as printed in statistical tables
+    for p, df, printed in ((0.975, 1, 12.7062), (0.975, 2, 4.3027), (0.975, 7, 2.3646), (0.975, 30, 2.0423),
+                           (0.95, 10, 1.8125), (0.975, 1000, 1.9623)):
+        assert t_quantile(p, df) == pytest.approx(printed, abs=1e-4), (p, df)
+    with pytest.raises(ValueError, match=r"t_quantile\(p=0.4, df=3\): expected 0.5 < p < 1 and df >= 1"):
+        t_quantile(0.4, 3)
+
+
+def _ppl_point(step, windows):
+    import math
+
+    total, count = sum(t for t, _ in windows), sum(n for _, n in windows)
+    return {"step": step, "ppl": math.exp(total / count), "outcomes": {"ppl": [list(w) for w in windows]}}
+
+
+def test_a_perplexity_ratio_is_paired_over_the_texts_windows():
+    import math
+    import statistics
+
+    from betaedit_plugin.eval.report import differences_table, lacks_outcomes, ppl_ratio, t_quantile
+
+    a = _ppl_point(100, [(300.0, 100), (250.0, 100), (420.0, 100), (330.0, 100)])
+    b = _ppl_point(100, [(280.0, 100), (245.0, 100), (380.0, 100), (300.0, 100)])
+    ratio, low, high, k = ppl_ratio(a, b)
+    assert k == 4 and ratio == pytest.approx(a["ppl"] / b["ppl"], rel=1e-12)  # the ratio of the two perplexities
+    d = [0.20, 0.05, 0.40, 0.30]  # each window's mean NLL difference; equal windows: Student's t over them
+    half = t_quantile(0.975, 3) * statistics.stdev(d) / math.sqrt(4)
+    assert (math.log(low), math.log(high)) == pytest.approx((statistics.fmean(d) - half, statistics.fmean(d) + half))
+    # windows of other sizes weigh by their tokens: the log ratio is still that of the perplexities
+    c = _ppl_point(100, [(300.0, 100), (120.0, 50)])
+    e = _ppl_point(100, [(290.0, 100), (100.0, 50)])
+    assert ppl_ratio(c, e)[0] == pytest.approx(c["ppl"] / e["ppl"], rel=1e-12)
+    assert ppl_ratio(a, c) is None  # another text (other windows)
+    assert ppl_ratio(a, {"step": 100, "ppl": 30.0}) is None  # a point that kept no windows
+    assert lacks_outcomes({"step": 100, "ppl": 30.0, "outcomes": {}}) and not lacks_outcomes(a)
+    runs = {"memit": {"method": "memit", "evals": [b]}, "betaedit": {"method": "betaedit", "evals": [a]}}
+    row = differences_table(runs).splitlines()[4]
+    assert row == f"| betaedit minus memit | 100 | – | – | – | – | {ratio:.3f} ({low:.3f}-{high:.3f}) | – | – |"

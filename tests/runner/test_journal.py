@@ -5,6 +5,7 @@ bit-identical weights and the same metrics; corrupt, foreign and diverging journ
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import subprocess
@@ -65,6 +66,8 @@ def test_resume_from_the_journal_alone_ends_bit_identical(tmp_path, method):
     assert resumed["replayed"]["fingerprints"] == 1 and resumed["replayed"]["identical"] == 1  # step 2's weights
     # every evaluation point (those lost with results.json were evaluated during the replay) and the final weights
     assert [p["step"] for p in resumed["evals"]] == [p["step"] for p in whole["evals"]] == [0, 2, 4, 5]
+    windows = whole["evals"][-1]["outcomes"]["ppl"]  # the perplexity's windows, kept to pair it with others
+    assert math.exp(sum(t for t, _ in windows) / sum(n for _, n in windows)) == pytest.approx(whole["evals"][-1]["ppl"], rel=1e-12)
     for a, b in zip(whole["evals"], resumed["evals"]):
         assert _metrics(a) == _metrics(b), a["step"]
     final_whole, final_resumed = Journal.open(tmp_path / "whole"), Journal.open(out)
