@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from statistics import NormalDist
 from typing import Mapping, Optional, Sequence
 

@@ -109,12 +109,10 @@ class BetaEditRule(UpdateRule):
             old = s.solver.basis
             changes[l] = {"step": state.step, "rank_before": None if old is None else int(old.shape[1]),
                           "rank_after": int(basis.shape[1]), "max_angle_deg": largest_principal_angle(old, basis)}
-            if priors is None:
-                s.solver.refresh(basis, s.hist_cov)
-            else:
+            if priors is not None:
                 changes[l]["c0_change"] = float((C0 - s.prior_cov).norm() / s.prior_cov.norm())
-                s.solver.refresh(basis, s.hist_cov, prior_cov=C0)
-                s.prior_cov = C0
+            s.solver.refresh(basis, s.hist_cov, prior_cov=None if priors is None else C0)
+            s.prior_cov = C0
             logger.info("step %d, layer %d: projector refreshed, rank %s -> %d, largest principal angle %.3g deg",
                         state.step, l, changes[l]["rank_before"], basis.shape[1], changes[l]["max_angle_deg"])
         state.last_refresh = state.step
