@@ -169,11 +169,13 @@ def named_stop(item: str) -> tuple:
 
 
 def _own_stop(extra: tuple, item: str) -> tuple:
-    """(name, ``extra`` with ``item``'s own stop, if it names one, in place of any other stop_after)."""
+    """(name, ``extra`` with ``item``'s own stop, if it names one, in place of any other stop_after); a stop
+    at or past the run's target is no stop (``stop_after=null``: the run goes to its end and final point)."""
     name, stop = named_stop(item)
     if stop is None:
         return name, extra
-    return name, _with_stop(tuple(e for e in extra if not e.startswith("stop_after=")), stop)
+    return name, _with_stop(tuple(e for e in extra if not e.startswith("stop_after=")),
+                            stop if stop < num_edits(name) else "null")
 
 
 def _options(args: list) -> tuple:

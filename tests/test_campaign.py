@@ -82,6 +82,8 @@ def test_a_run_named_with_at_n_stops_there_over_the_queues_stop_after(campaign, 
     assert [cmd[-1] for cmd in started] == [f"out_dir={campaign.runs()[n][0]}"
                                             for n in ("betaedit-l1_0-l2_10-tau100", "alphaedit-L2_10", "bank")]
     assert campaign.command(*campaign._own_stop((), "seq-memit@300"))[-2] == "stop_after=300"
+    # NAME@N at the run's target runs it to its end (the runner refuses stop_after=num_edits)
+    assert campaign.command(*campaign._own_stop(("stop_after=250",), "memit-w_1000@1000"))[-2] == "stop_after=null"
     # amend:NAME re-scores the run's recorded points (replay --every-point --amend), logged beside its .out
     started.clear()
     campaign._run_serially(["amend:seq-betaedit", "seq-memit@300"], ("stop_after=250",))
