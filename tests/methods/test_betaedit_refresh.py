@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
+from betaedit_plugin.covariance import layer_second_moments
+from betaedit_plugin.linalg import betaedit_delta
 from betaedit_plugin.methods.betaedit import largest_principal_angle
-from support.editing import LAYERS, REQS, make_editor
+from support.editing import LAYERS, REQS, assert_bit_equal, make_editor, params
 
 
 def test_largest_principal_angle_against_known_subspaces():
@@ -28,8 +31,6 @@ def test_largest_principal_angle_against_known_subspaces():
 
 
 def pytest_approx(x):
-    import pytest
-
     return pytest.approx(x, abs=1e-9)
 
 
@@ -58,8 +59,6 @@ def test_apply_with_its_own_targets_writes_the_same_update(tiny):
         assert torch.equal(info_a["z_star"], z) and torch.equal(info_b["z_star"], z)
         for l in a.hparams.layers:
             assert torch.equal(a.layout.read_weight(a.model, l), b.layout.read_weight(b.model, l))
-    import pytest
-
     with pytest.raises(ValueError, match=r"z_star: expected a tensor of shape \(\d+, 1\)"):
         b.apply([REQS[3]], z_star=z.repeat(1, 2))
 
@@ -72,18 +71,12 @@ _STATS = dict(mom2_n_samples=12, mom2_max_length=24, nullspace_threshold=0.2)
 
 
 def _moments(editor):
-    from betaedit_plugin.covariance import layer_second_moments
-
     return layer_second_moments(editor.model, editor.tok, editor.layout, LAYERS, corpus="wiki_vital",  # as the editor
                                 n_samples=_STATS["mom2_n_samples"], max_length=_STATS["mom2_max_length"],
                                 progress=False, use_cache=False)
 
 
 def test_recollect_c0_refreshes_from_the_edited_models_keys_against_float64_references(tiny):
-    import pytest
-
-    from betaedit_plugin.linalg import betaedit_delta
-
     ed = make_editor(tiny, "BetaEdit", tau=2, recollect_c0=True, **_STATS)
     unedited = _moments(ed)
     first = ed.apply([REQS[0]])
@@ -118,8 +111,6 @@ def test_recollect_c0_refreshes_from_the_edited_models_keys_against_float64_refe
 
 
 def test_recollect_c0_leaves_weights_and_state_as_they_were_when_a_refresh_fails(tiny):
-    import pytest
-
     ed = make_editor(tiny, "BetaEdit", tau=2, recollect_c0=True, **_STATS)
     ed.apply([REQS[0]])
     before_w = {l: ed.layout.read_weight(ed.model, l).clone() for l in LAYERS}
@@ -145,10 +136,6 @@ def test_recollect_c0_leaves_weights_and_state_as_they_were_when_a_refresh_fails
 
 
 def test_recollect_c0_resumes_bit_equal_from_a_saved_state(tiny, tmp_path):
-    import pytest
-
-    from support.editing import assert_bit_equal, params
-
     full = make_editor(tiny, "BetaEdit", tau=2, recollect_c0=True, **_STATS)
     for r in REQS[:4]:
         full.apply([r])
