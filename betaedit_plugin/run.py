@@ -319,7 +319,10 @@ def _replay_cli(args: Sequence[str]) -> int:
     except BetaEditError as exc:
         _fail(str(exc))
     how = "loaded the checkpoint of" if ns.from_checkpoint else "replayed"
-    print(f"{how} {out['steps']} edits in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
+    edits = f"{out['steps']} edits"
+    if out["steps"] < out["last_step"] and not ns.from_checkpoint:
+        edits = f"{out['steps']} of {out['last_step']} journaled edits (up to the last point that lacked outcomes)"
+    print(f"{how} {edits} in {out['replay_s']:.1f} s; {out['fingerprints']} weight fingerprints checked, "
           f"{out['identical']} bit-identical, largest relative ||W_t - W_0|| difference {out['max_rel_diff']:.3g}")
     if out.get("recorded") is not None:
         print(f"{'metric':<14} {'recorded':>12} {'replayed':>12} {'|diff|':>10}")
@@ -331,7 +334,7 @@ def _replay_cli(args: Sequence[str]) -> int:
     if out.get("saved"):
         print(f"edited model written to {out['saved']}")
     if "replayed" not in out and not ns.no_eval:
-        print(f"the point at step {out['steps']} kept every outcome already: not scored again")
+        print(f"the point at step {out['last_step']} kept every outcome already: not scored again")
     elif ns.amend:
         try:
             added = amend_point(ns.dir, out["replayed"])

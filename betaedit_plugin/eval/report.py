@@ -132,10 +132,10 @@ Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a norma
 
 
 def lacks_outcomes(point: Mapping) -> bool:
-    """Whether ``point`` (after step 0) has a value of `BY_CASE` (or a perplexity) without the per-case
-    outcomes (per-window NLLs) it comes from."""
+    """Whether ``point`` has a value of `BY_CASE` (or a perplexity) without the per-case outcomes
+    (per-window NLLs) it comes from (the unedited model's at step 0 too: the changes from it are paired)."""
     kept = point.get("outcomes") or {}
-    return point.get("step", 0) > 0 and any(
+    return any(
         isinstance(point.get(m), (int, float)) and not math.isnan(point[m]) and m not in kept for m in (*BY_CASE, "ppl"))
 
 
@@ -247,6 +247,50 @@ def _point(run: Mapping, step: int) -> Mapping:
     return next(p for p in run["evals"] if p.get("step") == step)
 
 
+def _difference_cells(a: Mapping, b: Mapping, metrics: Sequence[str]) -> list:
+    """The cells of a differences row, a minus b: each of ``metrics`` (`proportion_difference`), the
+    perplexity ratio (`ppl_ratio`), the cases and the kind of interval ("–" where there is none)."""
+    cells, kinds, ns = [], set(), set()
+    for metric in metrics:
+        diff = proportion_difference(a, b, metric)
+        if diff is None:
+            cells.append("–")
+            continue
+        cells.append(f"{diff[0]:+.3f} ± {diff[1]:.3f}")
+        kinds.add(diff[2])
+        ns.add(diff[3])
+    ratio = ppl_ratio(a, b)
+    cells.append("–" if ratio is None else f"{ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f})")
+    return cells + ['/'.join(str(n) for n in sorted(ns)) or '–', '/'.join(sorted(kinds)) or '–']
+
+
+#: what `unedited_table` compares with the unedited model: what an edit should leave as it was
+KEPT = ("specificity", "locality_acc")
+
+
+def unedited_table(runs: Mapping[str, Mapping]) -> str:
+    """Markdown: each run's last point (after 0) against its own step-0 point (the unedited model),
+    for each of `KEPT` and the perplexity, with 95% intervals as in `differences_table` (paired where
+    both points kept their outcomes on the same cases: the last point of a run scored over all its
+    edits, as step 0 scored every request). Empty string where no run has both points."""
+    lines = []
+    for label, run in runs.items():
+        steps = {p.get("step") for p in run.get("evals") or []}
+        last = max((s for s in steps if isinstance(s, int) and s > 0), default=None)
+        if last is None or 0 not in steps:
+            continue
+        cells = _difference_cells(_point(run, last), _point(run, 0), KEPT)
+        if set(cells) != {"–"}:  # a point without these metrics compares nothing
+            lines.append(f"| {label} | {last} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join([
+        "Each run's last point minus the unedited model (its step 0), with 95% intervals as below; the perplexity "
+        "as a ratio to the unedited model's (1: unchanged).", "",
+        "| method | edits | " + " | ".join(f"{_HEADER[m]} change" for m in KEPT) + " | ppl ratio | cases | interval |",
+        "|" + "---|" * (len(KEPT) + 5), *lines])
+
+
 def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = None) -> str:
     """Markdown: for each of `difference_pairs`, a minus b at the last step (after 0) both reached, for
     each of `BY_CASE`, with 95% intervals (`proportion_difference`). Empty string where no pair has such a step."""
@@ -256,20 +300,8 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
         if not steps:
             continue
         step = max(steps)
-        a, b = _point(runs[ref], step), _point(runs[label], step)
-        cells, kinds, ns = [], set(), set()
-        for metric in BY_CASE:
-            diff = proportion_difference(a, b, metric)
-            if diff is None:
-                cells.append("–")
-                continue
-            cells.append(f"{diff[0]:+.3f} ± {diff[1]:.3f}")
-            kinds.add(diff[2])
-            ns.add(diff[3])
-        ratio = ppl_ratio(a, b)
-        cells.append("–" if ratio is None else f"{ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f})")
-        lines.append(f"| {ref} minus {label} | {step} | " + " | ".join(cells)
-                     + f" | {'/'.join(str(n) for n in sorted(ns)) or '–'} | {'/'.join(sorted(kinds)) or '–'} |")
+        cells = _difference_cells(_point(runs[ref], step), _point(runs[label], step), BY_CASE)
+        lines.append(f"| {ref} minus {label} | {step} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
     return "\n".join([
@@ -324,6 +356,9 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     common = common_steps_table(runs)
     if common:
         lines += ["## At the steps every run reached", "", common, ""]
+    unedited = unedited_table(runs)
+    if unedited:
+        lines += ["## Against the unedited model", "", unedited, ""]
     differences = differences_table(runs)
     if differences:
         lines += ["## Differences and their sampling error", "", differences, ""]

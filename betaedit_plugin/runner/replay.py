@@ -66,13 +66,15 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         from_checkpoint: load the newest checkpoint in ``src`` (verified against the run's identity
             and its digests) instead of replaying the journal; its step is the one scored.
         on_point: while the journal is replayed, also score every earlier step at which results.json
-            records an evaluation point (after 0) and call ``on_point(replayed point)`` there, before
-            the replay goes on (e.g. to amend it: `amend_point`); not with ``from_checkpoint``.
+            records an evaluation point (the unedited model's at 0 included, before the first edit) and
+            call ``on_point(replayed point)`` there, before the replay goes on (e.g. to amend it:
+            `amend_point`); not with ``from_checkpoint``.
         at_steps: with ``on_point``, only these of the recorded steps (e.g. the points that lack outcomes),
-            the last one included: where it is not among them, it is not scored again (no "replayed").
+            the last one included: where it is not among them, it is not scored again (no "replayed"),
+            and without ``save`` the replay stops after the last of them (``steps`` says where).
     Returns:
-        {"steps", "replay_s", "fingerprints", "identical", "max_rel_diff", "recorded", "replayed",
-         "differences": {metric: |recorded - replayed|}}.
+        {"steps" (edits replayed), "last_step" (the journal's), "replay_s", "fingerprints", "identical",
+         "max_rel_diff", "recorded", "replayed", "differences": {metric: |recorded - replayed|}}.
     Raises:
         ConfigError: no results.json or journal, a journal of another run, or a replay that diverges
             (the step and layer named); with ``from_checkpoint``, no usable checkpoint.
@@ -116,7 +118,8 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     editor = setup.editor
     editor.prepare()
 
-    out: Dict[str, Any] = {"steps": journal.last_step, "fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
+    out: Dict[str, Any] = {"steps": journal.last_step, "last_step": journal.last_step, "fingerprints": 0, "identical": 0,
+                           "max_rel_diff": 0.0}
 
     def check_fingerprint(record) -> None:
         try:
@@ -128,7 +131,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         out["max_rel_diff"] = max(out["max_rel_diff"], got["max_rel_diff"])
 
     wanted = None if at_steps is None or on_point is None else set(at_steps)
-    t0, step = time.perf_counter(), 0
+    t0, step, stopped = time.perf_counter(), 0, False
     if from_checkpoint:
         step = _load_checkpoint(src, editor, results.identity or {})
         out["steps"] = step
@@ -139,19 +142,32 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
         recorded_steps = {p.get("step") for p in results.evals} if on_point is not None else set()
         if wanted is not None:
             recorded_steps &= wanted
+        # with the steps to score given and no model to save, the edits after the last of them are not replayed
+        stop_at = max(wanted, default=0) if wanted is not None and not save else None
+
+        def score(at: int) -> None:
+            nonlocal t0
+            t1 = time.perf_counter()
+            on_point(setup.evaluator.evaluate(at, editor.weight_deltas))
+            t0 += time.perf_counter() - t1  # replay_s counts the edits, not the scoring
+
+        if 0 in recorded_steps:
+            score(0)
         for record in journal.records:
+            if stop_at is not None and step >= stop_at:
+                stopped = True
+                break
             editor.apply(requests[step: record.step], z_star=record.z_star)
             step = record.step
             if record.fingerprint is not None:
                 check_fingerprint(record)
             if 0 < step < journal.last_step and step in recorded_steps:
-                t1 = time.perf_counter()
-                on_point(setup.evaluator.evaluate(step, editor.weight_deltas))
-                t0 += time.perf_counter() - t1  # replay_s counts the edits, not the scoring
+                score(step)
+        out["steps"] = step
     out["replay_s"] = time.perf_counter() - t0
     logger.info("%s %d edits in %.1f s", "loaded the checkpoint of" if from_checkpoint else "replayed", step, out["replay_s"])
 
-    if evaluate and (wanted is None or step in wanted):
+    if evaluate and not stopped and (wanted is None or step in wanted):
         recorded = results.point(step)
         point = setup.evaluator.evaluate(step, editor.weight_deltas)
         out["replayed"] = point

@@ -160,7 +160,7 @@ def test_a_point_lacks_outcomes_where_a_by_case_metric_has_a_value_but_not_its_c
     assert not lacks_outcomes(full)
     assert lacks_outcomes(dict(full, outcomes={k: v for k, v in full["outcomes"].items() if k != "locality_acc"}))
     assert lacks_outcomes({k: v for k, v in full.items() if k != "outcomes"})
-    assert not lacks_outcomes(dict(full, step=0, outcomes={}))  # the unedited model's point is the same in every run
+    assert lacks_outcomes(dict(full, step=0, outcomes={}))  # the unedited model's too: the changes from it are paired
     assert not lacks_outcomes({"step": 100, "efficacy": float("nan"), "outcomes": {}})  # no value, nothing to keep
 
 
@@ -205,3 +205,32 @@ def test_a_perplexity_ratio_is_paired_over_the_texts_windows():
     runs = {"memit": {"method": "memit", "evals": [b]}, "betaedit": {"method": "betaedit", "evals": [a]}}
     row = differences_table(runs).splitlines()[4]
     assert row == f"| betaedit minus memit | 100 | – | – | – | – | {ratio:.3f} ({low:.3f}-{high:.3f}) | – | – |"
+
+
+def test_each_run_is_compared_with_the_unedited_model_at_its_last_point(tmp_path):
+    import math
+    import statistics
+
+    from betaedit_plugin.eval.report import Z95, t_quantile, unedited_table
+
+    unedited = _point(0, {"efficacy": "0000", "specificity": "1111"}, cases="all")
+    unedited["outcomes"]["ppl"] = [[300.0, 100], [250.0, 100], [400.0, 100]]
+    unedited["ppl"] = math.exp(950.0 / 300)
+    last = _point(300, {"efficacy": "1111", "specificity": "1010"}, cases="all")  # the final point: every edit scored
+    last["outcomes"]["ppl"] = [[330.0, 100], [255.0, 100], [460.0, 100]]
+    last["ppl"] = math.exp(1045.0 / 300)
+    sampled = dict(_point(200, {"efficacy": "11", "specificity": "10"}, cases="two"), ppl=30.0)  # kept no windows
+    runs = {"memit": {"method": "memit", "evals": [unedited, sampled, last]},
+            "alphaedit": {"method": "alphaedit", "evals": [sampled]},  # no step 0: left out
+            "betaedit": {"method": "betaedit", "evals": [unedited, sampled]}}
+    rows = _rows("\n".join(unedited_table(runs).splitlines()[2:]))
+    d = [0, -1, 0, -1]  # specificity, case by case, 2 of 4 neighbourhood answers changed
+    spec = f"{statistics.fmean(d):+.3f} ± {Z95 * statistics.stdev(d) / 2:.3f}"
+    w = [0.3, 0.05, 0.6]  # each window's mean NLL difference
+    half = t_quantile(0.975, 2) * statistics.stdev(w) / math.sqrt(3)
+    ratio = f"{last['ppl'] / unedited['ppl']:.3f} ({math.exp(statistics.fmean(w) - half):.3f}-{math.exp(statistics.fmean(w) + half):.3f})"
+    assert rows == [["memit", "300", spec, "–", ratio, "4", "paired"],
+                    # a sampled point (other cases than step 0's), without windows: unpaired, no ratio
+                    ["betaedit", "200", f"-0.500 ± {Z95 * math.sqrt(0.5 * 0.5 / 2 + 1 * 0 / 4):.3f}", "–", "–", "2", "unpaired"]]
+    assert "## Against the unedited model" in write_comparison(runs, tmp_path).read_text()
+    assert unedited_table({"alphaedit": runs["alphaedit"]}) == ""

@@ -289,9 +289,41 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     seen = []  # on_point only at the steps asked for (the CLI asks for the points that lack outcomes); the last is out["replayed"]
     assert replay_run(out, on_point=seen.append, at_steps=[4, 5])["replayed"]["step"] == 5
     assert [p["step"] for p in seen] == [4]
-    seen = []  # the last step not among them: not scored again
+    seen = []  # the last step not among them: not scored again, and the edits after 4 not replayed
     got = replay_run(out, on_point=seen.append, at_steps=[4])
-    assert [p["step"] for p in seen] == [4] and "replayed" not in got and got["steps"] == 5
+    assert [p["step"] for p in seen] == [4] and "replayed" not in got and (got["steps"], got["last_step"]) == (4, 5)
+
+
+def test_the_unedited_models_point_is_rescored_before_the_first_edit_and_the_replay_stops_after_the_last_lacking(tmp_path):
+    from betaedit_plugin.runner.replay import replay_run
+
+    out = tmp_path / "out"
+    run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))  # points at 0, 2, 4 and the final 5
+    path = out / "results.json"
+    raw = json.loads(path.read_text())
+    kept = raw["evals"][0].pop("outcomes")  # a step-0 point written before points kept their outcomes
+    assert raw["evals"][0]["step"] == 0 and {"specificity", "ppl"} <= set(kept)
+    path.write_text(json.dumps(raw, indent=1))
+    env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
+    proc = subprocess.run([sys.executable, "-m", "betaedit_plugin.run", "replay", str(out), "--every-point", "--amend"],
+                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 0: " in proc.stdout and "added " in proc.stdout, proc.stdout
+    # only step 0 lacked: scored before the first edit, and no edit replayed
+    assert "replayed 0 of 5 journaled edits (up to the last point that lacked outcomes)" in proc.stdout, proc.stdout
+    assert "the point at step 5 kept every outcome already: not scored again" in proc.stdout, proc.stdout
+    after = json.loads(path.read_text())
+    assert after["evals"][0]["outcomes"] == kept  # as the run kept them
+    del after["evals"][0]["outcomes"]
+    assert after == raw  # every other value as it was
+    # the steps asked for: 0 and 2, so the replay stops at 2, and the final step is not scored
+    seen = []
+    got = replay_run(out, on_point=seen.append, at_steps=[0, 2])
+    assert [p["step"] for p in seen] == [0, 2] and got["steps"] == 2 and got["last_step"] == 5 and "replayed" not in got
+    assert _metrics(seen[1]) == _metrics(raw["evals"][1])  # the point at 2 reproduced
+    # with a model to save the whole journal is replayed: the saved model is the last step's
+    got = replay_run(out, on_point=seen.append, at_steps=[0], save=str(tmp_path / "edited.safetensors"))
+    assert got["steps"] == 5 and "replayed" not in got
 
 
 def test_fixed_targets_come_from_a_bank_and_say_so(tmp_path):
