@@ -99,11 +99,24 @@ def screening_rows(runs: Mapping[str, Mapping]) -> List[dict]:
             if point.get("step", 0) == 0:
                 continue
             row = {"run": name, "method": method, "setting": setting, "step": point["step"],
-                   "sampled": point.get("n_scored", point.get("sampled"))}
+                   "sampled": point.get("n_scored", point.get("sampled")), "c0": repr([hp.get(k) for k in C0_FIELDS])}
             row.update({k: point.get(k) for k, _, _ in ROW_METRICS})
             row.update(_refreshes(results, point["step"]))
             rows.append(row)
     return rows
+
+
+#: the hparams C0 is collected with: relative leakage is measured against the run's own C0, so runs whose
+#: statistics differ have leakages of different measures (listed, not chosen between or drawn on one front)
+C0_FIELDS = ("mom2_dataset", "mom2_n_samples", "mom2_max_length", "mom2_dtype")
+
+
+def on_shared_c0(rows: Sequence[Mapping]) -> List[Mapping]:
+    """The rows whose C0 statistics (`C0_FIELDS`) are those most of the rows share: the screening's."""
+    if not rows:
+        return []
+    shared = _most_common([r.get("c0") for r in rows])
+    return [r for r in rows if r.get("c0") == shared]
 
 
 #: leakages within this share of the chosen one are a tie that the choice cannot tell apart (`choose`)
@@ -114,11 +127,13 @@ def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str,
     """{method: its row at ``step`` with the lowest relative leakage among those with efficacy >=
     ``min_efficacy``, or None where no run of the method reached the floor (or the step)}. The row's
     ``ties`` lists the settings of the method's other rows at the floor whose leakage lies within
-    `TIE_REL` of it: settings the rule picks between by less than the runs' own noise."""
+    `TIE_REL` of it: settings the rule picks between by less than the runs' own noise. Only the rows
+    on the screening's C0 (`on_shared_c0`) are chosen between."""
     chosen: Dict[str, Optional[dict]] = {}
     kept: Dict[str, list] = {}
     for row in rows:
         chosen.setdefault(row["method"], None)
+    for row in on_shared_c0(rows):
         if row["step"] != step or not _number(row.get("efficacy")) or row["efficacy"] < min_efficacy:
             continue
         if not _number(row.get("rel_leakage")):
@@ -186,8 +201,9 @@ def _most_common(values: Sequence):
 
 def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional[dict]], path: Path) -> Optional[Path]:
     """Efficacy against relative leakage at ``step``: one colour per method, one point per setting
-    (labelled), the chosen settings circled. None when no run reached ``step``."""
-    at = [r for r in rows if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))
+    (labelled), the chosen settings circled; the runs on the screening's C0 (`on_shared_c0`). None when
+    no run reached ``step``."""
+    at = [r for r in on_shared_c0(rows) if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))
           and r["rel_leakage"] > 0]
     if not at:
         return None
@@ -229,6 +245,8 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
     if len({repr(r["setting"][key]) for r in mine}) < 2:  # a setting given but not varied
         return None
     if not all(_number(r["setting"][key]) for r in mine):  # a switch (recollect_c0): the table shows it
+        return None
+    if key in C0_FIELDS:  # each C0 measures leakage its own way: the table shows them
         return None
     for other in others:  # hold every other setting at its most common value among these runs
         common = repr(_most_common([r["setting"][other] for r in mine]))
@@ -275,6 +293,8 @@ def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int
              f"{len(runs)} runs; the settings shown (varied between a method's runs, or given on a run's command "
              "line): " + "; ".join(f"{m}: {', '.join(k) or 'none'}" for m, k in sorted(swept.items())) + ".", "",
              f"## Choice: lowest relative leakage with efficacy >= {min_efficacy:g} after {choose_step} edits", "",
+             "Relative leakage is measured against each run's own C0: the choice and the fronts compare the runs on "
+             "the statistics most of them share (mom2_*); a run on other statistics is only listed.", "",
              f"| method | setting | efficacy | rel. leakage | also within {TIE_REL:.0%} of that leakage (a tie) |",
              "|---|---|---|---|---|"]
     for method, row in sorted(chosen.items()):

@@ -214,3 +214,25 @@ def test_a_switch_added_later_is_a_setting_only_where_a_run_turned_it_on(screen)
         {"beta-l1_0": False, "beta-l1_30": False, "beta-rc0": True}
     table = screening_table(rows)
     assert "| lambda1=30, recollect_c0=true, tau=2 |" in table and "| lambda1=30, recollect_c0=false, tau=2 |" in table
+
+
+def test_a_run_on_other_statistics_is_listed_but_not_chosen_between_or_drawn(screen, monkeypatch, tmp_path):
+    from betaedit_plugin.eval import screening as scr
+
+    _, _, results = screen
+    # BetaEdit lambda1 30 again, its C0 from twice the corpus, and a leakage (against that C0) below every other
+    base = results["beta-l1_30"]
+    other = {**base, "hparams": {**base["hparams"], "mom2_n_samples": 2 * base["hparams"]["mom2_n_samples"]},
+             "evals": [dict(p, rel_leakage=p["rel_leakage"] / 100) for p in base["evals"]]}
+    runs = {**results, "beta-l1_30-c0": other}
+    rows = screening_rows(runs)
+    assert {r["run"] for r in scr.on_shared_c0(rows)} == set(results)  # the screening's statistics: most runs'
+    assert any(r["run"] == "beta-l1_30-c0" and r["setting"]["mom2_n_samples"] == other["hparams"]["mom2_n_samples"]
+               for r in rows)  # listed, with the setting it differs in
+    assert choose(rows, 4, 0.0)["betaedit"]["run"] == choose(screening_rows(results), 4, 0.0)["betaedit"]["run"]
+    drawn = {}
+    monkeypatch.setattr(scr, "_save", lambda fig, path: drawn.setdefault("x", [x for line in fig.axes[0].lines
+                                                                                for x in line.get_xdata()]))
+    scr.plot_front(rows, 4, {}, tmp_path / "front.png")
+    assert min(drawn["x"]) == min(r["rel_leakage"] for r in scr.on_shared_c0(rows) if r["step"] == 4)
+    assert scr.plot_sensitivity(rows, "betaedit", "mom2_n_samples", tmp_path / "s.png") is None
