@@ -106,7 +106,7 @@ def runs() -> dict:
         screening[f"alphaedit-L2_{l2}"] = _screen("alphaedit", L2=l2)
     for w in (100, 1000, 10000):
         screening[f"memit-w_{w}"] = _screen("memit", mom2_update_weight=w)
-    for th in (0.005, 0.05):
+    for th in (0.005, 0.01, 0.05):  # 0.01: a null space about half the size of 0.02's (results/null_space_fit.py)
         screening[f"alphaedit-L2_10-th_{th}"] = _screen("alphaedit", L2=10, nullspace_threshold=th)
         screening[f"betaedit-l1_300-l2_10-tau100-th_{th}"] = _screen("betaedit", lambda1=300, lambda2=10, tau=100,
                                                                       nullspace_threshold=th)
