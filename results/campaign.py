@@ -112,12 +112,6 @@ def runs() -> dict:
                                                                       nullspace_threshold=th)
     # the chosen BetaEdit with C0 collected again from the edited model at each refresh (not in the paper)
     screening["betaedit-l1_300-l2_10-tau100-rc0"] = _screen("betaedit", lambda1=300, lambda2=10, tau=100, recollect_c0="true")
-    # each method's chosen settings with C0 from all of wiki_vital (10,000 texts, its 12 topics) instead of the
-    # first 1,000 (the file is ordered by topic: those are Arts and Biology only), to see whether a null space
-    # fitted to a narrow corpus is where the perplexity on other text leaks (CAMPAIGN.md)
-    for method, hp in SEQ_SETTINGS.items():
-        twin = next(name for name, over in screening.items() if sorted(over) == sorted(_screen(method, **hp)))
-        screening[f"{twin}-c0_10000"] = _screen(method, **hp, mom2_n_samples=10000)
     for name, over in screening.items():
         out[name] = (f"{SCREEN}/{name}", [*over, *_COMMON, *_SCREEN_EVAL])
     for method, hp in SEQ_SETTINGS.items():  # the headline: settings chosen from the screening
