@@ -2,7 +2,7 @@
 against C0 from texts spread over the whole file, measured on the keys of the held-out text the
 campaign's perplexity is computed on.
 
-    python results/null_space_fit.py [--first 1000 10000] [--spread 1000] [--thresholds ...] [--out FILE.md]
+    python results/null_space_fit.py [--first 1000] [--spread 1000] [--thresholds ...] [--out FILE.md]
 
 wiki_vital (the bundled C0 corpus) is ordered by topic: its first 1,000 texts are Arts (668) and
 Biology (332) only, and ``mom2_n_samples`` takes the first N. AlphaEdit and BetaEdit write every edit
@@ -55,7 +55,7 @@ def heldout_keys(model, tok, layout, tokens: int, window: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--first", type=int, nargs="*", default=[1000, 10000], help="C0 of wiki_vital's first N texts")
+    parser.add_argument("--first", type=int, nargs="*", default=[1000], help="C0 of wiki_vital's first N texts")
     parser.add_argument("--spread", type=int, nargs="*", default=[1000], help="C0 of N texts spread over wiki_vital")
     parser.add_argument("--ppl-tokens", type=int, default=2048, help="the runs' eval.ppl_tokens")
     parser.add_argument("--ppl-window", type=int, default=256, help="the runs' eval.ppl_window")
