@@ -53,6 +53,34 @@ def heldout_keys(model, tok, layout, tokens: int, window: int) -> dict:
     return {l: m.moment() for l, m in _one_pass(model, layout, LAYERS, windows, 8, _pad_id(tok), False).items()}
 
 
+def null_space_table(covs: dict, held: dict, thresholds, ppl_tokens: int, ppl_window: int) -> list:
+    """Markdown lines: for each layer and C0 in ``covs`` ({name: {layer: C0}}), dim null(C0) at `THRESHOLD`
+    and the share of the energy of the held-out keys (``held``: {layer: E[k k^T]}) and of each C0's keys
+    inside it; then the first C0's null space at each of ``thresholds``. One block of rows per layer of ``held``."""
+    names = list(covs)
+    lines = [f"Share of each key set's energy inside null(C0) (eigenvalues < {THRESHOLD}), per edited layer and C0 "
+             f"(wiki_vital texts, {MAX_LENGTH} tokens each at most); held-out: the first {ppl_tokens} tokens of "
+             f"WikiText-2 test in windows of {ppl_window} (the runs' perplexity text).", "",
+             "| layer | C0 | dim null(C0) | held-out keys | " + " | ".join(f"keys of {n}" for n in names) + " |",
+             "|" + "---|" * (4 + len(names))]
+    for layer in held:
+        for name in names:
+            basis, _ = nullspace_split(covs[name][layer], THRESHOLD)
+            shares = [energy_share(basis.double(), covs[other][layer]) for other in names]
+            lines.append(f"| {layer} | {name} | {basis.shape[1]} | {energy_share(basis.double(), held[layer]):.2e} | "
+                         + " | ".join(f"{s:.2e}" for s in shares) + " |")
+    first = names[0]
+    lines += ["", f"The null space of C0 ({first}) at each threshold: its dimension and the share of the held-out keys' "
+              "and of C0's own keys' energy inside it.", "",
+              "| layer | threshold | dim null(C0) | held-out keys | own keys |", "|---|---|---|---|---|"]
+    for layer in held:
+        for threshold in thresholds:
+            basis, _ = nullspace_split(covs[first][layer], threshold)
+            lines.append(f"| {layer} | {threshold:g} | {basis.shape[1]} | {energy_share(basis.double(), held[layer]):.2e} "
+                         f"| {energy_share(basis.double(), covs[first][layer]):.2e} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--first", type=int, nargs="*", default=[1000], help="C0 of wiki_vital's first N texts")
@@ -77,27 +105,7 @@ def main(argv=None) -> int:
                                                        max_length=MAX_LENGTH, progress=False, use_cache=False)
     held = heldout_keys(model, tok, layout, ns.ppl_tokens, ns.ppl_window)
 
-    names = list(covs)
-    lines = [f"Share of each key set's energy inside null(C0) (eigenvalues < {THRESHOLD}), per edited layer and C0 "
-             f"(wiki_vital texts, {MAX_LENGTH} tokens each at most); held-out: the first {ns.ppl_tokens} tokens of "
-             f"WikiText-2 test in windows of {ns.ppl_window} (the runs' perplexity text).", "",
-             "| layer | C0 | dim null(C0) | held-out keys | " + " | ".join(f"keys of {n}" for n in names) + " |",
-             "|" + "---|" * (4 + len(names))]
-    for layer in LAYERS:
-        for name in names:
-            basis, _ = nullspace_split(covs[name][layer], THRESHOLD)
-            shares = [energy_share(basis.double(), covs[other][layer]) for other in names]
-            lines.append(f"| {layer} | {name} | {basis.shape[1]} | {energy_share(basis.double(), held[layer]):.2e} | "
-                         + " | ".join(f"{s:.2e}" for s in shares) + " |")
-    first = names[0]
-    lines += ["", f"The null space of C0 ({first}) at each threshold: its dimension and the share of the held-out keys' "
-              "and of C0's own keys' energy inside it.", "",
-              "| layer | threshold | dim null(C0) | held-out keys | own keys |", "|---|---|---|---|---|"]
-    for layer in LAYERS:
-        for threshold in ns.thresholds:
-            basis, _ = nullspace_split(covs[first][layer], threshold)
-            lines.append(f"| {layer} | {threshold:g} | {basis.shape[1]} | {energy_share(basis.double(), held[layer]):.2e} "
-                         f"| {energy_share(basis.double(), covs[first][layer]):.2e} |")
+    lines = null_space_table(covs, held, ns.thresholds, ns.ppl_tokens, ns.ppl_window)
     text = "\n".join(lines) + "\n"
     print(text)
     if ns.out:
