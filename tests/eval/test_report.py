@@ -229,8 +229,8 @@ def test_each_run_is_compared_with_the_unedited_model_at_its_last_point(tmp_path
     w = [0.3, 0.05, 0.6]  # each window's mean NLL difference
     half = t_quantile(0.975, 2) * statistics.stdev(w) / math.sqrt(3)
     ratio = f"{last['ppl'] / unedited['ppl']:.3f} ({math.exp(statistics.fmean(w) - half):.3f}-{math.exp(statistics.fmean(w) + half):.3f})"
-    assert rows == [["memit", "300", spec, "–", ratio, "4", "paired"],
+    assert rows == [["memit", "300", spec, ratio, "4", "paired"],
                     # a sampled point (other cases than step 0's), without windows: unpaired, no ratio
-                    ["betaedit", "200", f"-0.500 ± {Z95 * math.sqrt(0.5 * 0.5 / 2 + 1 * 0 / 4):.3f}", "–", "–", "2", "unpaired"]]
+                    ["betaedit", "200", f"-0.500 ± {Z95 * math.sqrt(0.5 * 0.5 / 2 + 1 * 0 / 4):.3f}", "–", "2", "unpaired"]]
     assert "## Against the unedited model" in write_comparison(runs, tmp_path).read_text()
     assert unedited_table({"alphaedit": runs["alphaedit"]}) == ""
