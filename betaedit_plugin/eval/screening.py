@@ -99,7 +99,7 @@ def screening_rows(runs: Mapping[str, Mapping]) -> List[dict]:
             if point.get("step", 0) == 0:
                 continue
             row = {"run": name, "method": method, "setting": setting, "step": point["step"],
-                   "sampled": point.get("n_scored", point.get("sampled")), "c0": repr([hp.get(k) for k in C0_FIELDS])}
+                   "sampled": point.get("n_scored", point.get("sampled")), "c0": tuple(hp.get(k) for k in C0_FIELDS)}
             row.update({k: point.get(k) for k, _, _ in ROW_METRICS})
             row.update(_refreshes(results, point["step"]))
             rows.append(row)

@@ -118,8 +118,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     editor = setup.editor
     editor.prepare()
 
-    out: Dict[str, Any] = {"steps": journal.last_step, "last_step": journal.last_step, "fingerprints": 0, "identical": 0,
-                           "max_rel_diff": 0.0}
+    out: Dict[str, Any] = {"last_step": journal.last_step, "fingerprints": 0, "identical": 0, "max_rel_diff": 0.0}
 
     def check_fingerprint(record) -> None:
         try:
@@ -134,7 +133,6 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
     t0, step, stopped = time.perf_counter(), 0, False
     if from_checkpoint:
         step = _load_checkpoint(src, editor, results.identity or {})
-        out["steps"] = step
         for record in journal.records:
             if record.step == step and record.fingerprint is not None:
                 check_fingerprint(record)
@@ -163,7 +161,7 @@ def replay_run(src, *, save: Optional[str] = None, evaluate: bool = True, device
                 check_fingerprint(record)
             if 0 < step < journal.last_step and step in recorded_steps:
                 score(step)
-        out["steps"] = step
+    out["steps"] = step
     out["replay_s"] = time.perf_counter() - t0
     logger.info("%s %d edits in %.1f s", "loaded the checkpoint of" if from_checkpoint else "replayed", step, out["replay_s"])
 

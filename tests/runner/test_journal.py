@@ -180,9 +180,23 @@ def test_a_replay_that_diverges_stops_naming_the_step_and_layer(tmp_path):
         compare_fingerprint(saved, {"1": {"delta_norm": 2.0 * (1 + 5e-4), "sha256": "b"}}, 7)
 
 
-def test_replay_rebuilds_the_edited_model_and_its_metrics(tmp_path):
-    out = tmp_path / "out"
-    results = run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))
+@pytest.fixture(scope="module")
+def five_edits(tmp_path_factory):
+    """`_cfg`'s 5-edit run without checkpoints (points at 0, 2, 4 and the final 5), computed once for the
+    replay tests; each works on its own copy (`_copy`)."""
+    tmp = tmp_path_factory.mktemp("five")
+    run_experiment(_cfg(tmp, tmp / "out", "checkpoint_every=0"))
+    return tmp / "out"
+
+
+def _copy(run, tmp_path):
+    shutil.copytree(run, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_replay_rebuilds_the_edited_model_and_its_metrics(five_edits, tmp_path):
+    out = _copy(five_edits, tmp_path)
+    results = json.loads((out / "results.json").read_text())
     saved = tmp_path / "edited.safetensors"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     env = dict(_env(), OMP_NUM_THREADS="2")  # as this process (conftest): the same summation order, bit for bit
@@ -238,11 +252,10 @@ def test_the_newest_checkpoint_is_rescored_and_its_point_gains_only_the_outcomes
         replay_run(out, from_checkpoint=True)
 
 
-def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_lacks(tmp_path):
+def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_lacks(five_edits, tmp_path):
     from betaedit_plugin.runner.replay import amend_point, replay_run
 
-    out = tmp_path / "out"
-    run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))  # points at 2, 4 and the final 5
+    out = _copy(five_edits, tmp_path)  # points at 2, 4 and the final 5
     path = out / "results.json"
     raw = json.loads(path.read_text())
     kept = {p["step"]: p["outcomes"].pop("locality_acc") for p in raw["evals"] if p["step"] > 0}
@@ -294,11 +307,11 @@ def test_every_recorded_point_is_rescored_on_the_way_and_gains_the_outcomes_it_l
     assert [p["step"] for p in seen] == [4] and "replayed" not in got and (got["steps"], got["last_step"]) == (4, 5)
 
 
-def test_the_unedited_models_point_is_rescored_before_the_first_edit_and_the_replay_stops_after_the_last_lacking(tmp_path):
+def test_the_unedited_models_point_is_rescored_before_the_first_edit_and_the_replay_stops_after_the_last_lacking(
+        five_edits, tmp_path):
     from betaedit_plugin.runner.replay import replay_run
 
-    out = tmp_path / "out"
-    run_experiment(_cfg(tmp_path, out, "checkpoint_every=0"))  # points at 0, 2, 4 and the final 5
+    out = _copy(five_edits, tmp_path)  # points at 0, 2, 4 and the final 5
     path = out / "results.json"
     raw = json.loads(path.read_text())
     kept = raw["evals"][0].pop("outcomes")  # a step-0 point written before points kept their outcomes
