@@ -81,7 +81,12 @@ def edit_metrics(
         ``locality_ref`` for ``locality_acc`` each neighbourhood prompt's tokens as "1" (the argmax
         agrees with the unedited model's) and "0", prompts separated by a space (`locality_scores`
         reads them back): what a paired comparison of two models on the same requests needs
-        (`betaedit_plugin.eval.report`).
+        (`betaedit_plugin.eval.report`). Where a request adds more than one comparison to a metric
+        (MEMIT's CounterFact: 2 paraphrases, 10 neighbourhood prompts), ``outcomes["groups"][metric]``
+        says how many each request added ("2 2 0 ...", space-separated, in the order of ``requests``):
+        the comparisons of one request are not independent, and the paired intervals treat each
+        request as one cluster (`betaedit_plugin.eval.report.mean_and_se`); absent where each request
+        added at most one.
     """
     jobs: list = []  # (kind, request index, prompt, target)
     for i, req in enumerate(requests):
@@ -102,7 +107,9 @@ def edit_metrics(
     table = {(kind, i): s for (kind, i, _, _), s in zip(jobs, scores)}
 
     eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc, loc_tokens = [], [], [], [], [], [], [], []
+    per_request: dict = {"generality": [], "specificity": [], "locality_acc": []}  # comparisons each request adds
     for i, req in enumerate(requests):
+        before = {"generality": len(gen), "specificity": len(spec), "locality_acc": len(loc_tokens)}
         new = table[("new", i)]
         rw_acc.append(new.token_accuracy)
         if ("true", i) in table:
@@ -126,6 +133,8 @@ def edit_metrics(
                 agree = [a == b for a, b in zip(true.argmax, ref)] + [False] * max(len(ref) - len(true.argmax), 0)
                 loc_tokens.append("".join("1" if a else "0" for a in agree))
             k += 1
+        for metric, values in (("generality", gen), ("specificity", spec), ("locality_acc", loc_tokens)):
+            per_request[metric].append(len(values) - before[metric])
     out = {
         "outcomes": {name: "".join("1" if v else "0" for v in values)
                      for name, values in (("efficacy", eff), ("generality", gen), ("specificity", spec))},
@@ -140,6 +149,10 @@ def edit_metrics(
     if locality_ref is not None:
         out["outcomes"]["locality_acc"] = " ".join(loc_tokens)
         out["locality_acc"] = _mean([_agreement(t) for t in loc_tokens])
+    groups = {metric: " ".join(str(n) for n in sizes) for metric, sizes in per_request.items()
+              if any(n > 1 for n in sizes) and metric in out["outcomes"]}
+    if groups:
+        out["outcomes"]["groups"] = groups
     return out
 
 

@@ -198,11 +198,54 @@ def case_values(point: Mapping, metric: str) -> Optional[list]:
     return [int(c) for c in kept]
 
 
+def case_groups(point: Mapping, metric: str) -> Optional[list]:
+    """How many of `case_values` each scored request added, where some request added more than one
+    (``outcomes["groups"]``, `betaedit_plugin.eval.metrics.edit_metrics`); None: at most one each."""
+    kept = ((point.get("outcomes") or {}).get("groups") or {}).get(metric)
+    return [int(n) for n in kept.split()] if kept else None
+
+
+def mean_and_se(values: Sequence[float], groups: Optional[Sequence[int]] = None) -> tuple:
+    """The mean of ``values`` and its standard error, and over how many independent units.
+
+    Without ``groups``, each value is one unit: the sample standard deviation / sqrt(n). With
+    ``groups`` (consecutive runs of values that belong together, e.g. the 10 neighbourhood prompts of
+    one request; zeros allowed), each run is one unit: the cluster-robust standard error of a mean,
+    sqrt(C / (C - 1) * sum_c (S_c - n_c * mean)^2) / n over the C non-empty runs (S_c a run's sum, n_c
+    its length), which equals the first where every run holds one value and is wider where the values
+    of a run go together. NaN as the error for fewer than two units.
+
+    Returns:
+        (mean, standard error, units)
+    Raises:
+        ValueError: ``groups`` that do not add up to ``len(values)``.
+    """
+    n = len(values)
+    sizes = [1] * n if groups is None else [int(k) for k in groups]
+    if any(k < 0 for k in sizes) or sum(sizes) != n:
+        raise ValueError(f"mean_and_se: groups {list(sizes)[:8]}{' ...' if len(sizes) > 8 else ''} add up to "
+                         f"{sum(sizes)} values, not the {n} given (or hold a negative size); give each request's "
+                         "number of values, in order, summing to len(values)")
+    mean = sum(values) / n if n else float("nan")
+    sums, start = [], 0
+    for k in sizes:
+        if k:
+            sums.append((sum(values[start:start + k]), k))
+        start += k
+    units = len(sums)
+    if units < 2:
+        return mean, float("nan"), units
+    spread = sum((total - k * mean) ** 2 for total, k in sums)
+    return mean, math.sqrt(units / (units - 1) * spread) / n, units
+
+
 def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple]:
     """``a[metric] - b[metric]`` of two evaluation points and the half-width of its 95% interval.
 
     Paired when both points kept their outcomes on the same cases (the same ``scored_cases``): the
-    mean of the case-by-case differences and its standard error (sample standard deviation / sqrt(n)).
+    mean of the case-by-case differences and its standard error (`mean_and_se`: the sample standard
+    deviation / sqrt(n), or, where a request added several comparisons, `case_groups`, the
+    cluster-robust one with each request a unit; n then counts requests).
     Otherwise, for the `PROPORTIONS`, as two independent binomial proportions of ``n_scored``
     comparisons each: sqrt(p_a(1 - p_a)/n_a + p_b(1 - p_b)/n_b), wider than the paired one where the
     cases are shared; ``locality_acc`` (not a proportion) has no unpaired interval.
@@ -211,12 +254,11 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
         (difference, half-width, "paired" or "unpaired", n), or None when a point lacks the metric.
     """
     va, vb = case_values(a, metric), case_values(b, metric)
-    if va and vb and len(va) == len(vb) and a.get("scored_cases") and a.get("scored_cases") == b.get("scored_cases"):
-        d = [x - y for x, y in zip(va, vb)]
-        n = len(d)
-        mean = sum(d) / n
-        var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else float("nan")
-        return mean, Z95 * math.sqrt(var / n), "paired", n
+    groups = case_groups(a, metric)
+    if (va and vb and len(va) == len(vb) and a.get("scored_cases") and a.get("scored_cases") == b.get("scored_cases")
+            and groups == case_groups(b, metric)):
+        mean, se, n = mean_and_se([x - y for x, y in zip(va, vb)], groups)
+        return mean, Z95 * se, "paired", n
     if metric not in PROPORTIONS:
         return None
     pa, pb, na, nb = a.get(metric), b.get(metric), a.get("n_scored"), b.get("n_scored")
@@ -308,7 +350,7 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
     return "\n".join([
         "Each pair at the last step both runs reached, with 95% intervals: an interval that holds 0 is a difference "
         "these cases cannot show. Paired: the same cases scored in both runs, the mean and standard error of their "
-        "case-by-case differences; unpaired (points that did not keep each outcome): two independent binomial "
+        "case-by-case differences (a request's several prompts one unit, where it has several); unpaired (points that did not keep each outcome): two independent binomial "
         "proportions, wider; token locality only paired. The perplexity is a ratio (a / b; 1: no difference), "
         "paired over the held-out text's windows (Student's t over the windows; `ppl_ratio`).", "",
         "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | ppl ratio | cases | interval |",

@@ -113,6 +113,32 @@ def test_edit_metrics_are_the_probability_comparisons(llama):
     assert out["rephrase_acc"] == pytest.approx(sum(rp) / len(rp))
 
 
+def test_a_request_with_several_prompts_says_how_many_comparisons_it_added(llama):
+    """MEMIT's CounterFact gives a request several paraphrases and neighbourhood prompts: the outcomes
+    say which comparisons belong to which request (the paired intervals count a request once)."""
+    from betaedit_plugin.data.formats import memit_counterfact_request
+
+    model, tok = llama
+    pool = load_counterfact(n=8)
+    spare = [p for r in pool[3:] for p in r.locality_prompts]
+    records = [{"case_id": i, "requested_rewrite": {"prompt": r.template, "subject": r.subject,
+                                                    "target_new": {"str": r.target_new}, "target_true": {"str": r.ground_truth}},
+                "paraphrase_prompts": list(r.rephrase_prompts) + [pool[3 + i].rephrase_prompts[0]] * (i == 0),
+                "neighborhood_prompts": [spare[i]] + spare[3:3 + 2 * (i != 1)]} for i, r in enumerate(pool[:3])]
+    reqs = [memit_counterfact_request(r, i, "memit-format") for i, r in enumerate(records)]
+    ref = locality_reference(model, tok, reqs)
+    out = edit_metrics(model, tok, reqs, locality_ref=ref)
+    assert out["outcomes"]["groups"] == {"generality": "2 1 1", "specificity": "3 1 3", "locality_acc": "3 1 3"}
+    # the comparisons in request order: the same as scoring each request alone, one after another
+    alone = [edit_metrics(model, tok, [r], locality_ref=[x])["outcomes"] for r, x in zip(reqs, ref)]
+    for metric in ("efficacy", "generality", "specificity"):
+        assert out["outcomes"][metric] == "".join(o[metric] for o in alone)
+    assert out["outcomes"]["locality_acc"] == " ".join(o["locality_acc"] for o in alone)
+    assert "groups" not in alone[1] and alone[0]["groups"] == {"generality": "2", "specificity": "3", "locality_acc": "3"}
+    no_reference = edit_metrics(model, tok, reqs)["outcomes"]  # no token locality without the reference
+    assert no_reference["groups"] == {"generality": "2 1 1", "specificity": "3 1 3"}
+
+
 def test_locality_acc_drops_when_the_model_changes(llama):
     model, tok = llama
     reqs = load_counterfact(n=3)

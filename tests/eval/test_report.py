@@ -3,6 +3,8 @@ every one of them reached."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from betaedit_plugin.eval.report import common_steps_table, write_comparison
@@ -98,6 +100,70 @@ def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreei
     half_eff = 1.959964 * statistics.stdev([0, 1, 0]) / 3 ** 0.5
     assert table.splitlines()[-1] == (f"| betaedit minus alphaedit | 100 | +0.333 ± {half_eff:.3f} | – | – | "
                                       f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | – | 3 | paired |")
+
+
+def _cluster_se(values, sizes):
+    """float64 reference: the cluster-robust (sandwich) standard error of the mean of ``values``, a regression
+    on a constant with ``sizes`` consecutive values a cluster, with the small-sample factor C / (C - 1)."""
+    import numpy as np
+
+    u = np.asarray(values, dtype=np.float64)
+    x = np.ones((len(u), 1))
+    u = u - np.linalg.lstsq(x, u, rcond=None)[0][0]
+    bounds = np.cumsum([0, *sizes])
+    scores = [x[i:j].T @ u[i:j] for i, j in zip(bounds[:-1], bounds[1:]) if j > i]
+    bread = np.linalg.inv(x.T @ x)
+    c = len(scores)
+    cov = c / (c - 1) * bread @ sum(np.outer(g, g) for g in scores) @ bread
+    return float(np.sqrt(cov[0, 0]))
+
+
+def test_the_standard_error_of_a_mean_counts_each_request_once():
+    import numpy as np
+
+    from betaedit_plugin.eval.report import mean_and_se
+
+    values = np.random.default_rng(0).integers(-1, 2, size=40).astype(float).tolist()
+    mean, se, units = mean_and_se(values)  # one value a request: the sample standard deviation / sqrt(n)
+    assert units == 40 and mean == pytest.approx(np.mean(values), rel=1e-12)
+    assert se == pytest.approx(np.std(values, ddof=1) / 40 ** 0.5, rel=1e-12)
+    assert mean_and_se(values, [1] * 40) == (mean, se, 40)
+    sizes = [3, 0, 1, 5, 2, 4, 1, 0, 6, 3, 2, 2, 5, 1, 3, 2]  # requests with several values, two with none
+    mean, se, units = mean_and_se(values, sizes)
+    assert units == 14 and mean == pytest.approx(np.mean(values), rel=1e-12)
+    assert se == pytest.approx(_cluster_se(values, sizes), rel=1e-10)
+    # a request whose 4 values are copies of one value is worth one value, not four
+    copies = [v for v in values[:10] for _ in range(4)]
+    assert mean_and_se(copies, [4] * 10) == pytest.approx(mean_and_se(values[:10]), rel=1e-12)
+    assert mean_and_se(copies)[1] < 0.55 * mean_and_se(values[:10])[1]  # what counting each copy would claim
+    with pytest.raises(ValueError, match=r"add up to 30 values, not the 40 given"):
+        mean_and_se(values, [3] * 10)
+    assert math.isnan(mean_and_se([1.0, 0.0], [2])[1])  # one unit: no error estimate
+
+
+def test_paired_differences_over_requests_with_several_prompts_are_clustered_by_request():
+    from betaedit_plugin.eval.report import Z95, proportion_difference
+
+    outcomes_a = {"efficacy": "111", "specificity": "1111001100", "locality_acc": "11 10 1 0 11 01 1 1 1 0"}
+    outcomes_b = {"efficacy": "101", "specificity": "0000001110", "locality_acc": "01 10 0 0 11 11 1 1 0 0"}
+    groups = {"specificity": "4 3 3", "locality_acc": "4 3 3"}  # 10 neighbourhood prompts of 3 requests
+    a, b = _point(100, dict(outcomes_a)), _point(100, dict(outcomes_b))
+    for point in (a, b):
+        point["outcomes"]["groups"] = dict(groups)
+    d = [int(x) - int(y) for x, y in zip(outcomes_a["specificity"], outcomes_b["specificity"])]
+    diff, half, kind, n = proportion_difference(a, b, "specificity")
+    assert (kind, n) == ("paired", 3) and diff == pytest.approx(0.3, rel=1e-12)
+    assert half == pytest.approx(Z95 * _cluster_se(d, [4, 3, 3]), rel=1e-10)
+    unclustered = {k: v for k, v in b.items() if k != "outcomes"} | {"outcomes": outcomes_b}
+    a_alone = {k: v for k, v in a.items() if k != "outcomes"} | {"outcomes": outcomes_a}
+    assert half > proportion_difference(a_alone, unclustered, "specificity")[1]  # 4 prompts alike are not 4 cases
+    shares = [(1, 0.5), (0.5, 0.5), (1, 0), (0, 0), (1, 1), (0.5, 1), (1, 1), (1, 1), (1, 0), (0, 0)]
+    diff, half, kind, n = proportion_difference(a, b, "locality_acc")
+    assert (kind, n) == ("paired", 3)
+    assert half == pytest.approx(Z95 * _cluster_se([x - y for x, y in shares], [4, 3, 3]), rel=1e-10)
+    # a point that does not say how its comparisons group is not paired with one that does
+    assert proportion_difference(a, unclustered, "specificity")[2] == "unpaired"
+    assert proportion_difference(a, unclustered, "locality_acc") is None
 
 
 def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_and_each_variant_minus_its_run(tmp_path):
