@@ -20,6 +20,13 @@ of their energy now lies in null(C0) (where AlphaEdit and BetaEdit write), and t
 that the edited model's keys see, against the recorded one (measured with C0).
 
 Reads the run's files only; loads SmolLM2 once and computes 2 + 2 x layers perplexities a run.
+
+``--heldout N`` asks instead whether a run's perplexity rise holds on more text than its evaluation
+points score (2,048 tokens: 8 windows): the unedited and each edited model on the first N tokens of
+WikiText-2 test (whose first windows must reproduce the run's recorded ones) and of its validation
+split (another text, from ../shared/data), each run's ratio to the unedited model and to every other
+run paired over the windows (`ppl_ratio`: Student's t; consecutive windows of one article are not
+independent, so the intervals lean narrow).
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ from betaedit_plugin.state import load_state_file
 
 #: the recorded point's perplexity must be reproduced this closely (float noise of another thread count)
 REPRODUCED_REL = 1e-4
+#: the second text of ``--heldout``: WikiText-2's validation split (not bundled: ../shared/data)
+VALID_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpus" / "wikitext2_valid.tokens.txt.gz"
 
 
 def edited_weights(run: Path, results: dict, weights: Path = None) -> tuple:
@@ -103,6 +112,85 @@ def anatomy(model, ids, run: Path, weights: Path = None, tok=None, stats_dir: Op
     return out
 
 
+def heldout(model, tok, runs, n_tokens: int, texts: dict) -> dict:
+    """The perplexity of the unedited model and of each run's edited one on the first ``n_tokens`` of
+    each of ``texts`` ({name: path; None: WikiText-2 test, the runs' own text}), windows as the runs'
+    points (`perplexity`): {"window", "tokens", "steps": {run name: step}, "recorded": {run name:
+    the recorded ratio to step 0, `ppl_ratio`, or None}, "texts": {text: {"unedited" or run name:
+    perplexity dict}}}. ``runs``: (RUN_DIR, weights or None) as `anatomy`'s.
+
+    Raises:
+        SystemExit: the runs measured perplexity with other windows, or on WikiText-2 test a run's
+            edited model does not reproduce its recorded perplexity on the tokens its points scored.
+    """
+    from betaedit_plugin.eval.report import ppl_ratio
+
+    loaded, windows = [], set()
+    for run, weights in runs:
+        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+        step, edited = edited_weights(run, results, weights)
+        points = {p["step"]: p for p in results["evals"]}
+        loaded.append((run.name, step, edited, points, results["config"]["eval"]))
+        windows.add(results["config"]["eval"]["ppl_window"])
+    if len(windows) != 1:
+        raise SystemExit(f"the runs measured perplexity in windows of {sorted(windows)} tokens: compare runs of one kind")
+    window = windows.pop()
+    mlp = {l: model.model.layers[l].mlp.down_proj for _, _, edited, _, _ in loaded for l in edited}
+    base = {l: m.weight.detach().clone() for l, m in mlp.items()}
+    out = {"window": window, "tokens": n_tokens, "steps": {name: step for name, step, *_ in loaded},
+           "recorded": {name: ppl_ratio(points[step], points[0]) if 0 in points else None
+                        for name, step, _, points, _ in loaded}, "texts": {}}
+    for text, path in texts.items():
+        ids = heldout_token_ids(tok, n_tokens, path)
+        rows = {"unedited": perplexity(model, ids, window=window)}
+        for name, step, edited, points, ev in loaded:
+            try:
+                with torch.no_grad():
+                    for l, w in edited.items():
+                        mlp[l].weight.copy_(w)
+                rows[name] = perplexity(model, ids, window=window)
+            finally:  # the model as it was loaded, whatever happened
+                with torch.no_grad():
+                    for l, m in mlp.items():
+                        m.weight.copy_(base[l])
+            first = rows[name]["windows"][:ev["ppl_tokens"] // window]  # the tokens the run's points scored
+            again = math.exp(sum(x for x, _ in first) / sum(n for _, n in first))
+            recorded = points[step].get("ppl")
+            if path is None and recorded is not None and abs(again - recorded) > REPRODUCED_REL * recorded:
+                raise SystemExit(f"{name}: its edited weights give ppl {again:.4f} on the first {ev['ppl_tokens']} tokens, "
+                                 f"the run recorded {recorded:.4f} at step {step}: not the run's weights or not its text")
+        out["texts"][text] = rows
+    return out
+
+
+def heldout_markdown(h: dict) -> str:
+    """`heldout`'s perplexities as two tables: each run against the unedited model, and each pair of runs."""
+    from betaedit_plugin.eval.report import ppl_ratio
+
+    def ratio(a: dict, b: dict) -> str:
+        r = ppl_ratio({"outcomes": {"ppl": a["windows"]}}, {"outcomes": {"ppl": b["windows"]}})
+        return "–" if r is None else f"{r[0]:.3f} ({r[1]:.3f}-{r[2]:.3f})"
+
+    names = list(h["steps"])
+    lines = [f"Perplexity on the first {h['tokens']:,} tokens of each text ({h['tokens'] // h['window']} windows of "
+             f"{h['window']}), ratios paired over the windows (95% intervals, Student's t); the recorded ratio is the run's "
+             "own, on the tokens its points scored.", "",
+             "| run | edits | text | ppl unedited | ppl edited | ratio to the unedited model | recorded ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for name in names:
+        rec = h["recorded"][name]
+        for text, rows in h["texts"].items():
+            lines.append(f"| {name} | {h['steps'][name]} | {text} | {rows['unedited']['ppl']:.2f} | {rows[name]['ppl']:.2f} | "
+                         f"{ratio(rows[name], rows['unedited'])} | "
+                         f"{'–' if not rec else f'{rec[0]:.3f} ({rec[1]:.3f}-{rec[2]:.3f})'} |")
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if pairs:
+        lines += ["", "| a / b | " + " | ".join(h["texts"]) + " |", "|---|" + "---|" * len(h["texts"])]
+        lines += [f"| {a} / {b} | " + " | ".join(ratio(rows[a], rows[b]) for rows in h["texts"].values()) + " |"
+                  for a, b in pairs]
+    return "\n".join(lines) + "\n"
+
+
 def key_moments(model, tok, hparams: dict, layers, cache_dir: Optional[Path] = None) -> dict:
     """{layer: E[k k^T]} of the rewrite modules' input keys on the run's corpus (its ``mom2_*``
     settings). ``cache_dir``: read (and write) the statistics cache there, for the unedited model's C0
@@ -161,6 +249,10 @@ def main(argv=None) -> int:
     p.add_argument("--key-drift", action="store_true",
                    help="also collect the edited model's keys on the run's corpus (its mom2_* settings: about as long as "
                         "collecting C0) and show how far they moved and the leakage they see")
+    p.add_argument("--heldout", type=int, metavar="N",
+                   help="instead of the anatomy: each run's perplexity ratio on the first N tokens of WikiText-2 test and "
+                        "validation (e.g. 16384: 64 windows), against the unedited model and each other run")
+    p.add_argument("--valid", type=Path, default=VALID_TEXT, help="the second text of --heldout (default: %(default)s)")
     args = p.parse_args(argv)
     parsed = []
     for item in args.runs:
@@ -169,6 +261,15 @@ def main(argv=None) -> int:
             p.error(f"{run!r} holds no results.json: give a run's results folder")
         parsed.append((Path(run), Path(weights) if weights else None))
     model, tok = load_smollm2()
+    if args.heldout:
+        if not args.valid.is_file():
+            p.error(f"--valid {str(args.valid)!r}: no such file; give WikiText-2's validation split (../shared/data/corpus)")
+        text = heldout_markdown(heldout(model, tok, parsed, args.heldout, {"WikiText-2 test": None,
+                                                                          "WikiText-2 valid": args.valid}))
+        print(text, flush=True)
+        if args.out:
+            args.out.write_text(text, encoding="utf-8")
+        return 0
     texts = []
     for run, weights in parsed:
         ev = json.loads((run / "results.json").read_text(encoding="utf-8"))["config"]["eval"]

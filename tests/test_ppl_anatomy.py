@@ -96,3 +96,62 @@ def test_each_layers_share_of_the_perplexity_rise(smollm2, tmp_path):
     with pytest.raises(SystemExit, match=r"give ppl .*, the run recorded .* not the run's weights"):
         pa.anatomy(model, ids, run, weights)
     assert torch.equal(w4, before[4])
+
+
+def test_a_runs_perplexity_ratio_on_more_held_out_text(smollm2, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from betaedit_plugin.eval.capability import heldout_token_ids, perplexity
+    from betaedit_plugin.eval.report import ppl_ratio
+
+    pa = results_script("ppl_anatomy")
+    if not pa.VALID_TEXT.is_file():
+        pytest.skip(f"{pa.VALID_TEXT} is absent: WikiText-2's validation split comes from ../shared/data")
+    texts = {"test": None, "valid": pa.VALID_TEXT}
+    model, tok = smollm2
+    w4 = model.model.layers[4].mlp.down_proj.weight
+    before = w4.detach().clone()
+    edited4 = before + before.std() * torch.randn(before.shape, generator=torch.Generator().manual_seed(1))
+    short = heldout_token_ids(tok, 512)
+    assert torch.equal(heldout_token_ids(tok, 1024)[:512], short)  # more text begins with the runs' own
+    unedited = perplexity(model, short, window=256)
+    with torch.no_grad():
+        w4.copy_(edited4)
+    edited = perplexity(model, short, window=256)
+    longer = {name: perplexity(model, heldout_token_ids(tok, 1024, path), window=256) for name, path in texts.items()}
+    with torch.no_grad():
+        w4.copy_(before)
+
+    run = _run(tmp_path, (4,), edited["ppl"])
+    results = json.loads((run / "results.json").read_text())
+    results["evals"][0]["outcomes"] = {"ppl": edited["windows"]}
+    results["evals"].insert(0, {"step": 0, "ppl": unedited["ppl"], "outcomes": {"ppl": unedited["windows"]}})
+    (run / "results.json").write_text(json.dumps(results))
+    weights = tmp_path / "edited.safetensors"
+    save_file({"model.layers.4.mlp.down_proj.weight": edited4}, str(weights))
+    twin = shutil.copytree(run, tmp_path / "twin")  # the same run twice: their ratio is exactly 1
+
+    h = pa.heldout(model, tok, [(run, weights), (twin, weights)], 1024, texts)
+    assert h["steps"] == {"run": 3, "twin": 3} and (h["window"], h["tokens"]) == (256, 1024)
+    assert h["recorded"]["run"] == pytest.approx(ppl_ratio(results["evals"][1], results["evals"][0]), rel=1e-12)
+    for name in texts:
+        got = h["texts"][name]
+        assert len(got["run"]["windows"]) == 4
+        assert got["run"]["ppl"] == pytest.approx(longer[name]["ppl"], rel=1e-6)
+        assert got["unedited"]["ppl"] > 0 and got["run"]["ppl"] > 1.02 * got["unedited"]["ppl"]
+    assert torch.equal(w4, before)
+    test = h["texts"]["test"]
+    ratio = ppl_ratio({"outcomes": {"ppl": test["run"]["windows"]}}, {"outcomes": {"ppl": test["unedited"]["windows"]}})
+    assert ratio[0] == pytest.approx(test["run"]["ppl"] / test["unedited"]["ppl"], rel=1e-9)
+    md = pa.heldout_markdown(h)
+    assert f"| run | 3 | test | {test['unedited']['ppl']:.2f} | {test['run']['ppl']:.2f} | {ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f}) |" in md
+    assert "| run / twin | 1.000 (1.000-1.000) | 1.000 (1.000-1.000) |" in md
+
+    # weights that are not the run's: refused on the runs' own text, the model left as it was
+    results["evals"][1]["ppl"] = edited["ppl"] * 1.1
+    (run / "results.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match=r"run: its edited weights give ppl .* the run recorded .* not the run's weights"):
+        pa.heldout(model, tok, [(run, weights)], 1024, texts)
+    assert torch.equal(w4, before)
