@@ -105,19 +105,25 @@ STEP_COLUMNS = ("efficacy", "generality", "specificity", "ppl", "mmlu_acc", "rel
 
 
 def common_steps_table(runs: Mapping[str, Mapping]) -> str:
-    """Markdown table of every run at each step all of them evaluated (step 0 included), one row per
-    (step, run): runs in progress compared where they are comparable, not each at its own last point.
-    Empty string when there are fewer than two runs or no such step."""
-    steps = _common_steps(runs)
+    """Markdown table of the runs at each step that two or more of them evaluated (step 0 included),
+    one row per (step, run that reached it): runs compared where they are comparable, not each at its
+    own last point, and a run still in progress (an ablation started beside finished runs) leaves the
+    others' later steps in the table. Empty string when no step was evaluated by two runs."""
+    by_step = {label: {p["step"]: p for p in r.get("evals") or [] if "step" in p} for label, r in runs.items()}
+    reached: dict = {}
+    for label, points in by_step.items():
+        for step in points:
+            reached.setdefault(step, []).append(label)
+    steps = sorted(step for step, labels in reached.items() if len(labels) > 1)
     if not steps:
         return ""
-    by_step = {label: {p["step"]: p for p in r.get("evals") or [] if "step" in p} for label, r in runs.items()}
     present = [c for c in TABLE_COLUMNS if c[0] in STEP_COLUMNS
-               and any(c[0] in points[s] for points in by_step.values() for s in steps)]
+               and any(c[0] in by_step[label][s] for s in steps for label in reached[s])]
     lines = ["| edits | method | " + " | ".join(h for _, h, _ in present) + " |", "|" + "---|" * (len(present) + 2)]
-    for step in sorted(steps):
-        for label, points in by_step.items():
-            lines.append(f"| {step} | {label} | " + " | ".join(_fmt(points[step].get(k), f) for k, _, f in present) + " |")
+    for step in steps:
+        for label in reached[step]:
+            lines.append(f"| {step} | {label} | "
+                         + " | ".join(_fmt(by_step[label][step].get(k), f) for k, _, f in present) + " |")
     return "\n".join(lines)
 
 
@@ -398,7 +404,7 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     lines = ["# Comparison", "", "At each run's last evaluation point:", "", comparison_table(runs), ""]
     common = common_steps_table(runs)
     if common:
-        lines += ["## At the steps every run reached", "", common, ""]
+        lines += ["## At the steps two or more runs reached", "", common, ""]
     unedited = unedited_table(runs)
     if unedited:
         lines += ["## Against the unedited model", "", unedited, ""]

@@ -1,5 +1,5 @@
-"""The comparison of runs in progress: each run at its last point, and all of them at the steps
-every one of them reached."""
+"""The comparison of runs in progress: each run at its last point, and the runs at each step two or more
+of them reached."""
 
 from __future__ import annotations
 
@@ -20,22 +20,25 @@ def _rows(table):
     return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
-def test_runs_in_progress_are_compared_at_the_steps_all_reached(tmp_path):
+def test_runs_are_compared_at_every_step_two_or_more_of_them_reached(tmp_path):
     runs = {"memit": _run("memit", [0, 100, 200], 1e-4), "betaedit": _run("betaedit", [0, 100, 200, 300, 400], 2e-4),
             "alphaedit": _run("alphaedit", [0, 100, 300], 3e-4)}
     table = common_steps_table(runs)
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
     assert header == ["edits", "method", "efficacy", "ppl", "rel. leakage", "‖D‖_F"]  # locality_acc is no step column
     rows = _rows(table)
+    # each step with the runs that reached it: one run's slower progress does not hide the others' later steps
     assert [(r[0], r[1]) for r in rows] == [("0", "memit"), ("0", "betaedit"), ("0", "alphaedit"),
-                                            ("100", "memit"), ("100", "betaedit"), ("100", "alphaedit")]
+                                            ("100", "memit"), ("100", "betaedit"), ("100", "alphaedit"),
+                                            ("200", "memit"), ("200", "betaedit"), ("300", "betaedit"), ("300", "alphaedit")]
     assert rows[4] == ["100", "betaedit", "0.900", "32.00", "2.00e-02", "100.000"]
+    assert rows[9] == ["300", "alphaedit", "0.700", "34.00", "9.00e-02", "300.000"]
 
     path = write_comparison(runs, tmp_path)
     text = path.read_text()
-    last, common = text.split("## At the steps every run reached")
+    last, common = text.split("## At the steps two or more runs reached")
     assert "| betaedit | 400 |" in last and "| alphaedit | 300 |" in last and "| memit | 200 |" in last
-    assert "| 100 | alphaedit | 0.900 | 32.00 | 3.00e-02 | 100.000 |" in common and "| 200 |" not in common
+    assert "| 100 | alphaedit | 0.900 | 32.00 | 3.00e-02 | 100.000 |" in common and "| 400 |" not in common  # one run alone
 
 
 def test_no_common_table_for_one_run_or_no_shared_step():
