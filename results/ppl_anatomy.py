@@ -134,6 +134,10 @@ def heldout(model, tok, runs, n_tokens: int, texts: dict) -> dict:
         windows.add(results["config"]["eval"]["ppl_window"])
     if len(windows) != 1:
         raise SystemExit(f"the runs measured perplexity in windows of {sorted(windows)} tokens: compare runs of one kind")
+    scored = max(ev["ppl_tokens"] for *_, ev in loaded)
+    if n_tokens < scored:
+        raise SystemExit(f"--heldout {n_tokens}: fewer tokens than the runs' points scored ({scored}); give more, "
+                         f"e.g. {8 * scored}")
     window = windows.pop()
     mlp = {l: model.model.layers[l].mlp.down_proj for _, _, edited, _, _ in loaded for l in edited}
     base = {l: m.weight.detach().clone() for l, m in mlp.items()}

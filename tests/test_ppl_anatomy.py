@@ -149,6 +149,8 @@ def test_a_runs_perplexity_ratio_on_more_held_out_text(smollm2, tmp_path):
     assert f"| run | 3 | test | {test['unedited']['ppl']:.2f} | {test['run']['ppl']:.2f} | {ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f}) |" in md
     assert "| run / twin | 1.000 (1.000-1.000) | 1.000 (1.000-1.000) |" in md
 
+    with pytest.raises(SystemExit, match=r"--heldout 256: fewer tokens than the runs' points scored \(512\)"):
+        pa.heldout(model, tok, [(run, weights)], 256, texts)
     # weights that are not the run's: refused on the runs' own text, the model left as it was
     results["evals"][1]["ppl"] = edited["ppl"] * 1.1
     (run / "results.json").write_text(json.dumps(results))

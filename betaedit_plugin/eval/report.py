@@ -356,8 +356,8 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
     return "\n".join([
         "Each pair at the last step both runs reached, with 95% intervals: an interval that holds 0 is a difference "
         "these cases cannot show. Paired: the same cases scored in both runs, the mean and standard error of their "
-        "case-by-case differences (a request's several prompts one unit, where it has several); unpaired (points that did not keep each outcome): two independent binomial "
-        "proportions, wider; token locality only paired. The perplexity is a ratio (a / b; 1: no difference), "
+        "case-by-case differences (a request's several prompts one unit, where it has several); unpaired (points "
+        "that did not keep each outcome): two independent binomial proportions, wider; token locality only paired. The perplexity is a ratio (a / b; 1: no difference), "
         "paired over the held-out text's windows (Student's t over the windows; `ppl_ratio`).", "",
         "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | ppl ratio | cases | interval |",
         "|" + "---|" * (len(BY_CASE) + 5), *lines])
