@@ -135,7 +135,7 @@ def test_the_zsre_runs_are_the_headline_runs_on_zsre_in_their_own_folder(campaig
         assert sorted(set(cf) ^ set(zsre)) == sorted([
             "data=counterfact", "data=zsre", f"out_dir=results/smollm2-counterfact-n1000/{method}",
             f"out_dir=results/smollm2-zsre-n1000/{method}", "run_root=results/smollm2-counterfact-n1000",
-            "run_root=results/smollm2-zsre-n1000"])
+            "run_root=results/smollm2-zsre-n1000", "eval.ppl_tokens=16384"])
 
 
 # ---------------------------------------------------------------------------- the end of a stretch: stop
