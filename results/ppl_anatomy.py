@@ -70,6 +70,13 @@ def edited_weights(run: Path, results: dict, weights: Path = None) -> tuple:
     return meta["step"], {l: tensors[f"layers.{l}.w"] for l in layers}
 
 
+def load_weights(mlp: dict, weights: dict) -> None:
+    """Copy ``weights`` ({layer: W}) into the ``mlp`` modules ({layer: down_proj}) of those layers."""
+    with torch.no_grad():
+        for l, w in weights.items():
+            mlp[l].weight.copy_(w)
+
+
 def anatomy(model, ids, run: Path, weights: Path = None, tok=None, stats_dir: Optional[Path] = None) -> dict:
     """One run's perplexities: {"step", "recorded", "edited", "layers": {l: {...}}}.
 
@@ -84,9 +91,7 @@ def anatomy(model, ids, run: Path, weights: Path = None, tok=None, stats_dir: Op
     base = {l: m.weight.detach().clone() for l, m in mlp.items()}
 
     def put(with_layers) -> None:
-        with torch.no_grad():
-            for l, m in mlp.items():
-                m.weight.copy_(edited[l] if l in with_layers else base[l])
+        load_weights(mlp, {l: edited[l] if l in with_layers else base[l] for l in mlp})
 
     def ppl(with_layers) -> float:
         put(with_layers)
@@ -149,14 +154,10 @@ def heldout(model, tok, runs, n_tokens: int, texts: dict) -> dict:
         rows = {"unedited": perplexity(model, ids, window=window)}
         for name, step, edited, points, ev in loaded:
             try:
-                with torch.no_grad():
-                    for l, w in edited.items():
-                        mlp[l].weight.copy_(w)
+                load_weights(mlp, edited)
                 rows[name] = perplexity(model, ids, window=window)
             finally:  # the model as it was loaded, whatever happened
-                with torch.no_grad():
-                    for l, m in mlp.items():
-                        m.weight.copy_(base[l])
+                load_weights(mlp, base)
             first = rows[name]["windows"][:ev["ppl_tokens"] // window]  # the tokens the run's points scored
             again = math.exp(sum(x for x, _ in first) / sum(n for _, n in first))
             recorded = points[step].get("ppl")
