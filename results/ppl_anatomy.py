@@ -26,7 +26,10 @@ points score (2,048 tokens: 8 windows): the unedited and each edited model on th
 WikiText-2 test (whose first windows must reproduce the run's recorded ones) and of its validation
 split (another text, from ../shared/data), each run's ratio to the unedited model and to every other
 run paired over the windows (`ppl_ratio`: Student's t; consecutive windows of one article are not
-independent, so the intervals lean narrow).
+independent, so the intervals lean narrow). With ``--out FILE.md`` it also writes ``FILE.json``, every
+window's NLL, so that runs measured on another day (whose weights that machine no longer has) are paired
+with new ones: ``--with FILE.json`` adds them, once the unedited model's windows show the same model on
+the same text (without runs, it only joins the files' tables).
 """
 
 from __future__ import annotations
@@ -131,11 +134,11 @@ def heldout(model, tok, runs, n_tokens: int, texts: dict) -> dict:
     from betaedit_plugin.eval.report import ppl_ratio
 
     loaded, windows = [], set()
-    for run, weights in runs:
+    for (run, weights), name in zip(runs, run_labels([run for run, _ in runs])):
         results = json.loads((run / "results.json").read_text(encoding="utf-8"))
         step, edited = edited_weights(run, results, weights)
         points = {p["step"]: p for p in results["evals"]}
-        loaded.append((run.name, step, edited, points, results["config"]["eval"]))
+        loaded.append((name, step, edited, points, results["config"]["eval"]))
         windows.add(results["config"]["eval"]["ppl_window"])
     if len(windows) != 1:
         raise SystemExit(f"the runs measured perplexity in windows of {sorted(windows)} tokens: compare runs of one kind")
@@ -165,6 +168,42 @@ def heldout(model, tok, runs, n_tokens: int, texts: dict) -> dict:
                 raise SystemExit(f"{name}: its edited weights give ppl {again:.4f} on the first {ev['ppl_tokens']} tokens, "
                                  f"the run recorded {recorded:.4f} at step {step}: not the run's weights or not its text")
         out["texts"][text] = rows
+    return out
+
+
+def run_labels(runs: list) -> list:
+    """Each run folder's name in the tables: its own name, or parent/name where two runs share one
+    (the same method in two phases, e.g. .../smollm2-counterfact-n1000/betaedit and .../smollm2-zsre-n1000/betaedit)."""
+    names = [Path(r).name for r in runs]
+    return [f"{Path(r).parent.name}/{n}" if names.count(n) > 1 else n for r, n in zip(runs, names)]
+
+
+def merge_heldout(h: dict, earlier: dict, source: str = "the earlier measurement") -> dict:
+    """``h`` (a `heldout` result) with the runs of ``earlier`` (another, e.g. read back from the JSON
+    that ``--out`` writes) added, so that each pair is compared over the same windows.
+
+    Raises:
+        SystemExit: the two differ in window, tokens or texts, the unedited model's windows differ
+            (not the same model, or not the same text: each window's NLL must agree within
+            `REPRODUCED_REL`), or a run is in both.
+    """
+    for key in ("window", "tokens"):
+        if h[key] != earlier[key]:
+            raise SystemExit(f"{source}: {key} {earlier[key]}, here {h[key]}: measure with the same --heldout and windows")
+    if set(h["texts"]) != set(earlier["texts"]):
+        raise SystemExit(f"{source}: texts {sorted(earlier['texts'])}, here {sorted(h['texts'])}")
+    for text, rows in earlier["texts"].items():
+        mine, theirs = h["texts"][text]["unedited"]["windows"], rows["unedited"]["windows"]
+        for i, (a, b) in enumerate(zip(mine, theirs)):
+            if a[1] != b[1] or abs(a[0] - b[0]) > REPRODUCED_REL * abs(a[0]):
+                raise SystemExit(f"{source}: the unedited model's window {i} of {text} has NLL {b[0]:.6f} over {b[1]} "
+                                 f"tokens, here {a[0]:.6f} over {a[1]}: not the same model or not the same text")
+    both = sorted(set(h["steps"]) & set(earlier["steps"]))
+    if both:
+        raise SystemExit(f"{source}: {', '.join(both)} measured there and here; give each run once")
+    out = {**h, "steps": {**h["steps"], **earlier["steps"]}, "recorded": {**h["recorded"], **earlier["recorded"]}}
+    out["texts"] = {text: {**rows, **{n: r for n, r in earlier["texts"][text].items() if n != "unedited"}}
+                    for text, rows in h["texts"].items()}
     return out
 
 
@@ -249,8 +288,9 @@ def markdown(label: str, a: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR=EDITED.safetensors (a replay --save of it)")
-    p.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    p.add_argument("runs", nargs="*", help="RUN_DIR or RUN_DIR=EDITED.safetensors (a replay --save of it)")
+    p.add_argument("--out", type=Path, help="also write the tables to this markdown file (--heldout: and every window "
+                                            "to the same name with .json)")
     p.add_argument("--key-drift", action="store_true",
                    help="also collect the edited model's keys on the run's corpus (its mom2_* settings: about as long as "
                         "collecting C0) and show how far they moved and the leakage they see")
@@ -258,23 +298,45 @@ def main(argv=None) -> int:
                    help="instead of the anatomy: each run's perplexity ratio on the first N tokens of WikiText-2 test and "
                         "validation (e.g. 16384: 64 windows), against the unedited model and each other run")
     p.add_argument("--valid", type=Path, default=VALID_TEXT, help="the second text of --heldout (default: %(default)s)")
+    p.add_argument("--with", dest="earlier", type=Path, action="append", default=[], metavar="FILE.json",
+                   help="--heldout: add the runs of an earlier measurement (the .json its --out wrote), paired with "
+                        "these; without runs, only join the files' tables")
     args = p.parse_args(argv)
+    if not args.runs and not args.earlier:
+        p.error("give one or more runs (or, with --heldout, --with FILE.json)")
+    if args.earlier and not args.heldout:
+        p.error("--with joins --heldout measurements: give --heldout N as well")
+    if args.out and args.out.suffix == ".json":
+        p.error(f"--out {str(args.out)!r}: give the markdown file (FILE.md); --heldout writes FILE.json beside it")
+    for f in args.earlier:
+        if not f.is_file():
+            p.error(f"--with {str(f)!r}: no such file; give the .json that --heldout --out FILE.md wrote")
     parsed = []
     for item in args.runs:
         run, _, weights = item.partition("=")
         if not (Path(run) / "results.json").is_file():
             p.error(f"{run!r} holds no results.json: give a run's results folder")
         parsed.append((Path(run), Path(weights) if weights else None))
-    model, tok = load_smollm2()
     if args.heldout:
-        if not args.valid.is_file():
-            p.error(f"--valid {str(args.valid)!r}: no such file; give WikiText-2's validation split (../shared/data/corpus)")
-        text = heldout_markdown(heldout(model, tok, parsed, args.heldout, {"WikiText-2 test": None,
-                                                                          "WikiText-2 valid": args.valid}))
+        earlier = [(str(f), json.loads(f.read_text(encoding="utf-8"))) for f in args.earlier]
+        if parsed:
+            if not args.valid.is_file():
+                p.error(f"--valid {str(args.valid)!r}: no such file; give WikiText-2's validation split (../shared/data/corpus)")
+            model, tok = load_smollm2()
+            h = heldout(model, tok, parsed, args.heldout, {"WikiText-2 test": None, "WikiText-2 valid": args.valid})
+        else:
+            (first, h), earlier = earlier[0], earlier[1:]
+            if h["tokens"] != args.heldout:
+                p.error(f"--heldout {args.heldout}: {first} measured {h['tokens']} tokens; give --heldout {h['tokens']}")
+        for source, e in earlier:
+            h = merge_heldout(h, e, source)
+        text = heldout_markdown(h)
         print(text, flush=True)
         if args.out:
             args.out.write_text(text, encoding="utf-8")
+            args.out.with_suffix(".json").write_text(json.dumps(h, indent=1) + "\n", encoding="utf-8")
         return 0
+    model, tok = load_smollm2()
     texts = []
     for run, weights in parsed:
         ev = json.loads((run / "results.json").read_text(encoding="utf-8"))["config"]["eval"]

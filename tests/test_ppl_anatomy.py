@@ -149,6 +149,30 @@ def test_a_runs_perplexity_ratio_on_more_held_out_text(smollm2, tmp_path):
     assert f"| run | 3 | test | {test['unedited']['ppl']:.2f} | {test['run']['ppl']:.2f} | {ratio[0]:.3f} ({ratio[1]:.3f}-{ratio[2]:.3f}) |" in md
     assert "| run / twin | 1.000 (1.000-1.000) | 1.000 (1.000-1.000) |" in md
 
+    # measured on two days: each run alone, then paired through the files --out writes, as if measured together
+    alone = {r.name: pa.heldout(model, tok, [(r, weights)], 1024, texts) for r in (run, twin)}
+    assert pa.heldout_markdown(pa.merge_heldout(alone["run"], alone["twin"])) == md
+    files = {}
+    for name, h1 in alone.items():
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(h1))
+    out = tmp_path / "joined.md"
+    assert pa.main(["--heldout", "1024", "--with", str(files["run"]), "--with", str(files["twin"]), "--out", str(out)]) == 0
+    assert out.read_text() == md and json.loads(out.with_suffix(".json").read_text())["steps"] == {"run": 3, "twin": 3}
+    with pytest.raises(SystemExit, match=r"run measured there and here; give each run once"):
+        pa.merge_heldout(alone["run"], json.loads(files["run"].read_text()))
+    other = json.loads(files["twin"].read_text())
+    other["texts"]["valid"]["unedited"]["windows"][2][0] *= 1.01  # another model or another text
+    with pytest.raises(SystemExit, match=r"unedited model's window 2 of valid has NLL .* not the same model or not the same text"):
+        pa.merge_heldout(alone["run"], other)
+    other = json.loads(files["twin"].read_text())
+    other["tokens"] = 2048
+    with pytest.raises(SystemExit, match=r"tokens 2048, here 1024"):
+        pa.merge_heldout(alone["run"], other)
+    with pytest.raises(SystemExit):  # argparse: --with joins --heldout measurements
+        pa.main(["--with", str(files["run"])])
+    assert pa.run_labels([tmp_path / "a" / "run", tmp_path / "b" / "run", twin]) == ["a/run", "b/run", "twin"]
+
     with pytest.raises(SystemExit, match=r"--heldout 256: fewer tokens than the runs' points scored \(512\)"):
         pa.heldout(model, tok, [(run, weights)], 256, texts)
     # weights that are not the run's: refused on the runs' own text, the model left as it was
