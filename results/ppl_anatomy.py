@@ -319,15 +319,16 @@ def main(argv=None) -> int:
         parsed.append((Path(run), Path(weights) if weights else None))
     if args.heldout:
         earlier = [(str(f), json.loads(f.read_text(encoding="utf-8"))) for f in args.earlier]
+        for source, e in earlier:  # before minutes of measuring: the mistake most likely made
+            if e["tokens"] != args.heldout:
+                p.error(f"--heldout {args.heldout}: {source} measured {e['tokens']} tokens; give --heldout {e['tokens']}")
         if parsed:
             if not args.valid.is_file():
                 p.error(f"--valid {str(args.valid)!r}: no such file; give WikiText-2's validation split (../shared/data/corpus)")
             model, tok = load_smollm2()
             h = heldout(model, tok, parsed, args.heldout, {"WikiText-2 test": None, "WikiText-2 valid": args.valid})
         else:
-            (first, h), earlier = earlier[0], earlier[1:]
-            if h["tokens"] != args.heldout:
-                p.error(f"--heldout {args.heldout}: {first} measured {h['tokens']} tokens; give --heldout {h['tokens']}")
+            (_, h), earlier = earlier[0], earlier[1:]
         for source, e in earlier:
             h = merge_heldout(h, e, source)
         text = heldout_markdown(h)
