@@ -351,7 +351,8 @@ def _ended(pid: int) -> bool:
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
-    """Edits journaled, and the status in results.json."""
+    """Edits journaled, and the status in results.json: "running" only while the run's pid file names a live
+    process here, since a killed run, or one whose results.json was committed mid-run elsewhere, left it so."""
     from betaedit_plugin.runner.journal import Journal, JournalError
 
     path = ROOT / out_dir
@@ -373,8 +374,14 @@ def progress(out_dir: str, target: int = 1000) -> str:
         if seconds and done < target:  # computed (not replayed) edits on the machine that wrote them: a plan, not a benchmark
             median = seconds[len(seconds) // 2]
             pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {(target - done) * median / 3600:.1f} h to go"
-    alive = (path / ".betaedit-run.pid").is_file()
-    return f"{done}/{target} journaled, results {status}{pace}" + (" (pid file present: may be running)" if alive else "")
+    from betaedit_plugin._fileio import read_pid
+    from betaedit_plugin.runner.paths import RUN_PID
+
+    pid = read_pid(path / RUN_PID)
+    live = pid is not None and not _ended(pid)
+    if status == "running" and not live:  # a killed run, or results.json committed mid-run on another machine
+        status = "interrupted (no live run here; resume=true continues it from its journal)"
+    return f"{done}/{target} journaled, results {status}{pace}" + (f" (live: pid {pid})" if live else "")
 
 
 def main(argv) -> int:

@@ -3,6 +3,8 @@ how far, and when a run is left out), with the runs themselves replaced by a rec
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from support.runs import results_script
@@ -245,3 +247,29 @@ def test_each_fixed_as_seq_run_has_a_screening_twin_with_its_settings_and_bank(c
                           if o.startswith(("method=", "hparams.", "targets=", "data=", "model=", "num_edits=")))
 
         assert edits(twin) == edits(f"fixed-{method}")
+
+
+def test_status_says_running_only_while_the_runs_pid_names_a_live_process(campaign, monkeypatch, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from betaedit_plugin.runner.journal import Journal
+
+    monkeypatch.setattr(campaign, "ROOT", tmp_path)
+    monkeypatch.setattr(campaign, "journaled", lambda out_dir: 337)
+    monkeypatch.setattr(Journal, "exists", staticmethod(lambda path: True))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"status": "running", "edits": []}))
+    # no pid file: results.json was committed mid-run on another machine, or its run was killed
+    assert campaign.progress("run") == "337/1000 journaled, results interrupted (no live run here; resume=true continues it from its journal)"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run / ".betaedit-run.pid").write_text(f"{gone.pid}\n")  # left by a run killed with SIGKILL
+    assert "results interrupted" in campaign.progress("run")
+    (run / ".betaedit-run.pid").write_text(f"{os.getpid()}\n")
+    assert campaign.progress("run") == f"337/1000 journaled, results running (live: pid {os.getpid()})"
+    (run / "results.json").write_text(json.dumps({"status": "stopped", "edits": []}))
+    (run / ".betaedit-run.pid").unlink()
+    assert campaign.progress("run") == "337/1000 journaled, results stopped"
