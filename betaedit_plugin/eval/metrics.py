@@ -77,16 +77,17 @@ def edit_metrics(
         mean log-probability margins ``efficacy_margin`` (log P(new) - log P(true) on the prompt)
         and ``specificity_margin`` (log P(true) - log P(new) on the neighbourhood); and ``outcomes``:
         for each of efficacy, generality and specificity, every comparison's result as a string of
-        "1" (won) and "0" in the order of ``requests`` (then of their prompts), and with
-        ``locality_ref`` for ``locality_acc`` each neighbourhood prompt's tokens as "1" (the argmax
-        agrees with the unedited model's) and "0", prompts separated by a space (`locality_scores`
-        reads them back): what a paired comparison of two models on the same requests needs
-        (`betaedit_plugin.eval.report`). Where a request adds more than one comparison to a metric
-        (MEMIT's CounterFact: 2 paraphrases, 10 neighbourhood prompts), ``outcomes["groups"][metric]``
-        says how many each request added ("2 2 0 ...", space-separated, in the order of ``requests``):
-        the comparisons of one request are not independent, and the paired intervals treat each
-        request as one cluster (`betaedit_plugin.eval.report.mean_and_se`); absent where each request
-        added at most one.
+        "1" (won) and "0" in the order of ``requests`` (then of their prompts); for ``rewrite_acc``
+        and ``rephrase_acc`` each prompt's target tokens as "1" (the argmax is the target token)
+        and "0", and with ``locality_ref`` for ``locality_acc`` each neighbourhood prompt's tokens
+        as "1" (the argmax agrees with the unedited model's) and "0", prompts separated by a space
+        (`token_scores` reads them back): what a paired comparison of two models on the same
+        requests needs (`betaedit_plugin.eval.report`). Where a request adds more than one
+        comparison to a metric (MEMIT's CounterFact: 2 paraphrases, 10 neighbourhood prompts),
+        ``outcomes["groups"][metric]`` says how many each request added ("2 2 0 ...", space-separated,
+        in the order of ``requests``): the comparisons of one request are not independent, and the
+        paired intervals treat each request as one cluster (`betaedit_plugin.eval.report.mean_and_se`);
+        absent where each request added at most one.
     """
     jobs: list = []  # (kind, request index, prompt, target)
     for i, req in enumerate(requests):
@@ -106,20 +107,26 @@ def edit_metrics(
     scores = score_targets(model, tok, [j[2] for j in jobs], [j[3] for j in jobs], batch_size=batch_size)
     table = {(kind, i): s for (kind, i, _, _), s in zip(jobs, scores)}
 
-    eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc, loc_tokens = [], [], [], [], [], [], [], []
-    per_request: dict = {"generality": [], "specificity": [], "locality_acc": []}  # comparisons each request adds
+    eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc = [], [], [], [], [], [], []
+    rw_tokens, rp_tokens, loc_tokens = [], [], []
+    # comparisons (prompts) each request adds to a metric
+    per_request: dict = {"generality": [], "specificity": [], "rephrase_acc": [], "locality_acc": []}
     for i, req in enumerate(requests):
-        before = {"generality": len(gen), "specificity": len(spec), "locality_acc": len(loc_tokens)}
+        before = {"generality": len(gen), "specificity": len(spec), "rephrase_acc": len(rp_tokens),
+                  "locality_acc": len(loc_tokens)}
         new = table[("new", i)]
         rw_acc.append(new.token_accuracy)
+        rw_tokens.append(_hits(new.argmax, new.target_ids))
         if ("true", i) in table:
             margin = new.mean_logprob - table[("true", i)].mean_logprob
             eff.append(float(margin > 0))
             eff_margin.append(margin)
         for j in range(len(req.rephrase_prompts)):
-            rp_acc.append(table[(f"rp_new{j}", i)].token_accuracy)
+            rephrased = table[(f"rp_new{j}", i)]
+            rp_acc.append(rephrased.token_accuracy)
+            rp_tokens.append(_hits(rephrased.argmax, rephrased.target_ids))
             if (f"rp_true{j}", i) in table:
-                gen.append(float(table[(f"rp_new{j}", i)].mean_logprob > table[(f"rp_true{j}", i)].mean_logprob))
+                gen.append(float(rephrased.mean_logprob > table[(f"rp_true{j}", i)].mean_logprob))
         refs = locality_ref[i] if locality_ref is not None and i < len(locality_ref) else None
         k = 0
         for j in range(len(req.locality_prompts)):
@@ -133,11 +140,13 @@ def edit_metrics(
                 agree = [a == b for a, b in zip(true.argmax, ref)] + [False] * max(len(ref) - len(true.argmax), 0)
                 loc_tokens.append("".join("1" if a else "0" for a in agree))
             k += 1
-        for metric, values in (("generality", gen), ("specificity", spec), ("locality_acc", loc_tokens)):
+        for metric, values in (("generality", gen), ("specificity", spec), ("rephrase_acc", rp_tokens),
+                               ("locality_acc", loc_tokens)):
             per_request[metric].append(len(values) - before[metric])
     out = {
-        "outcomes": {name: "".join("1" if v else "0" for v in values)
-                     for name, values in (("efficacy", eff), ("generality", gen), ("specificity", spec))},
+        "outcomes": {**{name: "".join("1" if v else "0" for v in values)
+                        for name, values in (("efficacy", eff), ("generality", gen), ("specificity", spec))},
+                     "rewrite_acc": " ".join(rw_tokens), "rephrase_acc": " ".join(rp_tokens)},
         "efficacy": _mean(eff),
         "generality": _mean(gen),
         "specificity": _mean(spec),
@@ -156,13 +165,19 @@ def edit_metrics(
     return out
 
 
+def _hits(argmax: Sequence[int], target_ids: Sequence[int]) -> str:
+    """A prompt's target positions as "1" where the argmax is the target token, else "0"."""
+    return "".join("1" if a == t else "0" for a, t in zip(argmax, target_ids))
+
+
 def _agreement(tokens: str) -> float:
     return tokens.count("1") / max(len(tokens), 1)
 
 
-def locality_scores(tokens: str) -> list:
-    """Each neighbourhood prompt's token agreement (the share of "1"; 0 for a prompt without tokens)
-    from ``outcomes["locality_acc"]`` (`edit_metrics`): the values ``locality_acc`` is the mean of."""
+def token_scores(tokens: str) -> list:
+    """Each prompt's share of "1" tokens (0 for a prompt without tokens) from a token metric's
+    ``outcomes`` (`edit_metrics`: ``rewrite_acc``, ``rephrase_acc``, ``locality_acc``): the values
+    the metric is the mean of."""
     return [_agreement(t) for t in tokens.split(" ")] if tokens else []
 
 

@@ -137,12 +137,13 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping]], out_dir: Path) -> list:
 
 #: the panels of `plot_differences`: (metric key, title)
 DIFFERENCE_PANELS = (("efficacy", "efficacy"), ("generality", "generality"), ("specificity", "specificity"),
+                     ("rewrite_acc", "rewrite token accuracy"), ("rephrase_acc", "rephrase token accuracy"),
                      ("locality_acc", "token locality"), ("ppl", "perplexity: log(a / b)"))
 
 
 def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_dir: Path) -> list:
-    """``differences.png``: one panel per metric of `DIFFERENCE_PANELS`, one line per pair with its 95%
-    band, and the zero line (a band across it is a difference these cases cannot show).
+    """``differences.png``: one panel per metric of `DIFFERENCE_PANELS` that some pair has, one line per
+    pair with its 95% band, and the zero line (a band across it is a difference these cases cannot show).
 
     Args:
         series: ``"a minus b"`` -> metric -> [(step, difference, half-width)], as
@@ -161,10 +162,12 @@ def plot_differences(series: Mapping[str, Mapping[str, Sequence[tuple]]], out_di
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7), sharex=True)
-    for ax in axes.flat[len(DIFFERENCE_PANELS):]:
+    panels = [(m, title) for m, title in DIFFERENCE_PANELS if any(by_metric.get(m) for by_metric in series.values())]
+    columns = (len(panels) + 1) // 2
+    fig, axes = plt.subplots(2, columns, figsize=(14 / 3 * columns, 7), sharex=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    for ax, (metric, title) in zip(axes.flat, DIFFERENCE_PANELS):
+    for ax, (metric, title) in zip(axes.flat, panels):
         for index, (pair, by_metric) in enumerate(series.items()):
             points = sorted(by_metric.get(metric, ()))
             if not points:

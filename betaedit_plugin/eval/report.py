@@ -130,9 +130,11 @@ def common_steps_table(runs: Mapping[str, Mapping]) -> str:
 #: metrics that are proportions of won comparisons: a point keeps each comparison's outcome
 #: (``outcomes``, `betaedit_plugin.eval.metrics.edit_metrics`), so their differences get intervals
 PROPORTIONS = ("efficacy", "generality", "specificity")
-#: ... and token locality, a mean of each neighbourhood prompt's share of agreeing tokens: its
-#: differences get an interval only where both points kept every prompt's tokens (paired)
-BY_CASE = (*PROPORTIONS, "locality_acc")
+#: metrics that are means of each prompt's share of tokens: the token accuracies (the argmax is the target
+#: token) and token locality (it agrees with the unedited model's); their differences get an interval only
+#: where both points kept every prompt's tokens (paired)
+TOKEN_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc")
+BY_CASE = (*PROPORTIONS, *TOKEN_METRICS)
 _HEADER = {key: header for key, header, _ in TABLE_COLUMNS}
 Z95 = NormalDist().inv_cdf(0.975)  # 1.96: the two-sided 95% interval of a normal estimate
 
@@ -197,10 +199,10 @@ def case_values(point: Mapping, metric: str) -> Optional[list]:
     kept = (point.get("outcomes") or {}).get(metric)
     if not kept:
         return None
-    if metric == "locality_acc":
-        from .metrics import locality_scores  # here: the tables need no torch until a point kept its tokens
+    if metric in TOKEN_METRICS:
+        from .metrics import token_scores  # here: the tables need no torch until a point kept its tokens
 
-        return locality_scores(kept)
+        return token_scores(kept)
     return [int(c) for c in kept]
 
 
@@ -254,7 +256,7 @@ def proportion_difference(a: Mapping, b: Mapping, metric: str) -> Optional[tuple
     cluster-robust one with each request a unit; n then counts requests).
     Otherwise, for the `PROPORTIONS`, as two independent binomial proportions of ``n_scored``
     comparisons each: sqrt(p_a(1 - p_a)/n_a + p_b(1 - p_b)/n_b), wider than the paired one where the
-    cases are shared; ``locality_acc`` (not a proportion) has no unpaired interval.
+    cases are shared; the `TOKEN_METRICS` (no proportions) have no unpaired interval.
 
     Returns:
         (difference, half-width, "paired" or "unpaired", n), or None when a point lacks the metric.
@@ -357,8 +359,10 @@ def differences_table(runs: Mapping[str, Mapping], reference: Optional[str] = No
         "Each pair at the last step both runs reached, with 95% intervals: an interval that holds 0 is a difference "
         "these cases cannot show. Paired: the same cases scored in both runs, the mean and standard error of their "
         "case-by-case differences (a request's several prompts one unit, where it has several); unpaired (points "
-        "that did not keep each outcome): two independent binomial proportions, wider; token locality only paired. The perplexity is a ratio (a / b; 1: no difference), "
-        "paired over the held-out text's windows (Student's t over the windows; `ppl_ratio`).", "",
+        "that did not keep each outcome): two independent binomial proportions, wider; the token accuracies and "
+        "token locality only paired (points written before they kept their tokens show none). The perplexity is a "
+        "ratio (a / b; 1: no difference), paired over the held-out text's windows (Student's t over the windows; "
+        "`ppl_ratio`).", "",
         "| difference | edits | " + " | ".join(_HEADER[m] for m in BY_CASE) + " | ppl ratio | cases | interval |",
         "|" + "---|" * (len(BY_CASE) + 5), *lines])
 

@@ -46,7 +46,7 @@ from .results import RunResults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["replay_run", "metric_differences", "save_weights", "amend_point"]
+__all__ = ["replay_run", "metric_differences", "save_weights", "amend_point", "add_outcomes"]
 
 #: metrics compared between the recorded and the replayed final point (those that exist in both)
 COMPARED = ("efficacy", "generality", "specificity", "rewrite_acc", "rephrase_acc", "locality_acc",
@@ -242,15 +242,28 @@ def amend_point(src, replayed: Dict[str, Any]) -> list:
             if diff > _REPRODUCED.get(key, _REPRODUCED_REL * max(a, 1e-12)):
                 raise ConfigError(f"replay --amend: {key} at step {step} not reproduced (recorded {point[key]!r}, "
                                   f"re-scored {replayed[key]!r}); nothing written")
-        kept = point.setdefault("outcomes", {})
-        added = [k for k in (replayed.get("outcomes") or {}) if k not in kept]
-        kept.update({k: replayed["outcomes"][k] for k in added})
+        added = add_outcomes(point.setdefault("outcomes", {}), replayed.get("outcomes") or {})
         if added and digest is None:  # a point from before the digest: the same sample (n_scored and every
             point["scored_cases"] = replayed["scored_cases"]  # metric reproduced) gains it, to pair with others
             added.append("scored_cases")
         if added:
             atomic_write_text(src / "results.json", results.dumps())
             logger.info("added %s to the point at step %d of %s", ", ".join(added), step, src / "results.json")
+    return added
+
+
+def add_outcomes(kept: Dict[str, Any], new: Dict[str, Any]) -> list:
+    """Add to a point's ``kept`` outcomes each of ``new`` (a re-scoring on the same cases) it lacks, and
+    ``groups`` (how many comparisons each request added) for every kept metric whose groups it lacks:
+    a metric added later, or a point written before its groups were kept. Returns the keys added
+    ("groups" where any group was)."""
+    added = [k for k in new if k not in kept and k != "groups"]
+    kept.update({k: new[k] for k in added})
+    have = kept.get("groups") or {}
+    groups = {m: g for m, g in (new.get("groups") or {}).items() if m in kept and m not in have}
+    if groups:
+        kept["groups"] = {**have, **groups}
+        added.append("groups")
     return added
 
 

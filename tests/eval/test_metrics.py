@@ -15,7 +15,7 @@ from betaedit_plugin.eval.metrics import (
     edit_metrics,
     layer_diagnostics,
     locality_reference,
-    locality_scores,
+    token_scores,
     ngram_entropy,
     weight_diagnostics,
 )
@@ -85,32 +85,42 @@ def test_edit_metrics_are_the_probability_comparisons(llama):
     own = [dataclasses.replace(r, target_new=w) for r in pool if (w := _predicted_word(model, tok, r.prompt))]
     reqs = pool[:2] + own[:2]
     out = edit_metrics(model, tok, reqs, locality_ref=locality_reference(model, tok, reqs), batch_size=5)
-    eff, gen, spec, rw, rp = [], [], [], [], []
+    eff, gen, spec, rw, rp, rw_hits, rp_hits = [], [], [], [], [], [], []
     for r in reqs:
         def mean(p, t):
             total, _ = _hand_logprobs(model, tok, p, t)
             return total / len(encode_pair(tok, p, t)[1])
 
-        def token_acc(p, t):
+        def hits(p, t):  # each target token: "1" where the float64 argmax is that token
             target = encode_pair(tok, p, t)[1]
-            return sum(a == b for a, b in zip(_hand_logprobs(model, tok, p, t)[1], target)) / len(target)
+            return "".join("1" if a == b else "0" for a, b in zip(_hand_logprobs(model, tok, p, t)[1], target))
+
+        def token_acc(p, t):
+            return hits(p, t).count("1") / len(hits(p, t))
 
         eff.append(mean(r.prompt, r.target_new) > mean(r.prompt, r.ground_truth))
         gen.append(mean(r.rephrase_prompts[0], r.target_new) > mean(r.rephrase_prompts[0], r.ground_truth))
         spec.append(mean(r.locality_prompts[0], r.locality_ground_truth[0]) > mean(r.locality_prompts[0], r.target_new))
         rw.append(token_acc(r.prompt, r.target_new))
         rp.extend(token_acc(p, r.target_new) for p in r.rephrase_prompts)
+        rw_hits.append(hits(r.prompt, r.target_new))
+        rp_hits.extend(hits(p, r.target_new) for p in r.rephrase_prompts)
     assert out["efficacy"] == pytest.approx(sum(eff) / len(reqs))
     assert out["generality"] == pytest.approx(sum(gen) / len(reqs))
     assert out["specificity"] == pytest.approx(sum(spec) / len(reqs))
     ref_lengths = [len(ref) for refs in locality_reference(model, tok, reqs) for ref in refs]
     assert out["outcomes"] == {"efficacy": "".join(str(int(v)) for v in eff), "generality": "".join(str(int(v)) for v in gen),
                                "specificity": "".join(str(int(v)) for v in spec),  # one comparison each, in order
+                               # each prompt's target tokens, prompts apart: what pairs two runs' token accuracies
+                               "rewrite_acc": " ".join(rw_hits), "rephrase_acc": " ".join(rp_hits),
                                "locality_acc": " ".join("1" * n for n in ref_lengths)}  # every token agrees:
     assert out["locality_acc"] == 1.0  # the model has not changed since the reference
     assert 0 < sum(rw) + sum(rp), "a check that cannot tell a right metric from one stuck at 0"
     assert out["rewrite_acc"] == pytest.approx(sum(rw) / len(rw))
     assert out["rephrase_acc"] == pytest.approx(sum(rp) / len(rp))
+    # the accuracies are exactly the means of the kept tokens' shares (what the paired differences read)
+    for metric in ("rewrite_acc", "rephrase_acc", "locality_acc"):
+        assert out[metric] == sum(token_scores(out["outcomes"][metric])) / len(token_scores(out["outcomes"][metric]))
 
 
 def test_a_request_with_several_prompts_says_how_many_comparisons_it_added(llama):
@@ -128,15 +138,18 @@ def test_a_request_with_several_prompts_says_how_many_comparisons_it_added(llama
     reqs = [memit_counterfact_request(r, i, "memit-format") for i, r in enumerate(records)]
     ref = locality_reference(model, tok, reqs)
     out = edit_metrics(model, tok, reqs, locality_ref=ref)
-    assert out["outcomes"]["groups"] == {"generality": "2 1 1", "specificity": "3 1 3", "locality_acc": "3 1 3"}
+    assert out["outcomes"]["groups"] == {"generality": "2 1 1", "specificity": "3 1 3", "rephrase_acc": "2 1 1",
+                                         "locality_acc": "3 1 3"}
     # the comparisons in request order: the same as scoring each request alone, one after another
     alone = [edit_metrics(model, tok, [r], locality_ref=[x])["outcomes"] for r, x in zip(reqs, ref)]
     for metric in ("efficacy", "generality", "specificity"):
         assert out["outcomes"][metric] == "".join(o[metric] for o in alone)
-    assert out["outcomes"]["locality_acc"] == " ".join(o["locality_acc"] for o in alone)
-    assert "groups" not in alone[1] and alone[0]["groups"] == {"generality": "2", "specificity": "3", "locality_acc": "3"}
+    for metric in ("rewrite_acc", "rephrase_acc", "locality_acc"):
+        assert out["outcomes"][metric] == " ".join(o[metric] for o in alone)
+    assert "groups" not in alone[1] and alone[0]["groups"] == {"generality": "2", "specificity": "3", "rephrase_acc": "2",
+                                                               "locality_acc": "3"}
     no_reference = edit_metrics(model, tok, reqs)["outcomes"]  # no token locality without the reference
-    assert no_reference["groups"] == {"generality": "2 1 1", "specificity": "3 1 3"}
+    assert no_reference["groups"] == {"generality": "2 1 1", "specificity": "3 1 3", "rephrase_acc": "2 1 1"}
 
 
 def test_locality_acc_drops_when_the_model_changes(llama):
@@ -153,9 +166,9 @@ def test_locality_acc_drops_when_the_model_changes(llama):
             argmax = _hand_logprobs(other, tok, prompt, answer)[1]
             hand.append("".join("1" if a == b else "0" for a, b in zip(argmax, tokens)))
     assert out["outcomes"]["locality_acc"] == " ".join(hand) and "0" in " ".join(hand)
-    assert locality_scores(out["outcomes"]["locality_acc"]) == [h.count("1") / len(h) for h in hand]
+    assert token_scores(out["outcomes"]["locality_acc"]) == [h.count("1") / len(h) for h in hand]
     assert out["locality_acc"] == pytest.approx(sum(h.count("1") / len(h) for h in hand) / len(hand), rel=1e-12)
-    assert locality_scores("") == [] and locality_scores("10 1 ") == [0.5, 1.0, 0.0]  # a prompt without tokens: 0
+    assert token_scores("") == [] and token_scores("10 1 ") == [0.5, 1.0, 0.0]  # a prompt without tokens: 0
 
 
 def test_ngram_entropy_by_hand():

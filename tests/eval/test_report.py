@@ -99,10 +99,41 @@ def test_token_locality_differences_are_paired_over_each_prompts_share_of_agreei
     assert proportion_difference(a, _point(100, b["outcomes"], cases="xyz"), "locality_acc") is None
     assert proportion_difference(a, _point(100, {"efficacy": "101"}), "locality_acc") is None
     table = differences_table({"alphaedit": {"evals": [b]}, "betaedit": {"evals": [a]}})
-    assert "| difference | edits | efficacy | generality | specificity | locality acc | ppl ratio | cases | interval |" in table
+    assert ("| difference | edits | efficacy | generality | specificity | rewrite acc | rephrase acc | locality acc | "
+            "ppl ratio | cases | interval |") in table
     half_eff = 1.959964 * statistics.stdev([0, 1, 0]) / 3 ** 0.5
-    assert table.splitlines()[-1] == (f"| betaedit minus alphaedit | 100 | +0.333 ± {half_eff:.3f} | – | – | "
+    assert table.splitlines()[-1] == (f"| betaedit minus alphaedit | 100 | +0.333 ± {half_eff:.3f} | – | – | – | – | "
                                       f"{statistics.fmean(d):+.3f} ± {1.959964 * statistics.stdev(d) / 3 ** 0.5:.3f} | – | 3 | paired |")
+
+
+def test_token_accuracy_differences_are_paired_over_each_prompts_share_of_target_tokens():
+    import statistics
+
+    from betaedit_plugin.eval.report import difference_series, differences_table, proportion_difference
+
+    # ZsRE's headline metrics: the rewrite and rephrase prompts' target tokens the argmax gets right
+    a = _point(100, {"efficacy": "111", "rewrite_acc": "111 10 1", "rephrase_acc": "011 10 0"})
+    b = _point(100, {"efficacy": "101", "rewrite_acc": "011 00 1", "rephrase_acc": "001 10 1"})
+    for metric, d in (("rewrite_acc", [1 - 2 / 3, 0.5, 0.0]), ("rephrase_acc", [1 / 3, 0.0, -1.0])):
+        diff, half, kind, n = proportion_difference(a, b, metric)
+        assert (kind, n) == ("paired", 3) and diff == pytest.approx(statistics.fmean(d), rel=1e-12), metric
+        assert half == pytest.approx(1.959964 * statistics.stdev(d) / 3 ** 0.5, rel=1e-6), metric
+        # means of shares, not proportions: no interval without the tokens of both on the same cases
+        assert proportion_difference(a, _point(100, b["outcomes"], cases="xyz"), metric) is None
+        assert proportion_difference(a, _point(100, {"efficacy": "101"}), metric) is None
+    rows = _rows("\n".join(differences_table({"alphaedit": {"evals": [b]}, "betaedit": {"evals": [a]}}).splitlines()[2:]))
+    assert rows[0][5:7] == [f"{statistics.fmean([1 - 2 / 3, 0.5, 0.0]):+.3f} ± "
+                            f"{1.959964 * statistics.stdev([1 - 2 / 3, 0.5, 0.0]) / 3 ** 0.5:.3f}",
+                            f"{statistics.fmean([1 / 3, 0.0, -1.0]):+.3f} ± {1.959964 * statistics.stdev([1 / 3, 0.0, -1.0]) / 3 ** 0.5:.3f}"]
+    # a paraphrase per prompt, two for the first request: the request is the unit (clustered)
+    a2 = dict(a, outcomes=dict(a["outcomes"], rephrase_acc="011 1 10 0", groups={"rephrase_acc": "2 1 1"}))
+    b2 = dict(b, outcomes=dict(b["outcomes"], rephrase_acc="001 0 10 1", groups={"rephrase_acc": "2 1 1"}))
+    diff, half, kind, n = proportion_difference(a2, b2, "rephrase_acc")
+    d = [1 / 3, 1.0, 0.0, -1.0]
+    assert (kind, n) == ("paired", 3) and diff == pytest.approx(statistics.fmean(d), rel=1e-12)
+    assert half == pytest.approx(1.959964 * _cluster_se(d, [2, 1, 1]), rel=1e-6)
+    series = difference_series({"alphaedit": {"method": "alphaedit", "evals": [b]}, "betaedit": {"method": "betaedit", "evals": [a]}})
+    assert set(series["betaedit minus alphaedit"]) == {"efficacy", "rewrite_acc", "rephrase_acc"}
 
 
 def _cluster_se(values, sizes):
@@ -185,12 +216,13 @@ def test_the_comparison_shows_each_betaedit_run_minus_each_other_method_and_each
     table = differences_table(runs)
     assert table.startswith("Each pair at the last step both runs reached")
     rows = _rows("\n".join(table.splitlines()[2:]))
-    assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", "–", "–", "–", "–", "4", "paired"],
-                    ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", "–", "–", "–", "–", "4", "paired"],
-                    ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", "–", "–", "–", "–", "4", "paired"],
-                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", "–", "–", "–", "–", "4", "paired"],
+    none = ["–"] * 5  # generality, specificity, the token accuracies, token locality: not kept here
+    assert rows == [["betaedit minus memit", "200", "+0.750 ± 0.490", *none, "–", "4", "paired"],
+                    ["betaedit minus alphaedit", "100", "+0.250 ± 0.490", *none, "–", "4", "paired"],
+                    ["betaedit (variant) minus memit", "100", "+0.250 ± 0.938", *none, "–", "4", "paired"],
+                    ["betaedit (variant) minus alphaedit", "100", "+0.000 ± 0.800", *none, "–", "4", "paired"],
                     # and the variant against the run of its own method that it varies (an ablation's effect)
-                    ["betaedit (variant) minus betaedit", "100", "-0.250 ± 0.490", "–", "–", "–", "–", "4", "paired"]]
+                    ["betaedit (variant) minus betaedit", "100", "-0.250 ± 0.490", *none, "–", "4", "paired"]]
     assert differences_table(runs, reference="memit").splitlines()[4].startswith("| memit minus alphaedit | 100 | -0.250 ± 0.490 |")
     assert "## Differences and their sampling error" in write_comparison(runs, tmp_path).read_text()
     assert differences_table({"memit": runs["memit"]}) == ""
@@ -225,9 +257,11 @@ def test_the_paired_differences_at_every_point_are_the_curves_of_differences_png
 def test_a_point_lacks_outcomes_where_a_by_case_metric_has_a_value_but_not_its_cases():
     from betaedit_plugin.eval.report import lacks_outcomes
 
-    full = _point(100, {"efficacy": "10", "generality": "11", "specificity": "01", "locality_acc": "11 10"})
+    full = _point(100, {"efficacy": "10", "generality": "11", "specificity": "01", "rewrite_acc": "1 10",
+                        "rephrase_acc": "01 1", "locality_acc": "11 10"})
     assert not lacks_outcomes(full)
-    assert lacks_outcomes(dict(full, outcomes={k: v for k, v in full["outcomes"].items() if k != "locality_acc"}))
+    for metric in ("rewrite_acc", "rephrase_acc", "locality_acc"):  # a point written before it kept its tokens
+        assert lacks_outcomes(dict(full, outcomes={k: v for k, v in full["outcomes"].items() if k != metric})), metric
     assert lacks_outcomes({k: v for k, v in full.items() if k != "outcomes"})
     assert lacks_outcomes(dict(full, step=0, outcomes={}))  # the unedited model's too: the changes from it are paired
     assert not lacks_outcomes({"step": 100, "efficacy": float("nan"), "outcomes": {}})  # no value, nothing to keep
@@ -273,7 +307,7 @@ def test_a_perplexity_ratio_is_paired_over_the_texts_windows():
     assert lacks_outcomes({"step": 100, "ppl": 30.0, "outcomes": {}}) and not lacks_outcomes(a)
     runs = {"memit": {"method": "memit", "evals": [b]}, "betaedit": {"method": "betaedit", "evals": [a]}}
     row = differences_table(runs).splitlines()[4]
-    assert row == f"| betaedit minus memit | 100 | – | – | – | – | {ratio:.3f} ({low:.3f}-{high:.3f}) | – | – |"
+    assert row == f"| betaedit minus memit | 100 | – | – | – | – | – | – | {ratio:.3f} ({low:.3f}-{high:.3f}) | – | – |"
 
 
 def test_each_run_is_compared_with_the_unedited_model_at_its_last_point(tmp_path):

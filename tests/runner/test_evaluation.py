@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from betaedit_plugin.eval.metrics import locality_scores
+from betaedit_plugin.eval.metrics import token_scores
 from betaedit_plugin.runner import eval_sample, run_experiment
 from betaedit_plugin.runner.identity import config_hash, identity_difference
 
@@ -38,15 +38,16 @@ def test_sample_final_scores_the_sample_at_the_end_and_is_its_own_run(tmp_path):
         assert (a["scored_cases"], a["outcomes"]) == (b["scored_cases"], b["outcomes"]), a["step"]
     # each point keeps every comparison's outcome (what a paired comparison of two runs reads), one per
     # scored case here (one rephrase and one neighbourhood prompt per case), their mean the metric;
-    # token locality: each neighbourhood prompt's tokens, the mean of their shares the metric
+    # token accuracies and token locality: each prompt's tokens, the mean of their shares the metric
     # the perplexity: each held-out window's summed NLL and tokens, whose ratio of sums gives the ppl
     for p in every["evals"] + sampled["evals"]:
-        assert sorted(p["outcomes"]) == ["efficacy", "generality", "locality_acc", "ppl", "specificity"]
+        assert sorted(p["outcomes"]) == ["efficacy", "generality", "locality_acc", "ppl", "rephrase_acc", "rewrite_acc",
+                                         "specificity"]
         windows = p["outcomes"].pop("ppl")
         assert sum(n for _, n in windows) == p["ppl_tokens"]
         assert math.exp(sum(t for t, _ in windows) / p["ppl_tokens"]) == pytest.approx(p["ppl"], rel=1e-12)
         for metric, won in p["outcomes"].items():
-            values = locality_scores(won) if metric == "locality_acc" else [int(c) for c in won]
+            values = token_scores(won) if metric.endswith("_acc") else [int(c) for c in won]
             assert len(values) == p["n_scored"] and sum(values) / len(values) == pytest.approx(p[metric], rel=1e-12), \
                 (p["step"], metric)
     digest = {p["step"]: p["scored_cases"] for p in every["evals"]}

@@ -420,3 +420,23 @@ def test_a_published_run_continues_from_its_journal(tmp_path):
     assert done["status"] == "complete" and done["replayed"]["to_step"] == 3
     assert _metrics(done["evals"][-1]) == _metrics(whole["evals"][-1])
     assert Journal.open(root / "betaedit").records[-1].fingerprint == Journal.open(tmp_path / "whole").records[-1].fingerprint
+
+
+def test_an_amended_point_gains_the_groups_of_the_metrics_it_gains():
+    """MEMIT's CounterFact: several paraphrases and neighbourhood prompts a request. A point that kept
+    the comparisons' groups before it kept some metric's tokens gains that metric's groups with them,
+    else its paired interval would count each prompt as a case (too narrow)."""
+    from betaedit_plugin.runner.replay import add_outcomes
+
+    new = {"efficacy": "10", "generality": "1101", "rephrase_acc": "1 01 11 0", "locality_acc": "1 1 10",
+           "groups": {"generality": "2 2", "rephrase_acc": "2 2", "locality_acc": "1 2"}}
+    kept = {"efficacy": "10", "generality": "1101", "groups": {"generality": "2 2"}}
+    assert add_outcomes(kept, new) == ["rephrase_acc", "locality_acc", "groups"]
+    assert kept == new
+    assert add_outcomes(kept, new) == [] and kept == new  # nothing left to add
+    # a point written before groups were kept gains them for what it kept already (the same cases, reproduced)
+    old = {"efficacy": "10", "generality": "1101"}
+    assert add_outcomes(old, new) == ["rephrase_acc", "locality_acc", "groups"] and old == new
+    # a metric that a request adds once to has no groups: none are made up
+    single = {"efficacy": "10"}
+    assert add_outcomes(single, {"efficacy": "10", "rewrite_acc": "1 0"}) == ["rewrite_acc"] and "groups" not in single
