@@ -107,15 +107,14 @@ def edit_metrics(
     scores = score_targets(model, tok, [j[2] for j in jobs], [j[3] for j in jobs], batch_size=batch_size)
     table = {(kind, i): s for (kind, i, _, _), s in zip(jobs, scores)}
 
-    eff, eff_margin, gen, spec, spec_margin, rw_acc, rp_acc = [], [], [], [], [], [], []
-    rw_tokens, rp_tokens, loc_tokens = [], [], []
+    eff, eff_margin, gen, spec, spec_margin = [], [], [], [], []
+    rw_tokens, rp_tokens, loc_tokens = [], [], []  # each prompt's tokens: the token metrics are their shares' means
     # comparisons (prompts) each request adds to a metric
     per_request: dict = {"generality": [], "specificity": [], "rephrase_acc": [], "locality_acc": []}
     for i, req in enumerate(requests):
         before = {"generality": len(gen), "specificity": len(spec), "rephrase_acc": len(rp_tokens),
                   "locality_acc": len(loc_tokens)}
         new = table[("new", i)]
-        rw_acc.append(new.token_accuracy)
         rw_tokens.append(_hits(new.argmax, new.target_ids))
         if ("true", i) in table:
             margin = new.mean_logprob - table[("true", i)].mean_logprob
@@ -123,7 +122,6 @@ def edit_metrics(
             eff_margin.append(margin)
         for j in range(len(req.rephrase_prompts)):
             rephrased = table[(f"rp_new{j}", i)]
-            rp_acc.append(rephrased.token_accuracy)
             rp_tokens.append(_hits(rephrased.argmax, rephrased.target_ids))
             if (f"rp_true{j}", i) in table:
                 gen.append(float(rephrased.mean_logprob > table[(f"rp_true{j}", i)].mean_logprob))
@@ -152,8 +150,8 @@ def edit_metrics(
         "specificity": _mean(spec),
         "efficacy_margin": _mean(eff_margin),
         "specificity_margin": _mean(spec_margin),
-        "rewrite_acc": _mean(rw_acc),
-        "rephrase_acc": _mean(rp_acc),
+        "rewrite_acc": _mean([_agreement(t) for t in rw_tokens]),
+        "rephrase_acc": _mean([_agreement(t) for t in rp_tokens]),
     }
     if locality_ref is not None:
         out["outcomes"]["locality_acc"] = " ".join(loc_tokens)
