@@ -12,7 +12,7 @@ from betaedit_plugin.eval.report import common_steps_table, write_comparison
 
 def _run(method, steps, leakage_per_step):
     evals = [{"step": s, "efficacy": 1.0 - s / 1000, "ppl": 31.0 + s / 100, "rel_leakage": leakage_per_step * s,
-              "perturbation": float(s), "locality_acc": 0.9} for s in steps]
+              "perturbation": float(s), "locality_acc": 0.8 - s / 2000, "fluency": 4.5} for s in steps]
     return {"method": method, "evals": evals, "timing": {"edit_mean_s": 10.0}}
 
 
@@ -25,20 +25,21 @@ def test_runs_are_compared_at_every_step_two_or_more_of_them_reached(tmp_path):
             "alphaedit": _run("alphaedit", [0, 100, 300], 3e-4)}
     table = common_steps_table(runs)
     header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
-    assert header == ["edits", "method", "efficacy", "ppl", "rel. leakage", "‖D‖_F"]  # locality_acc is no step column
+    # the metrics the runs have, in TABLE_COLUMNS' order; fluency is no step column
+    assert header == ["edits", "method", "efficacy", "locality acc", "ppl", "rel. leakage", "‖D‖_F"]
     rows = _rows(table)
     # each step with the runs that reached it: one run's slower progress does not hide the others' later steps
     assert [(r[0], r[1]) for r in rows] == [("0", "memit"), ("0", "betaedit"), ("0", "alphaedit"),
                                             ("100", "memit"), ("100", "betaedit"), ("100", "alphaedit"),
                                             ("200", "memit"), ("200", "betaedit"), ("300", "betaedit"), ("300", "alphaedit")]
-    assert rows[4] == ["100", "betaedit", "0.900", "32.00", "2.00e-02", "100.000"]
-    assert rows[9] == ["300", "alphaedit", "0.700", "34.00", "9.00e-02", "300.000"]
+    assert rows[4] == ["100", "betaedit", "0.900", "0.750", "32.00", "2.00e-02", "100.000"]
+    assert rows[9] == ["300", "alphaedit", "0.700", "0.650", "34.00", "9.00e-02", "300.000"]
 
     path = write_comparison(runs, tmp_path)
     text = path.read_text()
     last, common = text.split("## At the steps two or more runs reached")
     assert "| betaedit | 400 |" in last and "| alphaedit | 300 |" in last and "| memit | 200 |" in last
-    assert "| 100 | alphaedit | 0.900 | 32.00 | 3.00e-02 | 100.000 |" in common and "| 400 |" not in common  # one run alone
+    assert "| 100 | alphaedit | 0.900 | 0.750 | 32.00 | 3.00e-02 | 100.000 |" in common and "| 400 |" not in common  # one run alone
 
 
 def test_no_common_table_for_one_run_or_no_shared_step():
