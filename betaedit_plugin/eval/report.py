@@ -100,10 +100,9 @@ def _common_steps(runs: Mapping[str, Mapping]) -> set:
     return set.intersection(*({p.get("step") for p in r.get("evals") or []} for r in runs.values())) - {None}
 
 
-#: the columns of `common_steps_table`: what a long sequential comparison is read by (the token accuracies
-#: too: on ZsRE they are the headline, where the probability comparisons barely move)
-STEP_COLUMNS = ("efficacy", "generality", "specificity", "rewrite_acc", "rephrase_acc", "locality_acc", "ppl",
-                "mmlu_acc", "rel_leakage", "perturbation")
+#: the columns of `common_steps_table`: what a long sequential comparison is read by, every table column but
+#: fluency (the token accuracies too: on ZsRE they are the headline, where the probability comparisons barely move)
+STEP_COLUMNS = tuple(key for key, _, _ in TABLE_COLUMNS if key != "fluency")
 
 
 def common_steps_table(runs: Mapping[str, Mapping]) -> str:
