@@ -140,6 +140,16 @@ def test_the_zsre_runs_are_the_headline_runs_on_zsre_in_their_own_folder(campaig
             "run_root=results/smollm2-zsre-n1000", "eval.ppl_tokens=16384"])
 
 
+@pytest.mark.parametrize("variant, setting", [
+    ("betaedit-z50", ["hparams.v_num_grad_steps=50"]),
+    ("betaedit-z50-clamp1.5", ["hparams.v_num_grad_steps=50", "hparams.clamp_norm_factor=1.5"]),
+])
+def test_a_zsre_variant_differs_from_the_zsre_betaedit_run_only_in_its_z_budget_and_folder(campaign, variant, setting):
+    head, other = campaign.command("zsre-betaedit"), campaign.command(f"zsre-{variant}")
+    assert sorted(set(head) ^ set(other)) == sorted([*setting, "out_dir=results/smollm2-zsre-n1000/betaedit",
+                                                     f"out_dir=results/smollm2-zsre-n1000/{variant}"])
+
+
 # ---------------------------------------------------------------------------- the end of a stretch: stop
 _FAKE_RUN = r"""
 import signal, sys, time
