@@ -417,7 +417,9 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     if differences:
         lines += ["## Differences and their sampling error", "", differences, ""]
     lines += ["## Wall time (s)", "",
-             "| method | statistics | projector | edits (total) | per edit | evaluation |", "|---|---|---|---|---|---|"]
+              "Each phase summed over the processes that ran the run (a stopped one and those that resumed it; "
+              "results written before this sum hold their last process's only); the edits from the run's log.", "",
+              "| method | statistics | projector | edits (total) | per edit | evaluation |", "|---|---|---|---|---|---|"]
     for label, r in runs.items():
         t = r.get("timing") or {}
         lines.append(

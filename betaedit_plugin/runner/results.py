@@ -25,6 +25,8 @@ RESULTS_FORMAT = 1
 _ORDER = ("protocol", "format", "method", "alg_name", "model", "data", "config", "identity", "config_hash", "hparams",
           "evals", "edits", "skipped_invalid", "status", "edits_done", "resumed_from", "replayed", "timing", "plots")
 _OPTIONAL = ("protocol", "resumed_from", "replayed", "timing", "plots")
+#: timing keys `finish_timing` derives from the edit log and the points (the others are wall time per phase)
+_FROM_LOG = ("edit_total_s", "edit_mean_s", "eval_points_s")
 
 
 @dataclass
@@ -37,7 +39,8 @@ class RunResults:
         status: "running", "stopped" or "complete"; ``edits_done`` the step reached.
         protocol: set when the run is not the sequential protocol (a target bank, fixed targets).
         resumed_from / replayed: the checkpoint step resumed from, the journal steps replayed.
-        timing: seconds per phase (`finish_timing`); plots: the plot files written at the end.
+        timing: seconds per phase (`finish_timing`), summed over the processes that ran it (a resumed
+            run's earlier ones included); plots: the plot files written at the end.
     """
 
     method: str
@@ -61,6 +64,8 @@ class RunResults:
     format: int = RESULTS_FORMAT
     extra: Dict[str, Any] = field(default_factory=dict)  # keys of results.json this version does not know
     absent: tuple = ()  # keys the results.json read lacked (an older runner's): not written back
+    # seconds per phase of the processes before this one (`take_history`), added by `finish_timing`
+    earlier_phases: Dict[str, float] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ evaluation points
     def has_point(self, step: int) -> bool:
@@ -96,8 +101,10 @@ class RunResults:
         return {e["step"] for e in self.edits}
 
     def take_history(self, other: "RunResults") -> None:
-        """The evaluation points and edit log of ``other`` (an earlier results.json of this run)."""
+        """The evaluation points, edit log and phase timings of ``other`` (an earlier results.json of this run)."""
         self.evals, self.edits = other.evals, other.edits
+        self.earlier_phases = {k: v for k, v in (other.timing or {}).items()
+                               if k not in _FROM_LOG and isinstance(v, (int, float))}
 
     def truncate(self, last: int) -> None:
         """Drop evaluation points and edits after step ``last``."""
@@ -114,11 +121,15 @@ class RunResults:
         return self.status == "complete"
 
     def finish_timing(self, phases: Mapping[str, float]) -> None:
-        """``timing``: the seconds per phase, and the edit and evaluation totals from the log."""
+        """``timing``: the seconds per phase (``phases``, this process's, plus those of the processes
+        before it: `take_history`), and the edit and evaluation totals from the log."""
         seconds = [e["seconds"] for e in self.edits]
         per_edit = sum(seconds) / max(1, sum(len(e["case_ids"]) for e in self.edits)) if self.edits else float("nan")
+        summed = dict(self.earlier_phases)
+        for key, value in phases.items():
+            summed[key] = summed.get(key, 0.0) + value
         self.timing = {
-            **phases,
+            **summed,
             "edit_total_s": sum(seconds),
             "edit_mean_s": per_edit,
             "eval_points_s": sum(p.get("eval_s", 0.0) for p in self.evals),

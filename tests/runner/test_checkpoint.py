@@ -256,3 +256,7 @@ def test_resume_refuses_tampered_checkpoints_and_accepts_the_intact_one(tmp_path
         (ckpt / name).write_bytes(data)
     second = run_experiment(_tiny_run(tmp_path, out, "resume=true"))
     assert second["resumed_from"] == 2 and second["status"] == "complete" and second["edits_done"] == 4
+    # the wall time of the stopped process stays in the resumed run's timing (its projector was not rebuilt)
+    before, after = first["timing"], second["timing"]
+    assert after["projector_s"] == before["projector_s"] > 0
+    assert after["load_model_s"] > before["load_model_s"] and after["eval_total_s"] > before["eval_total_s"]

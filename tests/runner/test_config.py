@@ -151,3 +151,23 @@ def test_results_of_an_older_runner_keep_their_keys():
     assert [p["step"] for p in results.evals] == [0, 1, 3]
     with pytest.raises(ValueError, match="'evals' is a dict"):
         RunResults.from_json({**old, "evals": {}})
+
+
+def test_timing_sums_the_phases_of_the_processes_before_a_resume():
+    """A resumed run's timing adds this process's phases to the earlier processes'; the totals that
+    come from the edit log (edits, evaluation points) are recomputed from it, not summed twice."""
+    from betaedit_plugin.runner.results import RunResults
+
+    base = {"method": "memit", "alg_name": "MEMIT", "model": "m", "data": "d", "config": {}, "identity": {},
+            "config_hash": "h", "hparams": {}}
+    earlier = RunResults.from_json({**base, "edits": [{"step": 1, "case_ids": [0], "seconds": 2.0}],
+                                    "timing": {"statistics_s": 40.0, "projector_s": 5.0, "eval_total_s": 7.0,
+                                               "edit_total_s": 2.0, "edit_mean_s": 2.0, "eval_points_s": 7.0}})
+    now = RunResults.from_json(base)
+    now.take_history(earlier)
+    now.log_edit(2, [1], 3.0, {"delta_norm": {4: 1.0}})
+    now.finish_timing({"load_model_s": 1.5, "statistics_s": 0.5, "eval_total_s": 4.0})
+    assert now.timing == {"statistics_s": 40.5, "projector_s": 5.0, "eval_total_s": 11.0, "load_model_s": 1.5,
+                          "edit_total_s": 5.0, "edit_mean_s": 2.5, "eval_points_s": 0.0}
+    now.finish_timing({"load_model_s": 1.5, "statistics_s": 0.5, "eval_total_s": 6.0})  # again, later: not added twice
+    assert now.timing["eval_total_s"] == 13.0 and now.timing["statistics_s"] == 40.5
