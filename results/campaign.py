@@ -79,9 +79,8 @@ ZSRE_EVAL = ["eval.ppl_tokens=16384"]
 #: (CounterFact: 14% / 28%): does the budget cap the rewrite accuracy (0.73-0.82 after 100 edits, 0.53-0.54
 #: at 1,000)? Run to 300 (``NAME@300``) and paired with zsre-betaedit at 100 / 200 / 300: same records, cases.
 ZSRE_VARIANTS = {
-    "betaedit-z50": ("betaedit", {"lambda1": 300, "lambda2": 10, "tau": 100, "v_num_grad_steps": 50}),
-    "betaedit-z50-clamp1.5": ("betaedit", {"lambda1": 300, "lambda2": 10, "tau": 100, "v_num_grad_steps": 50,
-                                           "clamp_norm_factor": 1.5}),
+    "betaedit-z50": ("betaedit", {**SEQ_SETTINGS["betaedit"], "v_num_grad_steps": 50}),
+    "betaedit-z50-clamp1.5": ("betaedit", {**SEQ_SETTINGS["betaedit"], "v_num_grad_steps": 50, "clamp_norm_factor": 1.5}),
 }
 
 
