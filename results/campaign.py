@@ -129,10 +129,8 @@ def runs() -> dict:
         out[f"seq-{method}"] = (f"{SEQ}/{method}", [*_screen(method, **hp), *_COMMON, *_SEQ_EVAL, f"run_root={SEQ}"])
     for name, (method, hp) in SEQ_VARIANTS.items():
         out[f"seq-{name}"] = (f"{SEQ}/{name}", [*_screen(method, **hp), *_COMMON, *_SEQ_EVAL, f"run_root={SEQ}"])
-    for method, hp in SEQ_SETTINGS.items():  # the headline on ZsRE
-        out[f"zsre-{method}"] = (f"{ZSRE}/{method}", [*_screen(method, **hp), *_common("zsre"), *_SEQ_EVAL, *ZSRE_EVAL,
-                                                          f"run_root={ZSRE}"])
-    for name, (method, hp) in ZSRE_VARIANTS.items():
+    zsre = {method: (method, hp) for method, hp in SEQ_SETTINGS.items()} | ZSRE_VARIANTS
+    for name, (method, hp) in zsre.items():  # the headline on ZsRE, then its variants
         out[f"zsre-{name}"] = (f"{ZSRE}/{name}", [*_screen(method, **hp), *_common("zsre"), *_SEQ_EVAL, *ZSRE_EVAL,
                                                    f"run_root={ZSRE}"])
     for method, hp in SEQ_SETTINGS.items():  # the same runs on the bank's fixed targets: what screening can tell

@@ -65,7 +65,7 @@ class RunResults:
     extra: Dict[str, Any] = field(default_factory=dict)  # keys of results.json this version does not know
     absent: tuple = ()  # keys the results.json read lacked (an older runner's): not written back
     # seconds per phase of the processes before this one (`take_history`), added by `finish_timing`
-    earlier_phases: Dict[str, float] = field(default_factory=dict, repr=False)
+    earlier_phases: Dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ evaluation points
     def has_point(self, step: int) -> bool:
