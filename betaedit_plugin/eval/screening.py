@@ -254,7 +254,7 @@ def plot_sensitivity(rows: Sequence[Mapping], method: str, key: str, path: Path)
     if len({repr(r["setting"][key]) for r in mine}) < 2:
         return None
     plt = _plt()
-    panels = [m for m in ROW_METRICS if m[0] in ("efficacy", "generality", "specificity", "rel_leakage")]
+    panels = [m for m in ROW_METRICS if m[0] in ("efficacy", "generality", "specificity", "ppl", "rel_leakage")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
     steps = sorted({r["step"] for r in mine})
     for ax, (metric, header, _) in zip(axes, panels):

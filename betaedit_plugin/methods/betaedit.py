@@ -4,7 +4,8 @@
 
 P starts from C0 like AlphaEdit's; every ``tau`` edits it is recomputed from the protected matrix
 S = (H / t + lambda1 C0) / (lambda1 + 1) (t = edits so far), and the solver is rebuilt on the
-new basis. lambda1 = 0 gives AlphaEdit.
+new basis. lambda1 = 0 gives AlphaEdit until the first refresh (throughout, with no refresh); after
+it S = H / t leaves C0 out of the projector too (the paper's ablation without the penalty).
 
 ``recollect_c0`` (not in the paper, off by default): at each refresh C0 itself is collected again,
 from the edited model, and replaces the unedited model's in S, in the penalty and in the projector.
