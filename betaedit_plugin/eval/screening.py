@@ -8,8 +8,10 @@ module reads them side by side:
   in from the other runs of its method, the metrics, and how much the projector refreshes changed it;
 - ``choose``: each method's setting with the lowest relative leakage among those that keep efficacy
   at or above a floor at one step (the campaign's rule; results/CAMPAIGN.md);
-- ``write_screening``: ``screening.md`` (the choice, then every row) and the figures: each method's
-  efficacy-leakage front, a sensitivity figure per swept BetaEdit setting (lambda1, tau, lambda2:
+- ``fronts``: each method's efficacy-leakage front at a step (the settings no other of its settings
+  beats on both);
+- ``write_screening``: ``screening.md`` (the choice, the fronts, then every row) and the figures: each
+  method's efficacy-leakage front, a sensitivity figure per swept BetaEdit setting (lambda1, tau, lambda2:
   metrics against the setting, one line per evaluation step), and the refreshes' principal angles;
 - ``fixed_vs_sequential`` / ``write_fixed_vs_sequential``: how close screening comes to the sequential
   protocol: each method's sequential run beside the same run on fixed targets (same records, settings
@@ -149,6 +151,49 @@ def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str,
     return chosen
 
 
+def fronts(rows: Sequence[Mapping], step: int) -> Dict[str, List[Mapping]]:
+    """{method: its efficacy-leakage front at ``step``}: the method's rows (on the screening's C0,
+    `on_shared_c0`) that no other of its rows dominates, i.e. none has a leakage as low and an efficacy
+    as high with one of the two strictly better; from the least leaking. Exact ties both stay."""
+    at = [r for r in on_shared_c0(rows) if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))]
+
+    def beaten(r, by):
+        return (by["rel_leakage"] <= r["rel_leakage"] and by["efficacy"] >= r["efficacy"]
+                and (by["rel_leakage"] < r["rel_leakage"] or by["efficacy"] > r["efficacy"]))
+
+    out: Dict[str, List[Mapping]] = {}
+    for method in sorted({r["method"] for r in at}):
+        mine = [r for r in at if r["method"] == method]
+        out[method] = sorted((r for r in mine if not any(beaten(r, o) for o in mine)),
+                             key=lambda r: (r["rel_leakage"], -r["efficacy"], _setting_order(r["setting"])))
+    return out
+
+
+def fronts_table(rows: Sequence[Mapping]) -> str:
+    """Markdown table: at every step, each method's front (`fronts`) from the least leaking setting, and
+    how many of its settings the front leaves out (dominated)."""
+    lines = ["| edits | method | front, from the least leaking: setting (efficacy, rel. leakage) | dominated |",
+             "|---|---|---|---|"]
+    for step in sorted({r["step"] for r in rows}):
+        counted = {m: sum(1 for r in on_shared_c0(rows) if r["method"] == m and r["step"] == step) for m in {r["method"] for r in rows}}
+        for method, front in fronts(rows, step).items():
+            cells = "; ".join(f"{_setting_text(r['setting'])} ({_fmt(r['efficacy'], '{:.3f}')}, "
+                              f"{_fmt(r['rel_leakage'], '{:.3g}')})" for r in front)
+            lines.append(f"| {step} | {method} | {cells} | {counted[method] - len(front)} |")
+    return "\n".join(lines)
+
+
+def _sampling_note(rows: Sequence[Mapping]) -> str:
+    """One sentence on how far apart two efficacies must be to be told apart, from the cases a point scored."""
+    counts = sorted({r["sampled"] for r in rows if _number(r.get("sampled")) and r["sampled"] > 0})
+    if not counts:
+        return ""
+    n = counts[0]  # the fewest: the noisiest point
+    scored = str(n) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return (f" Points score {scored} sampled cases: at efficacy 0.9 one standard error is {math.sqrt(0.09 / n):.3f}, "
+            f"so efficacies closer than about {2 * math.sqrt(0.09 / n):.2f} are not told apart.")
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -200,9 +245,10 @@ def _most_common(values: Sequence):
 
 
 def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional[dict]], path: Path) -> Optional[Path]:
-    """Efficacy against relative leakage at ``step``: one colour per method, one point per setting
-    (labelled), the chosen settings circled; the runs on the screening's C0 (`on_shared_c0`). None when
-    no run reached ``step``."""
+    """Efficacy against relative leakage at ``step``: one colour per method, each method's front
+    (`fronts`) joined and labelled, the settings it dominates hollow and unlabelled (screening.md lists
+    them), the chosen settings circled; the runs on the screening's C0 (`on_shared_c0`). None when no
+    run reached ``step``."""
     at = [r for r in on_shared_c0(rows) if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))
           and r["rel_leakage"] > 0]
     if not at:
@@ -210,13 +256,19 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 6))
     placed: list = []
+    front_of = fronts(at, step)
     for index, method in enumerate(sorted({r["method"] for r in at})):
-        mine = sorted((r for r in at if r["method"] == method), key=lambda r: r["rel_leakage"])
-        ax.plot([r["rel_leakage"] for r in mine], [r["efficacy"] for r in mine], marker="o", linestyle=":",
-                color=f"C{index}", label=method)
+        mine = [r for r in at if r["method"] == method]
+        front = front_of[method]
+        ax.plot([r["rel_leakage"] for r in front], [r["efficacy"] for r in front], marker="o", linestyle="-",
+                color=f"C{index}", label=f"{method} ({len(front)} of {len(mine)} on its front)")
+        dominated = [r for r in mine if not any(r is f for f in front)]
+        if dominated:
+            ax.plot([r["rel_leakage"] for r in dominated], [r["efficacy"] for r in dominated], marker="o",
+                    linestyle="none", fillstyle="none", color=f"C{index}", alpha=0.6)
         varied = [k for k in mine[0]["setting"] if len({repr(r["setting"].get(k)) for r in mine}) > 1]
         usual = {k: _most_common([r["setting"].get(k) for r in mine]) for k in varied}
-        for r in mine:  # labelled by where it differs from this method's usual settings (the rest is in screening.md)
+        for r in front:  # labelled by where it differs from this method's usual settings (the rest is in screening.md)
             differs = [k for k in varied if repr(r["setting"].get(k)) != repr(usual[k])] or varied[:1]
             # stacked above the labels already near this point, so that a crowded corner stays readable
             near = sum(1 for x, y in placed if abs(math.log10(x / r["rel_leakage"])) < 0.12 and abs(y - r["efficacy"]) < 0.03)
@@ -231,7 +283,8 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
     plain_log_axis(ax.xaxis)
     ax.set_xlabel("relative leakage trace(D C0 D^T) / trace(W0 C0 W0^T)")
     ax.set_ylabel("efficacy")
-    ax.set_title(f"Efficacy-leakage front after {step} fixed-target edits (circled: chosen)", fontsize=10)
+    ax.set_title(f"Efficacy-leakage front after {step} fixed-target edits (line: each method's front; hollow: "
+                 "dominated; circled: chosen)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -304,7 +357,11 @@ def write_screening(runs: Mapping[str, Mapping], dest: Path, *, choose_step: int
             ties = "; ".join(_setting_text(t) for t in sorted(row["ties"], key=_setting_order)) or "–"
             lines.append(f"| {method} | {_setting_text(row['setting'])} | {_fmt(row['efficacy'], '{:.3f}')} "
                          f"| {_fmt(row['rel_leakage'], '{:.2e}')} | {ties} |")
-    lines += ["", "## Every run and evaluation point", "", screening_table(rows), "",
+    lines += ["", "## Efficacy-leakage fronts", "",
+              "A method's front: its settings that no other of its settings beats on both relative leakage "
+              "(as low) and efficacy (as high); the rest are dominated." + _sampling_note(rows), "",
+              fronts_table(rows), "",
+              "## Every run and evaluation point", "", screening_table(rows), "",
               "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
     path = dest / "screening.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ import pytest
 
 import torch
 
-from betaedit_plugin.eval.screening import (CLOSENESS_METRICS, choose, fixed_vs_sequential, screening_rows,
+from betaedit_plugin.eval.screening import (CLOSENESS_METRICS, choose, fixed_vs_sequential, fronts, screening_rows,
                                             screening_table, swept_settings, write_fixed_vs_sequential)
 from betaedit_plugin.runner.journal import Journal
 from betaedit_plugin.runner import run_experiment, screening
@@ -112,8 +112,12 @@ def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(s
     ties = "; ".join(f"lambda1={t['lambda1']:g}, tau=2" for t in chosen["ties"]) or "–"
     assert (f"| betaedit | lambda1={chosen['setting']['lambda1']:g}, tau=2 | {chosen['efficacy']:.3f} "
             f"| {chosen['rel_leakage']:.2e} | {ties} |") in md
-    assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 4  # the choice + 2 runs x 2 steps
-    assert md.count("| alphaedit | L2=10 |") == 1 + 2
+    # the choice + a front at each of 2 steps + 2 runs x 2 steps
+    assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 2 + 4
+    assert md.count("| alphaedit | L2=10 ") == 1 + 2 + 2
+    front = fronts(screening_rows(results), 4)["betaedit"]
+    assert "| 4 | betaedit | " + "; ".join(f"lambda1={r['setting']['lambda1']:g}, tau=2 ({r['efficacy']:.3f}, "
+                                            f"{r['rel_leakage']:.3g})" for r in front) + f" | {2 - len(front)} |" in md
     figures = sorted(p.name for p in (tmp / "pub").glob("*.png"))
     assert figures == ["front-2.png", "front-4.png", "sensitivity-betaedit-lambda1.png"]
     assert all((tmp / "pub" / f).read_bytes()[:8] == PNG for f in figures)
@@ -180,6 +184,22 @@ def test_a_twin_that_wrote_the_same_edits_lends_its_evaluation_points(screen):
         pool_points(twin, dict(fixed, edits=[]))
 
 
+def test_a_front_keeps_the_settings_no_other_beats_on_both_leakage_and_efficacy():
+    def row(eff, leak, lambda1, method="betaedit", step=250):
+        return {"run": f"r{lambda1}", "method": method, "step": step, "setting": {"lambda1": lambda1},
+                "efficacy": eff, "rel_leakage": leak}
+
+    rows = [row(0.97, 0.10, 0.0), row(0.95, 0.05, 300.0), row(0.95, 0.05, 301.0),  # an exact tie: both stay
+            row(0.94, 0.06, 100.0),  # beaten on both by lambda1 300
+            row(0.96, 0.10, 30.0),  # as leaky as lambda1 0 and less effective: beaten
+            row(0.95, 0.07, 10.0),  # as effective as lambda1 300 and leakier: beaten
+            row(0.86, 0.02, 3000.0), row(0.99, 0.30, 1.0, step=500), row(0.90, 0.04, 0.0, method="memit")]
+    got = fronts(rows, 250)
+    assert [r["setting"]["lambda1"] for r in got["betaedit"]] == [3000.0, 300.0, 301.0, 0.0]
+    assert [r["setting"]["lambda1"] for r in got["memit"]] == [0.0]  # a method's only point is its front
+    assert [r["setting"]["lambda1"] for r in fronts(rows, 500)["betaedit"]] == [1.0]
+
+
 def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(monkeypatch, tmp_path):
     from betaedit_plugin.eval import screening as scr
 
@@ -188,13 +208,21 @@ def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(mon
 
     rows = [row("betaedit", 0.97, 0.10, lambda1=0.0, tau=100, th=0.02), row("betaedit", 0.95, 0.05, lambda1=300.0, tau=100, th=0.02),
             row("betaedit", 0.86, 0.02, lambda1=3000.0, tau=100, th=0.02), row("betaedit", 0.95, 0.05, lambda1=300.0, tau=10, th=0.02),
-            row("betaedit", 0.32, 0.004, lambda1=300.0, tau=100, th=0.005), row("memit", 0.97, 0.05, w=1000.0)]
+            row("betaedit", 0.32, 0.004, lambda1=300.0, tau=100, th=0.005), row("memit", 0.97, 0.05, w=1000.0),
+            row("betaedit", 0.94, 0.06, lambda1=100.0, tau=100, th=0.02)]  # beaten by lambda1 300
     drawn = {}
-    monkeypatch.setattr(scr, "_save", lambda fig, path: drawn.setdefault("texts", [t.get_text() for t in fig.axes[0].texts]))
+
+    def save(fig, path):
+        drawn["texts"] = [t.get_text() for t in fig.axes[0].texts]
+        drawn["hollow"] = [(x, y) for line in fig.axes[0].lines if line.get_fillstyle() == "none"
+                           for x, y in zip(line.get_xdata(), line.get_ydata())]
+
+    monkeypatch.setattr(scr, "_save", save)
     scr.plot_front(rows, 250, {}, tmp_path / "front.png")
     # the usual BetaEdit point (all settings at their most common values) is named by its first swept
-    # setting; a method with one point has nothing swept
+    # setting; a method with one point has nothing swept; a dominated point is drawn hollow, unlabelled
     assert sorted(drawn["texts"]) == sorted(["lambda1=0", "lambda1=300", "lambda1=3000", "tau=10", "th=0.005", "(default)"])
+    assert drawn["hollow"] == [(0.06, 0.94)]
 
 
 def test_a_switch_added_later_is_a_setting_only_where_a_run_turned_it_on(screen):
