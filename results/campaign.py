@@ -115,9 +115,11 @@ def runs() -> dict:
     screening["betaedit-l1_3000-l2_10-tau100000"] = _screen("betaedit", lambda1=3000, lambda2=10, tau=100000)
     for l1 in (10, 300):
         screening[f"betaedit-l1_{l1}-l2_1-tau100"] = _screen("betaedit", lambda1=l1, lambda2=1, tau=100)
-    for l2 in (1, 10, 100):
+    # 30 and 3000 (added in the twenty-first stretch): the fronts at 1,000 had nothing between "edits
+    # everything and leaks most" (L2 10, w 1000) and "edits two thirds" (L2 100, w 10000)
+    for l2 in (1, 10, 30, 100):
         screening[f"alphaedit-L2_{l2}"] = _screen("alphaedit", L2=l2)
-    for w in (100, 1000, 10000):
+    for w in (100, 1000, 3000, 10000):
         screening[f"memit-w_{w}"] = _screen("memit", mom2_update_weight=w)
     for th in (0.005, 0.01, 0.05):  # 0.01: a null space about half the size of 0.02's (results/null_space_fit.py)
         screening[f"alphaedit-L2_10-th_{th}"] = _screen("alphaedit", L2=10, nullspace_threshold=th)
