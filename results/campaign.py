@@ -68,6 +68,13 @@ SEQ_VARIANTS = {
     # not in the paper: C0 collected again from the edited model at each refresh (recollect_c0), since half
     # the headline's perplexity rise comes through keys that edits at earlier layers moved (ppl-anatomy-1000.md)
     "betaedit-rc0": ("betaedit", {**SEQ_SETTINGS["betaedit"], "recollect_c0": "true"}),
+    # the baselines on their screening fronts' new points (twenty-first stretch): MEMIT w 3000 is what the
+    # choice rule picks once the grid has it (efficacy 0.950, leakage 0.026 after 250 fixed-target edits,
+    # against w 1000's 0.970 / 0.050), and on fixed targets at 1,000 it beats BetaEdit's headline settings
+    # on leakage and perplexity; AlphaEdit L2 30 misses the floor at 250 (0.910) but sits on BetaEdit's
+    # front at 1,000 (results/README.md, "The fronts at 1,000")
+    "memit-w_3000": ("memit", {**SEQ_SETTINGS["memit"], "mom2_update_weight": 3000}),
+    "alphaedit-L2_30": ("alphaedit", {**SEQ_SETTINGS["alphaedit"], "L2": 30}),
 }
 #: the headline comparison on ZsRE (its bundled eval split: 1,008 valid records), the same settings
 ZSRE = "results/smollm2-zsre-n1000"
