@@ -151,11 +151,17 @@ def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str,
     return chosen
 
 
+def _placed_at(rows: Sequence[Mapping], step: int) -> List[Mapping]:
+    """The rows at ``step`` on the screening's C0 (`on_shared_c0`) with an efficacy and a leakage."""
+    return [r for r in on_shared_c0(rows)
+            if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))]
+
+
 def fronts(rows: Sequence[Mapping], step: int) -> Dict[str, List[Mapping]]:
-    """{method: its efficacy-leakage front at ``step``}: the method's rows (on the screening's C0,
-    `on_shared_c0`) that no other of its rows dominates, i.e. none has a leakage as low and an efficacy
-    as high with one of the two strictly better; from the least leaking. Exact ties both stay."""
-    at = [r for r in on_shared_c0(rows) if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))]
+    """{method: its efficacy-leakage front at ``step``}: the method's rows (`_placed_at`) that no other
+    of its rows dominates, i.e. none has a leakage as low and an efficacy as high with one of the two
+    strictly better; from the least leaking. Exact ties both stay."""
+    at = _placed_at(rows, step)
 
     def beaten(r, by):
         return (by["rel_leakage"] <= r["rel_leakage"] and by["efficacy"] >= r["efficacy"]
@@ -175,11 +181,12 @@ def fronts_table(rows: Sequence[Mapping]) -> str:
     lines = ["| edits | method | front, from the least leaking: setting (efficacy, rel. leakage) | dominated |",
              "|---|---|---|---|"]
     for step in sorted({r["step"] for r in rows}):
-        counted = {m: sum(1 for r in on_shared_c0(rows) if r["method"] == m and r["step"] == step) for m in {r["method"] for r in rows}}
+        placed = _placed_at(rows, step)
         for method, front in fronts(rows, step).items():
             cells = "; ".join(f"{_setting_text(r['setting'])} ({_fmt(r['efficacy'], '{:.3f}')}, "
                               f"{_fmt(r['rel_leakage'], '{:.3g}')})" for r in front)
-            lines.append(f"| {step} | {method} | {cells} | {counted[method] - len(front)} |")
+            dominated = sum(1 for r in placed if r["method"] == method) - len(front)
+            lines.append(f"| {step} | {method} | {cells} | {dominated} |")
     return "\n".join(lines)
 
 
@@ -249,8 +256,7 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
     (`fronts`) joined and labelled, the settings it dominates hollow and unlabelled (screening.md lists
     them), the chosen settings circled; the runs on the screening's C0 (`on_shared_c0`). None when no
     run reached ``step``."""
-    at = [r for r in on_shared_c0(rows) if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))
-          and r["rel_leakage"] > 0]
+    at = [r for r in _placed_at(rows, step) if r["rel_leakage"] > 0]  # on a log axis
     if not at:
         return None
     plt = _plt()
