@@ -125,6 +125,12 @@ def on_shared_c0(rows: Sequence[Mapping]) -> List[Mapping]:
 TIE_REL = 0.01
 
 
+def _placed_at(rows: Sequence[Mapping], step: int) -> List[Mapping]:
+    """The rows at ``step`` on the screening's C0 (`on_shared_c0`) with an efficacy and a leakage."""
+    return [r for r in on_shared_c0(rows)
+            if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))]
+
+
 def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str, Optional[dict]]:
     """{method: its row at ``step`` with the lowest relative leakage among those with efficacy >=
     ``min_efficacy``, or None where no run of the method reached the floor (or the step)}. The row's
@@ -135,10 +141,8 @@ def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str,
     kept: Dict[str, list] = {}
     for row in rows:
         chosen.setdefault(row["method"], None)
-    for row in on_shared_c0(rows):
-        if row["step"] != step or not _number(row.get("efficacy")) or row["efficacy"] < min_efficacy:
-            continue
-        if not _number(row.get("rel_leakage")):
+    for row in _placed_at(rows, step):
+        if row["efficacy"] < min_efficacy:
             continue
         kept.setdefault(row["method"], []).append(row)
         best = chosen[row["method"]]
@@ -149,12 +153,6 @@ def choose(rows: Sequence[Mapping], step: int, min_efficacy: float) -> Dict[str,
             best["ties"] = [r["setting"] for r in kept[method]
                             if r["run"] != best["run"] and r["rel_leakage"] <= best["rel_leakage"] * (1 + TIE_REL)]
     return chosen
-
-
-def _placed_at(rows: Sequence[Mapping], step: int) -> List[Mapping]:
-    """The rows at ``step`` on the screening's C0 (`on_shared_c0`) with an efficacy and a leakage."""
-    return [r for r in on_shared_c0(rows)
-            if r["step"] == step and _number(r.get("efficacy")) and _number(r.get("rel_leakage"))]
 
 
 def fronts(rows: Sequence[Mapping], step: int) -> Dict[str, List[Mapping]]:
@@ -268,7 +266,7 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
         front = front_of[method]
         ax.plot([r["rel_leakage"] for r in front], [r["efficacy"] for r in front], marker="o", linestyle="-",
                 color=f"C{index}", label=f"{method} ({len(front)} of {len(mine)} on its front)")
-        dominated = [r for r in mine if not any(r is f for f in front)]
+        dominated = [r for r in mine if r not in front]
         if dominated:
             ax.plot([r["rel_leakage"] for r in dominated], [r["efficacy"] for r in dominated], marker="o",
                     linestyle="none", fillstyle="none", color=f"C{index}", alpha=0.6)
