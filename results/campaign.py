@@ -368,6 +368,13 @@ def _ended(pid: int) -> bool:
     return (_stat(pid) or ["Z"])[0] == "Z"  # gone, or a zombie its parent has not reaped yet
 
 
+def _checkpointed(path: Path) -> int:
+    """The step of the newest complete checkpoint in the run folder ``path`` on this machine (0 if none):
+    a resumed run starts there and replays its journal from there on (README, "Long runs")."""
+    steps = [int(d.name.split("-")[-1]) for d in path.glob("checkpoints/step-*") if (d / "manifest.json").is_file()]
+    return max(steps, default=0)
+
+
 def progress(out_dir: str, target: int = 1000) -> str:
     """Edits journaled, and the status in results.json: "running" only while the run's pid file names a live
     process here, since a killed run, or one whose results.json was committed mid-run elsewhere, left it so."""
@@ -387,11 +394,19 @@ def progress(out_dir: str, target: int = 1000) -> str:
         newest = max([path / "results.json", *path.glob("checkpoints/step-*/results.json")], key=lambda p: p.stat().st_mtime)
         results = json.loads(newest.read_text())
         replayed = (results.get("replayed") or {}).get("to_step", 0)
-        seconds = sorted(e["seconds"] for e in (results.get("edits") or [])[-20:]
-                         if isinstance(e.get("seconds"), float) and e.get("step", 0) > replayed)
+        edits = [e for e in results.get("edits") or [] if isinstance(e.get("seconds"), float)]
+        seconds = sorted(e["seconds"] for e in edits[-20:] if e.get("step", 0) > replayed)
         if seconds and done < target:  # computed (not replayed) edits on the machine that wrote them: a plan, not a benchmark
             median = seconds[len(seconds) // 2]
-            pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {(target - done) * median / 3600:.1f} h to go"
+            hours = (target - done) * median / 3600
+            replay, owed = "", done - _checkpointed(path)
+            if owed > 0:  # no checkpoint here (a fresh machine) at the journal's end: resuming replays first
+                paces = sorted(e["seconds"] for e in edits if e.get("replayed"))[-20:]
+                if paces:
+                    hours += owed * paces[len(paces) // 2] / 3600
+                replay = (f" (with the replay of {owed} journaled edits that resuming here needs first)" if paces
+                          else f", plus the replay of {owed} journaled edits that resuming here needs first (its pace not logged)")
+            pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {hours:.1f} h to go{replay}"
     from betaedit_plugin._fileio import read_pid
     from betaedit_plugin.runner.paths import RUN_PID
 

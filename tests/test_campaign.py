@@ -251,18 +251,24 @@ def test_each_fixed_as_seq_run_has_a_screening_twin_with_its_settings_and_bank(c
         assert edits(twin) == edits(f"fixed-{method}")
 
 
+def _status_run(campaign, monkeypatch, tmp_path, journaled: int):
+    """A run folder ``tmp_path/run`` that `campaign.progress` reads as holding ``journaled`` journaled edits."""
+    from betaedit_plugin.runner.journal import Journal
+
+    monkeypatch.setattr(campaign, "ROOT", tmp_path)
+    monkeypatch.setattr(campaign, "journaled", lambda out_dir: journaled)
+    monkeypatch.setattr(Journal, "exists", staticmethod(lambda path: True))
+    run = tmp_path / "run"
+    run.mkdir()
+    return run
+
+
 def test_status_says_running_only_while_the_runs_pid_names_a_live_process(campaign, monkeypatch, tmp_path):
     import json
     import subprocess
     import sys
 
-    from betaedit_plugin.runner.journal import Journal
-
-    monkeypatch.setattr(campaign, "ROOT", tmp_path)
-    monkeypatch.setattr(campaign, "journaled", lambda out_dir: 337)
-    monkeypatch.setattr(Journal, "exists", staticmethod(lambda path: True))
-    run = tmp_path / "run"
-    run.mkdir()
+    run = _status_run(campaign, monkeypatch, tmp_path, 337)
     (run / "results.json").write_text(json.dumps({"status": "running", "edits": []}))
     # no pid file: results.json was committed mid-run on another machine, or its run was killed
     assert campaign.progress("run") == "337/1000 journaled, results interrupted (no live run here; resume=true continues it from its journal)"
@@ -275,3 +281,29 @@ def test_status_says_running_only_while_the_runs_pid_names_a_live_process(campai
     (run / "results.json").write_text(json.dumps({"status": "stopped", "edits": []}))
     (run / ".betaedit-run.pid").unlink()
     assert campaign.progress("run") == "337/1000 journaled, results stopped"
+
+
+def test_status_counts_the_replay_that_resuming_on_this_machine_needs(campaign, monkeypatch, tmp_path):
+    import json
+
+    run = _status_run(campaign, monkeypatch, tmp_path, 300)
+    computed = [{"step": i, "seconds": 3.6} for i in range(101, 301)]
+    (run / "results.json").write_text(json.dumps({"status": "stopped", "edits": computed}))
+    head = "300/1000 journaled, results stopped; 3.6 s per computed edit lately (median of 20): "
+    # no checkpoint here and no replay logged: 700 edits x 3.6 s, and a replay it cannot price
+    assert campaign.progress("run") == head + ("0.7 h to go, plus the replay of 300 journaled edits that resuming "
+                                               "here needs first (its pace not logged)")
+    # replayed edits logged (6 s each, an earlier resume): 0.7 h + 300 x 6 s
+    replayed = [{"step": i, "seconds": 6.0, "replayed": True} for i in range(1, 101)]
+    (run / "results.json").write_text(json.dumps({"status": "stopped", "replayed": {"to_step": 100},
+                                                  "edits": replayed + computed}))
+    owed = " (with the replay of {} journaled edits that resuming here needs first)"
+    assert campaign.progress("run") == head + "1.2 h to go" + owed.format(300)
+    # a checkpoint at 250 (complete: its manifest is written last) leaves 50 to replay; one without a manifest counts not
+    for step, complete in ((250, True), (300, False)):
+        (run / "checkpoints" / f"step-{step:07d}").mkdir(parents=True)
+        if complete:
+            (run / "checkpoints" / f"step-{step:07d}" / "manifest.json").write_text("{}")
+    assert campaign.progress("run") == head + "0.8 h to go" + owed.format(50)
+    (run / "checkpoints" / "step-0000300" / "manifest.json").write_text("{}")
+    assert campaign.progress("run") == head + "0.7 h to go"

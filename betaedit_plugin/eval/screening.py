@@ -174,17 +174,23 @@ def fronts(rows: Sequence[Mapping], step: int) -> Dict[str, List[Mapping]]:
 
 
 def fronts_table(rows: Sequence[Mapping]) -> str:
-    """Markdown table: at every step, each method's front (`fronts`) from the least leaking setting, and
-    how many of its settings the front leaves out (dominated)."""
-    lines = ["| edits | method | front, from the least leaking: setting (efficacy, rel. leakage) | dominated |",
-             "|---|---|---|---|"]
+    """Markdown table: at every step, each method's front (`fronts`) from the least leaking setting, each
+    point named by where it differs from the method's most common settings (`_short_setting_text`, as the
+    figure labels it), how many of its settings the front leaves out (dominated), and the common values of
+    the settings some point does not name (where every point names them all, as one swept key does: "–")."""
+    lines = ["| edits | method | front, from the least leaking: setting (efficacy, rel. leakage) | dominated "
+             "| the settings a point does not name: the most common |",
+             "|---|---|---|---|---|"]
     for step in sorted({r["step"] for r in rows}):
         placed = _placed_at(rows, step)
         for method, front in fronts(rows, step).items():
-            cells = "; ".join(f"{_setting_text(r['setting'])} ({_fmt(r['efficacy'], '{:.3f}')}, "
+            mine = [r for r in placed if r["method"] == method]
+            usual = _usual_setting(mine)
+            cells = "; ".join(f"{_short_setting_text(r['setting'], usual)} ({_fmt(r['efficacy'], '{:.3f}')}, "
                               f"{_fmt(r['rel_leakage'], '{:.3g}')})" for r in front)
-            dominated = sum(1 for r in placed if r["method"] == method) - len(front)
-            lines.append(f"| {step} | {method} | {cells} | {dominated} |")
+            unnamed = {k: v for k, v in usual.items() if any(k not in _named_keys(r["setting"], usual) for r in front)}
+            rest = _setting_text(unnamed) if unnamed else "–"
+            lines.append(f"| {step} | {method} | {cells} | {len(mine) - len(front)} | {rest} |")
     return "\n".join(lines)
 
 
@@ -249,6 +255,26 @@ def _most_common(values: Sequence):
     return values[max(range(len(values)), key=lambda i: (keys.count(keys[i]), -i))]
 
 
+def _usual_setting(mine: Sequence[Mapping]) -> Dict[str, object]:
+    """{key: its most common value} over the setting keys in which ``mine`` (one method's rows) differ."""
+    varied = [k for k in mine[0]["setting"] if len({repr(r["setting"].get(k)) for r in mine}) > 1] if mine else []
+    return {k: _most_common([r["setting"].get(k) for r in mine]) for k in varied}
+
+
+def _short_setting_text(setting: Mapping, usual: Mapping) -> str:
+    """``setting`` where it differs from ``usual`` (`_usual_setting`), or by the first varied key where it
+    does not (the usual point itself), or whole where nothing varies (a method's only setting): the name
+    a front's point gets in the table and the figure."""
+    return _setting_text({k: setting[k] for k in _named_keys(setting, usual)})
+
+
+def _named_keys(setting: Mapping, usual: Mapping) -> list:
+    """The keys `_short_setting_text` names ``setting`` by."""
+    if not usual:
+        return list(setting)
+    return [k for k in usual if repr(setting.get(k)) != repr(usual[k])] or list(usual)[:1]
+
+
 def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional[dict]], path: Path) -> Optional[Path]:
     """Efficacy against relative leakage at ``step``: one colour per method, each method's front
     (`fronts`) joined and labelled, the settings it dominates hollow and unlabelled (screening.md lists
@@ -270,14 +296,12 @@ def plot_front(rows: Sequence[Mapping], step: int, chosen: Mapping[str, Optional
         if dominated:
             ax.plot([r["rel_leakage"] for r in dominated], [r["efficacy"] for r in dominated], marker="o",
                     linestyle="none", fillstyle="none", color=f"C{index}", alpha=0.6)
-        varied = [k for k in mine[0]["setting"] if len({repr(r["setting"].get(k)) for r in mine}) > 1]
-        usual = {k: _most_common([r["setting"].get(k) for r in mine]) for k in varied}
+        usual = _usual_setting(mine)
         for r in front:  # labelled by where it differs from this method's usual settings (the rest is in screening.md)
-            differs = [k for k in varied if repr(r["setting"].get(k)) != repr(usual[k])] or varied[:1]
             # stacked above the labels already near this point, so that a crowded corner stays readable
             near = sum(1 for x, y in placed if abs(math.log10(x / r["rel_leakage"])) < 0.12 and abs(y - r["efficacy"]) < 0.03)
             placed.append((r["rel_leakage"], r["efficacy"]))
-            ax.annotate(_setting_text({k: r["setting"][k] for k in differs}), (r["rel_leakage"], r["efficacy"]),
+            ax.annotate(_short_setting_text(r["setting"], usual), (r["rel_leakage"], r["efficacy"]),
                         fontsize=6, color=f"C{index}", textcoords="offset points", xytext=(3, 3 - 7 * near))
         pick = chosen.get(method)
         if pick is not None and pick["step"] == step:

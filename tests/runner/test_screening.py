@@ -116,8 +116,10 @@ def test_the_command_line_writes_the_table_choice_and_figures_without_the_bank(s
     assert md.count("| beta-l1_") == 0 and md.count("| betaedit | lambda1=") == 1 + 2 + 4
     assert md.count("| alphaedit | L2=10 ") == 1 + 2 + 2
     front = fronts(screening_rows(results), 4)["betaedit"]
-    assert "| 4 | betaedit | " + "; ".join(f"lambda1={r['setting']['lambda1']:g}, tau=2 ({r['efficacy']:.3f}, "
-                                            f"{r['rel_leakage']:.3g})" for r in front) + f" | {2 - len(front)} |" in md
+    # a front's points are named by the setting they differ in (tau=2 is every run's, not named; lambda1, the one
+    # swept key, names every point: no common value to say)
+    assert "| 4 | betaedit | " + "; ".join(f"lambda1={r['setting']['lambda1']:g} ({r['efficacy']:.3f}, "
+                                            f"{r['rel_leakage']:.3g})" for r in front) + f" | {2 - len(front)} | – |" in md
     figures = sorted(p.name for p in (tmp / "pub").glob("*.png"))
     assert figures == ["front-2.png", "front-4.png", "sensitivity-betaedit-lambda1.png"]
     assert all((tmp / "pub" / f).read_bytes()[:8] == PNG for f in figures)
@@ -220,9 +222,16 @@ def test_front_labels_name_only_what_differs_from_the_methods_usual_settings(mon
     monkeypatch.setattr(scr, "_save", save)
     scr.plot_front(rows, 250, {}, tmp_path / "front.png")
     # the usual BetaEdit point (all settings at their most common values) is named by its first swept
-    # setting; a method with one point has nothing swept; a dominated point is drawn hollow, unlabelled
-    assert sorted(drawn["texts"]) == sorted(["lambda1=0", "lambda1=300", "lambda1=3000", "tau=10", "th=0.005", "(default)"])
+    # setting; a method with one point is named by its whole setting; a dominated point is drawn hollow, unlabelled
+    assert sorted(drawn["texts"]) == sorted(["lambda1=0", "lambda1=300", "lambda1=3000", "tau=10", "th=0.005", "w=1000"])
     assert drawn["hollow"] == [(0.06, 0.94)]
+    # the table names the front's points as the figure does (exact ties by setting: tau 10 before 100) and says
+    # the values a point does not name
+    table = scr.fronts_table(rows).splitlines()
+    assert table[2:] == [
+        "| 250 | betaedit | th=0.005 (0.320, 0.004); lambda1=3000 (0.860, 0.02); tau=10 (0.950, 0.05); lambda1=300 "
+        "(0.950, 0.05); lambda1=0 (0.970, 0.1) | 1 | lambda1=300, tau=100, th=0.02 |",
+        "| 250 | memit | w=1000 (0.970, 0.05) | 0 | – |"]
 
 
 def test_a_switch_added_later_is_a_setting_only_where_a_run_turned_it_on(screen):
