@@ -401,7 +401,7 @@ def progress(out_dir: str, target: int = 1000) -> str:
             hours = (target - done) * median / 3600
             replay, owed = "", done - _checkpointed(path)
             if owed > 0:  # no checkpoint here (a fresh machine) at the journal's end: resuming replays first
-                paces = sorted(e["seconds"] for e in edits if e.get("replayed"))[-20:]
+                paces = sorted([e["seconds"] for e in edits if e.get("replayed")][-20:])  # the latest 20
                 if paces:
                     hours += owed * paces[len(paces) // 2] / 3600
                 replay = (f" (with the replay of {owed} journaled edits that resuming here needs first)" if paces

@@ -293,8 +293,8 @@ def test_status_counts_the_replay_that_resuming_on_this_machine_needs(campaign, 
     # no checkpoint here and no replay logged: 700 edits x 3.6 s, and a replay it cannot price
     assert campaign.progress("run") == head + ("0.7 h to go, plus the replay of 300 journaled edits that resuming "
                                                "here needs first (its pace not logged)")
-    # replayed edits logged (6 s each, an earlier resume): 0.7 h + 300 x 6 s
-    replayed = [{"step": i, "seconds": 6.0, "replayed": True} for i in range(1, 101)]
+    # replayed edits logged (an earlier resume; its latest 20 took 6 s each, slower ones before them): 0.7 h + 300 x 6 s
+    replayed = [{"step": i, "seconds": 60.0 if i <= 80 else 6.0, "replayed": True} for i in range(1, 101)]
     (run / "results.json").write_text(json.dumps({"status": "stopped", "replayed": {"to_step": 100},
                                                   "edits": replayed + computed}))
     owed = " (with the replay of {} journaled edits that resuming here needs first)"
