@@ -371,8 +371,10 @@ def _ended(pid: int) -> bool:
 def _checkpointed(path: Path) -> int:
     """The step of the newest complete checkpoint in the run folder ``path`` on this machine (0 if none):
     a resumed run starts there and replays its journal from there on (README, "Long runs")."""
-    steps = [int(d.name.split("-")[-1]) for d in path.glob("checkpoints/step-*") if (d / "manifest.json").is_file()]
-    return max(steps, default=0)
+    from betaedit_plugin.runner.checkpoint import MANIFEST, list_checkpoints
+
+    done = [d for d in list_checkpoints(path) if (d / MANIFEST).is_file()]  # a manifest is written last
+    return int(done[-1].name.split("-")[-1]) if done else 0
 
 
 def progress(out_dir: str, target: int = 1000) -> str:
