@@ -389,6 +389,11 @@ def progress(out_dir: str, target: int = 1000) -> str:
         done = journaled(out_dir)
     except JournalError as exc:
         return f"journal unreadable: {exc}"
+    from betaedit_plugin._fileio import read_pid
+    from betaedit_plugin.runner.paths import RUN_PID
+
+    pid = read_pid(path / RUN_PID)
+    live = pid is not None and not _ended(pid)
     status, pace = "?", ""
     if (path / "results.json").is_file():
         status = json.loads((path / "results.json").read_text()).get("status", "?")
@@ -402,18 +407,15 @@ def progress(out_dir: str, target: int = 1000) -> str:
             median = seconds[len(seconds) // 2]
             hours = (target - done) * median / 3600
             replay, owed = "", done - _checkpointed(path)
-            if owed > 0:  # no checkpoint here (a fresh machine) at the journal's end: resuming replays first
+            # no checkpoint here (a fresh machine) at the journal's end: resuming replays first; a live run
+            # owes none (`stop` checkpoints at the journal's end: `betaedit_plugin.runner.stopping`)
+            if owed > 0 and not live:
                 paces = sorted([e["seconds"] for e in edits if e.get("replayed")][-20:])  # the latest 20
                 if paces:
                     hours += owed * paces[len(paces) // 2] / 3600
                 replay = (f" (with the replay of {owed} journaled edits that resuming here needs first)" if paces
                           else f", plus the replay of {owed} journaled edits that resuming here needs first (its pace not logged)")
             pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {hours:.1f} h to go{replay}"
-    from betaedit_plugin._fileio import read_pid
-    from betaedit_plugin.runner.paths import RUN_PID
-
-    pid = read_pid(path / RUN_PID)
-    live = pid is not None and not _ended(pid)
     if status == "running" and not live:  # a killed run, or results.json committed mid-run on another machine
         status = "interrupted (no live run here; resume=true continues it from its journal)"
     return f"{done}/{target} journaled, results {status}{pace}" + (f" (live: pid {pid})" if live else "")

@@ -307,3 +307,7 @@ def test_status_counts_the_replay_that_resuming_on_this_machine_needs(campaign, 
     assert campaign.progress("run") == head + "0.8 h to go" + owed.format(50)
     (run / "checkpoints" / "step-0000300" / "manifest.json").write_text("{}")
     assert campaign.progress("run") == head + "0.7 h to go"
+    # a live run owes no replay whatever its last checkpoint: `stop` checkpoints it at the journal's end
+    (run / "checkpoints" / "step-0000300" / "manifest.json").unlink()
+    (run / ".betaedit-run.pid").write_text(f"{os.getpid()}\n")
+    assert campaign.progress("run") == head + f"0.7 h to go (live: pid {os.getpid()})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from statistics import NormalDist
@@ -398,8 +399,19 @@ def load_results(out_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
-    """Write ``comparison.md`` (table + timing) and the comparison plots into ``dest``."""
+def sources_table(sources: Mapping[str, Path], dest: Path) -> str:
+    """Markdown: which directory each run's label stands for (relative to ``dest``), so that a row
+    "a minus b" can be read without knowing how the labels were given."""
+    rows = [f"| {label} | `{os.path.relpath(Path(d).resolve(), Path(dest).resolve())}` |" for label, d in sources.items()]
+    return "\n".join([
+        "Each label and the run directory it stands for (relative to this file): a method's first run by "
+        "directory name is named by the method alone, its others add their directory's name.", "",
+        "| label | directory |", "|---|---|", *rows])
+
+
+def write_comparison(runs: Mapping[str, Mapping], dest: Path, sources: Optional[Mapping[str, Path]] = None) -> Path:
+    """Write ``comparison.md`` (table + timing) and the comparison plots into ``dest``; with
+    ``sources`` ({label: run directory}) the table of which directory each label stands for too."""
     from .plots import plot_differences, plot_runs
 
     dest = Path(dest)
@@ -407,6 +419,8 @@ def write_comparison(runs: Mapping[str, Mapping], dest: Path) -> Path:
     plots = plot_runs({label: r.get("evals", []) for label, r in runs.items()}, dest)
     plots += plot_differences(difference_series(runs), dest)
     lines = ["# Comparison", "", "At each run's last evaluation point:", "", comparison_table(runs), ""]
+    if sources:
+        lines += ["## Runs", "", sources_table(sources, dest), ""]
     common = common_steps_table(runs)
     if common:
         lines += ["## At the steps two or more runs reached", "", common, ""]

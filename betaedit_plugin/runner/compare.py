@@ -37,12 +37,13 @@ def compare(out_dirs: Sequence[Any], dest: Any) -> Path:
     loaded = [(Path(d), load_results(Path(d))) for d in out_dirs]
     loaded.sort(key=lambda item: (order.get(str(item[1].get("method")).lower(), len(order)), str(item[0])))
     runs: dict = {}
+    sources: dict = {}
     for d, res in loaded:
         label = str(res.get("method", Path(d).name))
         if label in runs:
             label = f"{label} ({Path(d).name})"
-        runs[label] = res
-    return write_comparison(runs, Path(dest))
+        runs[label], sources[label] = res, d
+    return write_comparison(runs, Path(dest), sources)
 
 
 def update_comparison(cfg: Mapping) -> Optional[Path]:

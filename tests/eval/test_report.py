@@ -338,3 +338,21 @@ def test_each_run_is_compared_with_the_unedited_model_at_its_last_point(tmp_path
                     ["betaedit", "200", f"-0.500 ± {Z95 * math.sqrt(0.5 * 0.5 / 2 + 1 * 0 / 4):.3f}", "–", "2", "unpaired"]]
     assert "## Against the unedited model" in write_comparison(runs, tmp_path).read_text()
     assert unedited_table({"alphaedit": runs["alphaedit"]}) == ""
+
+
+def test_compare_names_the_directory_of_each_label_so_a_minus_row_says_which_run_is_subtracted(tmp_path):
+    """Two runs of one method, given in the reverse of their directories' order: the plain label is the
+    first directory by name whatever the command line's order, and comparison.md says so."""
+    import json
+
+    from betaedit_plugin.runner.compare import compare
+
+    runs = {"betaedit-a": "1111", "betaedit-b": "1100"}
+    for name, efficacy in runs.items():
+        (tmp_path / name).mkdir()
+        results = {"method": "betaedit", "evals": [_point(0, {"efficacy": "0000"}), _point(100, {"efficacy": efficacy})]}
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    text = compare([tmp_path / "betaedit-b", tmp_path / "betaedit-a"], tmp_path / "out").read_text()
+    assert "| betaedit | `../betaedit-a` |" in text and "| betaedit (betaedit-b) | `../betaedit-b` |" in text
+    # b minus a: 0.5 - 1.0
+    assert "| betaedit (betaedit-b) minus betaedit | 100 | -0.500 ± " in text
