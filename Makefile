@@ -69,8 +69,9 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --upgrade --python-version 3.11 --find-links $(WHEELS) -c $(TORCH_PIN) \
 		-c $(EE_DIR)/constraints.txt --extra test setup.cfg $(EE_DIR)/requirements.txt -o $(EE_LOCK)
 
+# --durations: the slowest tests, so that a run's log shows where the suite's time goes (CI's budget)
 test: $(STAMP)
-	$(PY) -m pytest -q -rs
+	$(PY) -m pytest -q -rs --durations=15
 
 demo: $(STAMP)
 	$(PY) -m betaedit_plugin.run method=betaedit model=smollm2-135m data=counterfact num_edits=20 eval_every=10
