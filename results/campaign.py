@@ -377,6 +377,12 @@ def _checkpointed(path: Path) -> int:
     return int(done[-1].name.split("-")[-1]) if done else 0
 
 
+def _upper_median(values) -> float:
+    """The middle value of ``values`` (the upper one of an even count): a pace that one slow edit cannot move."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def progress(out_dir: str, target: int = 1000) -> str:
     """Edits journaled, and the status in results.json: "running" only while the run's pid file names a live
     process here, since a killed run, or one whose results.json was committed mid-run elsewhere, left it so."""
@@ -402,17 +408,17 @@ def progress(out_dir: str, target: int = 1000) -> str:
         results = json.loads(newest.read_text())
         replayed = (results.get("replayed") or {}).get("to_step", 0)
         edits = [e for e in results.get("edits") or [] if isinstance(e.get("seconds"), float)]
-        seconds = sorted(e["seconds"] for e in edits[-20:] if e.get("step", 0) > replayed)
+        seconds = [e["seconds"] for e in edits[-20:] if e.get("step", 0) > replayed]
         if seconds and done < target:  # computed (not replayed) edits on the machine that wrote them: a plan, not a benchmark
-            median = seconds[len(seconds) // 2]
+            median = _upper_median(seconds)
             hours = (target - done) * median / 3600
             replay, owed = "", done - _checkpointed(path)
             # no checkpoint here (a fresh machine) at the journal's end: resuming replays first; a live run
             # owes none (`stop` checkpoints at the journal's end: `betaedit_plugin.runner.stopping`)
             if owed > 0 and not live:
-                paces = sorted([e["seconds"] for e in edits if e.get("replayed")][-20:])  # the latest 20
+                paces = [e["seconds"] for e in edits if e.get("replayed")][-20:]  # the latest 20
                 if paces:
-                    hours += owed * paces[len(paces) // 2] / 3600
+                    hours += owed * _upper_median(paces) / 3600
                 replay = (f" (with the replay of {owed} journaled edits that resuming here needs first)" if paces
                           else f", plus the replay of {owed} journaled edits that resuming here needs first (its pace not logged)")
             pace = f"; {median:.1f} s per computed edit lately (median of {len(seconds)}): {hours:.1f} h to go{replay}"
