@@ -17,7 +17,8 @@ import torch
 
 # two threads (the 2-core machine the suite is sized for), shared out among pytest-xdist's workers
 # (`make test` runs one per core): one each there, so that they do not fight over the cores
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -16,6 +16,8 @@ TOKENS, WINDOW = 256, 64  # the run's points: 4 windows of held-out text
 EDITED, KEPT = 1, 2  # the layer changed and a later one left as it was
 # a change of layer EDITED that moves the tiny model's perplexity by a few percent (seed 0: up)
 NOISE_SCALE = 3.0
+# splits the tiny model's key spectrum (eigenvalues 0.01-9) so that null(C0) has some directions
+THRESHOLD = 0.1
 
 
 def _changed(w: torch.Tensor, seed: int) -> torch.Tensor:
@@ -30,10 +32,9 @@ def _run(tmp_path, layers, recorded, tokens=TOKENS):
     point = {"step": 3, "ppl": recorded}
     for l in layers:
         point.update({f"rel_leakage/L{l}": 0.01 * l, f"perturbation/L{l}": float(l)})
-    # a small corpus: the key moments, not their quality, are under test; the threshold splits the tiny
-    # model's key spectrum (eigenvalues 0.01-9) so that null(C0) has some directions
+    # a small corpus: the key moments, not their quality, are under test
     hparams = {"mom2_dataset": "wiki_vital", "mom2_n_samples": 6, "mom2_max_length": 32, "mom2_dtype": "float32",
-               "nullspace_threshold": 0.1}
+               "nullspace_threshold": THRESHOLD}
     (run / "results.json").write_text(json.dumps({"config": {"eval": {"ppl_tokens": tokens, "ppl_window": WINDOW, "batch_size": 16}},
                                                   "hparams": hparams, "edits_done": 3, "evals": [point]}))
     return run
@@ -97,7 +98,7 @@ def test_each_layers_share_of_the_perplexity_rise(tiny, tmp_path):
         np.linalg.norm(ct - c0) / np.linalg.norm(c0), rel=1e-9)
     assert got["layers"][KEPT]["key_drift"] > 0.01
     w, v = np.linalg.eigh(c0)
-    u = v[:, w < 0.1]
+    u = v[:, w < THRESHOLD]
     assert 0 < u.shape[1] < len(w)  # the threshold leaves a null space that is neither empty nor everything
     assert got["layers"][KEPT]["null_share_c0"] == pytest.approx(np.trace(u.T @ c0 @ u) / np.trace(c0), rel=1e-6)
     assert got["layers"][KEPT]["null_share_ct"] == pytest.approx(np.trace(u.T @ ct @ u) / np.trace(ct), rel=1e-6)
